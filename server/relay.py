@@ -1,0 +1,406 @@
+"""The relay: one WebSocket per client, authentication, requests, the message log, fan-out.
+
+Ordering and durability rules that the clients rely on:
+
+* A ``Send`` is stored in a transaction with other sends of the same loop turn (group
+  commit, one fsync) and acknowledged with ``Stored`` only after that commit.
+* Per consult the relay assigns ``seq`` at store time; it is the only order.
+* A ``Sub`` is answered from the log (pages of ``WIRE.max_batch``) and closed by
+  ``CaughtUp``; only after the last page does the connection receive live messages for that
+  consult. Log reads and fan-out both run on the event loop thread without awaiting in
+  between, so nothing stored can fall between the page and the live stream.
+* Every outgoing frame of a connection passes through one bounded queue; a client that
+  cannot keep up is disconnected (it resumes from its cursor), never allowed to grow memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+from medcomm.core import wire
+from medcomm.core.wire import (
+    CaughtUp,
+    Challenge,
+    Err,
+    Msg,
+    Ok,
+    Ready,
+    Receipt,
+    Receipts,
+    Register,
+    Reject,
+    Request,
+    Send,
+    Stored,
+    Sub,
+    Welcome,
+)
+from medcomm.errors import (
+    AccessDenied,
+    AuthError,
+    LimitExceeded,
+    MedcommError,
+    NotFound,
+    UsageError,
+    WireError,
+)
+from medcomm.limits import RELAY, WIRE, RelayLimits
+from medcomm.server.auth import FailureThrottle, new_nonce, verify
+from medcomm.server.store import RelayStore, StoredMessage
+
+log = logging.getLogger("medcomm.relay")
+
+CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
+MAX_BAD_FRAMES = 10
+
+
+def error_code(exc: MedcommError) -> str:
+    if isinstance(exc, (AuthError, AccessDenied)):
+        return exc.code
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, LimitExceeded):
+        return "limit"
+    if isinstance(exc, (UsageError, WireError)):
+        return "bad_request"
+    return "error"
+
+
+@dataclass(eq=False)
+class Conn:
+    """One authenticated client connection and its bounded outgoing queue."""
+
+    ws: object
+    user: str
+    role: str
+    addr: str
+    out: asyncio.Queue[bytes | None]
+    live: set[str] = field(default_factory=set)  # consults caught up: receive live messages
+    tokens: float = 0.0
+    refill_at: float = 0.0
+    bad_frames: int = 0
+    closing: bool = False
+
+    def enqueue(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.out.put_nowait(data)
+        except asyncio.QueueFull:
+            self.closing = True
+            log.info("closing slow client user=%s addr=%s (send queue full)", self.user, self.addr)
+            asyncio.ensure_future(
+                self.ws.close(CLOSE_TRY_LATER, "too slow: resume from your cursor")  # type: ignore[attr-defined]
+            )
+
+
+class Relay:
+    """The relay's logic around a store; ``handler`` is the websockets connection handler."""
+
+    def __init__(self, store: RelayStore, limits: RelayLimits = RELAY) -> None:
+        self.store = store
+        self.limits = limits
+        self.conns: dict[str, set[Conn]] = defaultdict(set)
+        self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
+        self._pending: list[tuple[Conn, Send]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self.connections = 0
+
+    # --- connection lifecycle -------------------------------------------------------------
+
+    async def handler(self, ws: object) -> None:
+        addr = _peer(ws)
+        if self.connections >= self.limits.max_connections:
+            await ws.close(CLOSE_TRY_LATER, "relay full, try again later")  # type: ignore[attr-defined]
+            return
+        self.connections += 1
+        try:
+            conn = await self._authenticate(ws, addr)
+            if conn is None:
+                return
+            await self._serve(conn)
+        except Exception as exc:  # ConnectionClosed and friends end the handler quietly
+            if not _is_closed(exc):
+                log.exception("connection error addr=%s", addr)
+        finally:
+            self.connections -= 1
+
+    async def _authenticate(self, ws: object, addr: str) -> Conn | None:
+        nonce = new_nonce()
+        await ws.send(wire.encode(Challenge(nonce, int(time.time() * 1000))))  # type: ignore[attr-defined]
+        try:
+            data = await asyncio.wait_for(ws.recv(), self.limits.auth_deadline)  # type: ignore[attr-defined]
+        except TimeoutError:
+            await ws.close(CLOSE_POLICY, "authentication deadline passed")  # type: ignore[attr-defined]
+            return None
+        try:
+            frame = wire.decode(data, frozenset({wire.T.AUTH, wire.T.REGISTER}))
+            user, role = self._check_identity(frame, nonce)
+        except MedcommError as exc:
+            now = time.monotonic()
+            delay = self.throttle.delay(addr, now)
+            self.throttle.failed(addr, now)
+            log.info("authentication failed addr=%s (%s)", addr, error_code(exc))
+            if delay:
+                await asyncio.sleep(delay)
+            await ws.send(wire.encode(Err(0, error_code(exc), str(exc))))  # type: ignore[attr-defined]
+            await ws.close(CLOSE_POLICY, "authentication failed")  # type: ignore[attr-defined]
+            return None
+        self.throttle.succeeded(addr)
+        conn = Conn(ws, user, role, addr, asyncio.Queue(self.limits.send_queue))
+        conn.tokens = self.limits.rate_burst
+        conn.refill_at = time.monotonic()
+        await ws.send(wire.encode(Welcome(user, role)))  # type: ignore[attr-defined]
+        log.info("authenticated user=%s addr=%s", user, addr)
+        return conn
+
+    def _check_identity(self, frame: wire.Frame, nonce: bytes) -> tuple[str, str]:
+        if isinstance(frame, Register):
+            if not verify(frame.pubkey, nonce, frame.sig, b"register"):
+                raise AuthError("auth", "bad signature")
+            role = self.store.register(frame.name, frame.code, frame.pubkey)
+            return frame.name, role
+        assert isinstance(frame, wire.Auth)
+        found = self.store.device_user(frame.pubkey)
+        if found is None:
+            raise AuthError("auth", "unknown device: run medcomm login")
+        if not verify(frame.pubkey, nonce, frame.sig, b"auth"):
+            raise AuthError("auth", "bad signature")
+        return found
+
+    async def _serve(self, conn: Conn) -> None:
+        self.conns[conn.user].add(conn)
+        writer = asyncio.ensure_future(self._writer(conn))
+        try:
+            async for data in conn.ws:  # type: ignore[attr-defined]
+                await self._pace(conn)
+                try:
+                    frame = wire.decode(data, wire.CLIENT_TYPES)
+                except WireError as exc:
+                    conn.bad_frames += 1
+                    conn.enqueue(wire.encode(Err(0, error_code(exc), str(exc))))
+                    if conn.bad_frames >= MAX_BAD_FRAMES:
+                        await conn.ws.close(CLOSE_POLICY, "too many bad frames")  # type: ignore[attr-defined]
+                        break
+                    continue
+                self._dispatch(conn, frame)
+        finally:
+            self.conns[conn.user].discard(conn)
+            if not self.conns[conn.user]:
+                del self.conns[conn.user]
+            conn.closing = True
+            writer.cancel()
+
+    async def _writer(self, conn: Conn) -> None:
+        while True:
+            data = await conn.out.get()
+            if data is None:
+                return
+            await conn.ws.send(data)  # type: ignore[attr-defined]
+
+    async def _pace(self, conn: Conn) -> None:
+        """Token bucket per connection: a flood is slowed (TCP pushes back), not fatal."""
+        now = time.monotonic()
+        rate = self.limits.rate_frames
+        conn.tokens = min(self.limits.rate_burst, conn.tokens + (now - conn.refill_at) * rate)
+        conn.refill_at = now
+        conn.tokens -= 1.0
+        if conn.tokens < 0:
+            await asyncio.sleep(-conn.tokens / rate)
+
+    # --- frames ---------------------------------------------------------------------------
+
+    def _dispatch(self, conn: Conn, frame: wire.Frame) -> None:
+        if isinstance(frame, Send):
+            self._on_send(conn, frame)
+        elif isinstance(frame, Sub):
+            self._on_sub(conn, frame)
+        elif isinstance(frame, Receipt):
+            self._on_receipt(conn, frame)
+        elif isinstance(frame, Request):
+            self._on_request(conn, frame)
+        else:
+            conn.enqueue(wire.encode(Err(0, "bad_request", "already authenticated")))
+
+    def _on_send(self, conn: Conn, frame: Send) -> None:
+        if frame.kind == wire.KINDS["system"]:
+            conn.enqueue(wire.encode(Reject(frame.cid, "bad_request", "system messages are the relay's")))
+            return
+        try:
+            self.store.check_member(frame.consult, conn.user)
+        except MedcommError as exc:
+            conn.enqueue(wire.encode(Reject(frame.cid, error_code(exc), str(exc))))
+            return
+        self._pending.append((conn, frame))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Group commit: store every send of this loop turn in one transaction, then ack."""
+        self._flush_handle = None
+        batch, self._pending = self._pending, []
+        items = [(f.consult, f.cid, c.user, f.kind, f.body) for c, f in batch]
+        results = self.store.store_batch(items)
+        for (conn, frame), (msg, new) in zip(batch, results, strict=True):
+            conn.enqueue(wire.encode(Stored(frame.cid, msg.consult, msg.seq, msg.time)))
+            if new:
+                self._fanout(msg, exclude=conn)
+
+    def _fanout(self, msg: StoredMessage, exclude: Conn | None = None, wake: bool = False) -> None:
+        """Push a stored message to the caught-up connections of every member.
+
+        ``wake`` also pushes it to members' connections that are not caught up on the
+        consult (a member just added): their gap detection then asks for the backlog.
+        """
+        data = wire.encode(Msg(msg.consult, msg.seq, msg.cid, msg.sender, msg.time, msg.kind, msg.body))
+        for member in self.store.members(msg.consult):
+            for conn in self.conns.get(member, ()):
+                if conn is not exclude and (wake or msg.consult in conn.live):
+                    conn.enqueue(data)
+
+    def _on_sub(self, conn: Conn, frame: Sub) -> None:
+        budget = WIRE.max_batch
+        cursors = dict(frame.cursors)
+        if frame.full:
+            for consult in self.store.consult_ids_of(conn.user):
+                cursors.setdefault(consult, 0)
+        for consult, cursor in cursors.items():
+            try:
+                self.store.check_member(consult, conn.user)
+            except MedcommError as exc:
+                conn.live.discard(consult)
+                conn.enqueue(wire.encode(Err(0, error_code(exc), str(exc))))
+                continue
+            last = self.store.last_seq(consult)
+            msgs = self.store.messages_after(consult, cursor, budget) if budget > 0 else []
+            budget -= len(msgs)
+            for m in msgs:
+                conn.enqueue(wire.encode(Msg(m.consult, m.seq, m.cid, m.sender, m.time, m.kind, m.body)))
+            upto = msgs[-1].seq if msgs else min(cursor, last)
+            more = upto < last
+            if more:
+                conn.live.discard(consult)
+            else:
+                conn.live.add(consult)
+                for member, delivered, read in self.store.marks(consult):
+                    conn.enqueue(wire.encode(Receipts(consult, member, delivered, read)))
+            conn.enqueue(wire.encode(CaughtUp(consult, upto, more)))
+        if frame.full:
+            conn.enqueue(wire.encode(Ready(len(cursors))))
+
+    def _on_receipt(self, conn: Conn, frame: Receipt) -> None:
+        if not self.store.is_member(frame.consult, conn.user):
+            conn.enqueue(wire.encode(Err(0, "denied", f"not a member of consult {frame.consult}")))
+            return
+        changed = self.store.mark(frame.consult, conn.user, frame.seq, frame.state)
+        if changed is None:
+            return
+        data = wire.encode(Receipts(frame.consult, conn.user, *changed))
+        for member in self.store.members(frame.consult):
+            for other in self.conns.get(member, ()):
+                if frame.consult in other.live:
+                    other.enqueue(data)
+
+    def _on_request(self, conn: Conn, frame: Request) -> None:
+        try:
+            result = self._request(conn, frame.op, frame.args)
+        except MedcommError as exc:
+            conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), str(exc))))
+            return
+        conn.enqueue(wire.encode(Ok(frame.rid, result)))
+
+    def _request(self, conn: Conn, op: str, args: dict[str, object]) -> object:
+        if op == "whoami":
+            return {"name": conn.user, "role": conn.role}
+        if op == "list":
+            return self.store.consults_of(conn.user)
+        if op == "open":
+            title = _arg_text(args, "title", WIRE.max_title)
+            others = args.get("with", [])
+            if not isinstance(others, list) or len(others) >= WIRE.max_members:
+                raise UsageError(f"'with' must be a list of at most {WIRE.max_members - 1} names")
+            names = [wire.user_name(n) for n in others]
+            consult = self.store.open_consult(title, conn.user, names)
+            members = self.store.members(consult)
+            self._system(consult, conn.user, {"event": "open", "title": title, "members": members})
+            return {"id": consult, "members": members}
+        if op == "add":
+            consult = wire.consult_id(args.get("consult"))
+            name = wire.user_name(args.get("name"))
+            if self.store.add_member(consult, conn.user, name):
+                self._system(consult, conn.user, {"event": "add", "member": name})
+            return {"id": consult, "members": self.store.members(consult)}
+        raise UsageError(f"unknown request {op!r}")
+
+    def _system(self, consult: str, actor: str, event: dict[str, object]) -> None:
+        """Record a membership event in the consult's log, so it syncs like any message."""
+        body = msgpack.packb(event, use_bin_type=True)
+        ((msg, _new),) = self.store.store_batch(
+            [(consult, secrets.token_bytes(wire.CID_LEN), actor, wire.KINDS["system"], body)]
+        )
+        self._fanout(msg, wake=True)
+
+
+def _arg_text(args: dict[str, object], key: str, limit: int) -> str:
+    value = args.get(key)
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise UsageError(f"{key} must be non-empty text of at most {limit} characters")
+    return value.strip()
+
+
+def _peer(ws: object) -> str:
+    addr = getattr(ws, "remote_address", None)
+    return str(addr[0]) if addr else "?"
+
+
+def _is_closed(exc: BaseException) -> bool:
+    from websockets.exceptions import ConnectionClosed
+
+    return isinstance(exc, (ConnectionClosed, ConnectionError, asyncio.CancelledError))
+
+
+async def run_relay(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    limits: RelayLimits = RELAY,
+    ready: asyncio.Future[int] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set; announce the bound port through ``ready``."""
+    from websockets.asyncio.server import serve
+
+    store = RelayStore(data_dir)
+    relay = Relay(store, limits)
+    stop = stop or asyncio.Event()
+    try:
+        async with serve(
+            relay.handler,
+            host,
+            port,
+            compression=None,
+            max_size=WIRE.max_frame,
+            max_queue=limits.max_queue,
+            write_limit=16 * 1024,
+            ping_interval=limits.ping_interval,
+            ping_timeout=limits.ping_timeout,
+            open_timeout=limits.auth_deadline,
+            close_timeout=5,
+            server_header=None,
+        ) as server:
+            bound = server.sockets[0].getsockname()[1]
+            if ready is not None and not ready.done():
+                ready.set_result(bound)
+            await stop.wait()
+            server.close()
+            await server.wait_closed()
+    finally:
+        store.close()

@@ -1,0 +1,307 @@
+"""The relay's durable state: one SQLite file (WAL, synchronous=FULL) under the data dir.
+
+The store is the reason "nothing acknowledged is lost": a message is acknowledged only after
+the transaction holding it has committed with ``synchronous=FULL``, so a SIGKILL (or power
+loss) at any moment keeps every acknowledged message. The unique index on
+(consult, sender, cid) makes a retried send return the original seq instead of a duplicate.
+
+All methods are synchronous and fast (indexed lookups, one fsync per commit); the relay
+batches concurrent sends into one transaction (group commit) to share that fsync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN
+from medcomm.errors import AccessDenied, AuthError, NotFound, UsageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    pubkey BLOB PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name), created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS enrol_codes (
+    code_hash BLOB PRIMARY KEY, user TEXT NOT NULL, created INTEGER NOT NULL,
+    expires INTEGER NOT NULL, used_by BLOB, used_at INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consults (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL, created_by TEXT NOT NULL,
+    created INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    consult TEXT NOT NULL, user TEXT NOT NULL, added_by TEXT NOT NULL, added INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0, read INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (consult, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(user);
+CREATE TABLE IF NOT EXISTS messages (
+    consult TEXT NOT NULL, seq INTEGER NOT NULL, cid BLOB NOT NULL, sender TEXT NOT NULL,
+    time INTEGER NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (consult, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_once ON messages(consult, sender, cid);
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def hash_code(code: str) -> bytes:
+    """Codes are stored hashed: a copied database does not hand out logins."""
+    return hashlib.sha256(normalise_code(code).encode()).digest()
+
+
+def normalise_code(code: str) -> str:
+    return code.replace("-", "").replace(" ", "").upper()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    consult: str
+    seq: int
+    cid: bytes
+    sender: str
+    time: int
+    kind: int
+    body: bytes
+
+
+class RelayStore:
+    """Relay state behind plain methods; one instance per process, used from one thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "blobs").mkdir(exist_ok=True)
+        self.path = data_dir / "relay.sqlite3"
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- users, devices, enrolment ------------------------------------------------------
+
+    def enroll(self, name: str, role: str, ttl: float, now: int | None = None) -> str:
+        """Create the user if new and return a fresh one-time code for one device."""
+        now = now_ms() if now is None else now
+        raw = "".join(secrets.choice("ABCDEFGHJKMNPQRSTVWXYZ23456789") for _ in range(12))
+        code = "-".join(raw[i : i + 4] for i in range(0, 12, 4))
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+            if row and row[0] != role:
+                raise UsageError(f"user {name} exists with role {row[0]}, not {role}")
+            if not row:
+                self.db.execute("INSERT INTO users VALUES (?,?,?)", (name, role, now))
+            self.db.execute(
+                "INSERT INTO enrol_codes VALUES (?,?,?,?,NULL,NULL)",
+                (hash_code(code), name, now, now + int(ttl * 1000)),
+            )
+        return code
+
+    def register(self, name: str, code: str, pubkey: bytes, now: int | None = None) -> str:
+        """Bind pubkey to the user named by a valid code; the same key again is a no-op,
+        so a login cut off by the link can simply be run again. Returns the role."""
+        now = now_ms() if now is None else now
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute(
+                "SELECT user, expires, used_by FROM enrol_codes WHERE code_hash=?",
+                (hash_code(code),),
+            ).fetchone()
+            if not row or row[0] != name:
+                raise AuthError("auth", "wrong enrolment code for this name")
+            user, expires, used_by = row
+            if used_by is not None and used_by != pubkey:
+                raise AuthError("auth", "enrolment code already used")
+            if used_by is None:
+                if now > expires:
+                    raise AuthError("auth", "enrolment code expired")
+                owner = self.db.execute("SELECT user FROM devices WHERE pubkey=?", (pubkey,)).fetchone()
+                if owner and owner[0] != user:
+                    raise AuthError("auth", "device key belongs to another user")
+                self.db.execute(
+                    "UPDATE enrol_codes SET used_by=?, used_at=? WHERE code_hash=?",
+                    (pubkey, now, hash_code(code)),
+                )
+                self.db.execute("INSERT OR IGNORE INTO devices VALUES (?,?,?)", (pubkey, user, now))
+        return self.role(name)
+
+    def device_user(self, pubkey: bytes) -> tuple[str, str] | None:
+        row = self.db.execute(
+            "SELECT u.name, u.role FROM devices d JOIN users u ON u.name=d.user WHERE d.pubkey=?",
+            (pubkey,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def role(self, name: str) -> str:
+        row = self.db.execute("SELECT role FROM users WHERE name=?", (name,)).fetchone()
+        if not row:
+            raise NotFound(f"no user named {name}")
+        return str(row[0])
+
+    def users(self) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self.db.execute("SELECT name, role FROM users ORDER BY name")]
+
+    # --- consults and membership ----------------------------------------------------------
+
+    def open_consult(self, title: str, creator: str, others: list[str], now: int | None = None) -> str:
+        now = now_ms() if now is None else now
+        members = [creator, *dict.fromkeys(o for o in others if o != creator)]
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for m in members:
+                if not self.db.execute("SELECT 1 FROM users WHERE name=?", (m,)).fetchone():
+                    raise NotFound(f"no user named {m}")
+            for _ in range(100):
+                cid = "".join(secrets.choice(CONSULT_ALPHABET) for _ in range(CONSULT_ID_LEN))
+                if not self.db.execute("SELECT 1 FROM consults WHERE id=?", (cid,)).fetchone():
+                    break
+            else:  # pragma: no cover - 32**6 ids
+                raise RuntimeError("could not find a free consult id")
+            self.db.execute("INSERT INTO consults VALUES (?,?,?,?,0)", (cid, title, creator, now))
+            self.db.executemany(
+                "INSERT INTO members (consult, user, added_by, added) VALUES (?,?,?,?)",
+                [(cid, m, creator, now) for m in members],
+            )
+        return cid
+
+    def add_member(self, consult: str, by: str, name: str, now: int | None = None) -> bool:
+        """Add name to consult; only members may add. Returns False if already a member."""
+        now = now_ms() if now is None else now
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.check_member(consult, by)
+            if not self.db.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
+                raise NotFound(f"no user named {name}")
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO members (consult, user, added_by, added) VALUES (?,?,?,?)",
+                (consult, name, by, now),
+            )
+            return cur.rowcount == 1
+
+    def is_member(self, consult: str, user: str) -> bool:
+        return bool(
+            self.db.execute("SELECT 1 FROM members WHERE consult=? AND user=?", (consult, user)).fetchone()
+        )
+
+    def check_member(self, consult: str, user: str) -> None:
+        if not self.is_member(consult, user):
+            if not self.db.execute("SELECT 1 FROM consults WHERE id=?", (consult,)).fetchone():
+                raise NotFound(f"no consult {consult}")
+            raise AccessDenied("denied", f"not a member of consult {consult}")
+
+    def members(self, consult: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT user FROM members WHERE consult=? ORDER BY added, user", (consult,)
+            )
+        ]
+
+    def consults_of(self, user: str) -> list[dict[str, object]]:
+        rows = self.db.execute(
+            "SELECT c.id, c.title, c.created_by, c.created, c.last_seq FROM consults c "
+            "JOIN members m ON m.consult=c.id WHERE m.user=? ORDER BY c.created",
+            (user,),
+        ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "title": r[1],
+                "created_by": r[2],
+                "created": r[3],
+                "last_seq": r[4],
+                "members": self.members(r[0]),
+            }
+            for r in rows
+        ]
+
+    def consult_ids_of(self, user: str) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT consult FROM members WHERE user=?", (user,))]
+
+    # --- the message log ------------------------------------------------------------------
+
+    def store_batch(
+        self, items: list[tuple[str, bytes, str, int, bytes]], now: int | None = None
+    ) -> list[tuple[StoredMessage, bool]]:
+        """Store (consult, cid, sender, kind, body) items in one transaction (one fsync).
+
+        Returns each item's stored message and whether it is new; a repeat of a stored
+        (consult, sender, cid) returns the original. Membership must be checked before.
+        """
+        now = now_ms() if now is None else now
+        out: list[tuple[StoredMessage, bool]] = []
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for consult, cid, sender, kind, body in items:
+                row = self.db.execute(
+                    "SELECT seq, time, kind, body FROM messages WHERE consult=? AND sender=? AND cid=?",
+                    (consult, sender, cid),
+                ).fetchone()
+                if row:
+                    out.append((StoredMessage(consult, row[0], cid, sender, row[1], row[2], row[3]), False))
+                    continue
+                (seq,) = self.db.execute(
+                    "UPDATE consults SET last_seq=last_seq+1 WHERE id=? RETURNING last_seq",
+                    (consult,),
+                ).fetchone()
+                self.db.execute(
+                    "INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
+                    (consult, seq, cid, sender, now, kind, body),
+                )
+                out.append((StoredMessage(consult, seq, cid, sender, now, kind, body), True))
+        return out
+
+    def messages_after(self, consult: str, after: int, limit: int) -> list[StoredMessage]:
+        return [
+            StoredMessage(*r)
+            for r in self.db.execute(
+                "SELECT consult, seq, cid, sender, time, kind, body FROM messages "
+                "WHERE consult=? AND seq>? ORDER BY seq LIMIT ?",
+                (consult, after, limit),
+            )
+        ]
+
+    def last_seq(self, consult: str) -> int:
+        row = self.db.execute("SELECT last_seq FROM consults WHERE id=?", (consult,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # --- receipts -------------------------------------------------------------------------
+
+    def mark(self, consult: str, user: str, seq: int, state: int) -> tuple[int, int] | None:
+        """Raise a member's delivered (1) or read (2) mark; read implies delivered.
+
+        Marks never go down and never pass the consult's last seq. Returns the new
+        (delivered, read) when something changed, else None.
+        """
+        seq = min(seq, self.last_seq(consult))
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE members SET delivered=max(delivered, ?), "
+                "read=CASE WHEN ?=2 THEN max(read, ?) ELSE read END "
+                "WHERE consult=? AND user=? AND (delivered<? OR (?=2 AND read<?)) "
+                "RETURNING delivered, read",
+                (seq, state, seq, consult, user, seq, state, seq),
+            )
+            row = cur.fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def marks(self, consult: str) -> list[tuple[str, int, int]]:
+        return [
+            (r[0], r[1], r[2])
+            for r in self.db.execute("SELECT user, delivered, read FROM members WHERE consult=?", (consult,))
+        ]

@@ -1,0 +1,281 @@
+"""The device's own SQLite file: the durable outbox, history, consults and delivery marks.
+
+The outbox row is committed with ``synchronous=FULL`` before anything is shown or sent, so
+a message a clinician typed survives a crash, a reboot or a flat battery, and is re-sent
+with the same client id. Received history is written with ``synchronous=NORMAL`` (WAL):
+after a power cut at worst the last writes roll back *together with* the cursor, and the
+next resume fetches them again; nothing is lost and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+from medcomm.core import wire
+from medcomm.core.delivery import OutItem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    cid BLOB PRIMARY KEY, consult TEXT NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL,
+    created REAL NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS messages (
+    consult TEXT NOT NULL, seq INTEGER NOT NULL, cid BLOB NOT NULL, sender TEXT NOT NULL,
+    time INTEGER NOT NULL, kind INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (consult, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_cid ON messages(cid);
+CREATE TABLE IF NOT EXISTS consults (
+    id TEXT PRIMARY KEY, title TEXT NOT NULL DEFAULT '', members TEXT NOT NULL DEFAULT '',
+    cursor INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS marks (
+    consult TEXT NOT NULL, member TEXT NOT NULL, delivered INTEGER NOT NULL, read INTEGER NOT NULL,
+    PRIMARY KEY (consult, member)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One entry of a consult's history as the CLI and TUI show it."""
+
+    consult: str
+    seq: int | None  # None while queued
+    id: str
+    sender: str
+    time: int
+    kind: str
+    text: str
+    state: str  # queued | stored | delivered | read | failed
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "consult": self.consult,
+            "seq": self.seq,
+            "id": self.id,
+            "sender": self.sender,
+            "time": self.time,
+            "kind": self.kind,
+            "text": self.text,
+            "state": self.state,
+        }
+
+
+def body_text(kind: int, body: bytes) -> str:
+    """Render a body for display; system events become a readable sentence."""
+    if kind == wire.KINDS["text"]:
+        return body.decode("utf-8", "replace")
+    if kind == wire.KINDS["system"]:
+        try:
+            ev = msgpack.unpackb(body, raw=False)
+        except Exception:
+            return "(unreadable system event)"
+        if isinstance(ev, dict) and ev.get("event") == "open":
+            return f'opened "{ev.get("title", "")}" with {", ".join(ev.get("members", []))}'
+        if isinstance(ev, dict) and ev.get("event") == "add":
+            return f"added {ev.get('member', '?')}"
+        return "(system event)"
+    return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
+
+
+class LocalStore:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "medcomm.sqlite3"
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def enqueue(self, item: OutItem) -> None:
+        """Durably queue an outgoing message (fsync) before it is shown or sent."""
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute(
+                    "INSERT OR IGNORE INTO outbox VALUES (?,?,?,?,?,NULL)",
+                    (item.cid, item.consult, item.kind, item.body, time.time()),
+                )
+                self.db.execute("INSERT OR IGNORE INTO consults (id) VALUES (?)", (item.consult,))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def outbox(self) -> list[OutItem]:
+        """Items still waiting for the relay, oldest first (failed ones are not retried)."""
+        return [
+            OutItem(r[0], r[1], r[2], r[3])
+            for r in self.db.execute(
+                "SELECT cid, consult, kind, body FROM outbox WHERE error IS NULL ORDER BY created, rowid"
+            )
+        ]
+
+    def outbox_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM outbox WHERE error IS NULL").fetchone()[0])
+
+    def acked(self, item_cid: bytes, consult: str, seq: int, when: int, sender: str, cursor: int) -> None:
+        """Move an acknowledged item from the outbox into history, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT kind, body FROM outbox WHERE cid=?", (item_cid,)).fetchone()
+            if row is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
+                    (consult, seq, item_cid, sender, when, row[0], row[1]),
+                )
+                self.db.execute("DELETE FROM outbox WHERE cid=?", (item_cid,))
+            self._set_cursor(consult, cursor)
+
+    def rejected(self, item_cid: bytes, reason: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE outbox SET error=? WHERE cid=?", (reason, item_cid))
+
+    # --- history --------------------------------------------------------------------------
+
+    def add_messages(self, msgs: list[tuple[wire.Msg, int]]) -> None:
+        """Keep accepted messages and their cursors in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for m, cursor in msgs:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
+                    (m.consult, m.seq, m.cid, m.sender, m.time, m.kind, m.body),
+                )
+                self.db.execute("DELETE FROM outbox WHERE cid=?", (m.cid,))
+                if m.kind == wire.KINDS["system"]:
+                    self._apply_system(m)
+                self._set_cursor(m.consult, cursor)
+
+    def _set_cursor(self, consult: str, cursor: int) -> None:
+        self.db.execute(
+            "INSERT INTO consults (id, cursor) VALUES (?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET cursor=max(cursor, excluded.cursor)",
+            (consult, cursor),
+        )
+
+    def _apply_system(self, m: wire.Msg) -> None:
+        try:
+            ev = msgpack.unpackb(m.body, raw=False)
+        except Exception:
+            return
+        if not isinstance(ev, dict):
+            return
+        self.db.execute("INSERT OR IGNORE INTO consults (id) VALUES (?)", (m.consult,))
+        if ev.get("event") == "open":
+            self.db.execute(
+                "UPDATE consults SET title=?, members=? WHERE id=?",
+                (str(ev.get("title", "")), ",".join(map(str, ev.get("members", []))), m.consult),
+            )
+        elif ev.get("event") == "add":
+            (members,) = self.db.execute("SELECT members FROM consults WHERE id=?", (m.consult,)).fetchone()
+            names = [n for n in members.split(",") if n]
+            if ev.get("member") not in names:
+                names.append(str(ev.get("member")))
+            self.db.execute("UPDATE consults SET members=? WHERE id=?", (",".join(names), m.consult))
+
+    def cursors(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute("SELECT id, cursor FROM consults")}
+
+    def ahead(self) -> dict[str, set[int]]:
+        """Seqs held above each cursor (our own acknowledged messages)."""
+        out: dict[str, set[int]] = {}
+        for consult, seq in self.db.execute(
+            "SELECT m.consult, m.seq FROM messages m JOIN consults c ON c.id=m.consult WHERE m.seq > c.cursor"
+        ):
+            out.setdefault(consult, set()).add(seq)
+        return out
+
+    def set_marks(self, consult: str, member: str, delivered: int, read: int) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO marks VALUES (?,?,?,?) ON CONFLICT(consult, member) DO UPDATE SET "
+                "delivered=max(delivered, excluded.delivered), read=max(read, excluded.read)",
+                (consult, member, delivered, read),
+            )
+
+    def consults(self) -> list[dict[str, object]]:
+        rows = self.db.execute(
+            "SELECT c.id, c.title, c.members, c.cursor, "
+            "(SELECT max(time) FROM messages m WHERE m.consult=c.id) "
+            "FROM consults c ORDER BY c.id"
+        ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "title": r[1],
+                "members": [m for m in r[2].split(",") if m],
+                "last_seq": r[3],
+                "last_time": r[4],
+                "queued": self.db.execute(
+                    "SELECT count(*) FROM outbox WHERE consult=? AND error IS NULL", (r[0],)
+                ).fetchone()[0],
+            }
+            for r in rows
+        ]
+
+    def has_consult(self, consult: str) -> bool:
+        return bool(self.db.execute("SELECT 1 FROM consults WHERE id=?", (consult,)).fetchone())
+
+    def history(self, consult: str, me: str, since: int = 0, limit: int | None = None) -> Iterator[Line]:
+        """Stored messages after ``since`` in seq order, then queued ones, with honest states."""
+        marks = self.db.execute(
+            "SELECT member, delivered, read FROM marks WHERE consult=?", (consult,)
+        ).fetchall()
+        others = [(d, r) for m, d, r in marks if m != me]
+        members = self.db.execute("SELECT members FROM consults WHERE id=?", (consult,)).fetchone()
+        n_others = len([m for m in (members[0].split(",") if members else []) if m and m != me])
+        all_delivered = min((d for d, _ in others), default=0) if len(others) >= n_others else 0
+        all_read = min((r for _, r in others), default=0) if len(others) >= n_others else 0
+        mine = {m: (d, r) for m, d, r in marks}.get(me, (0, 0))
+        sql = "SELECT seq, cid, sender, time, kind, body FROM messages WHERE consult=? AND seq>? ORDER BY seq"
+        params: tuple[object, ...] = (consult, since)
+        if limit is not None:
+            sql = (
+                "SELECT * FROM (SELECT seq, cid, sender, time, kind, body FROM messages "
+                "WHERE consult=? AND seq>? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            )
+            params = (consult, since, limit)
+        for seq, cid, sender, when, kind, body in self.db.execute(sql, params):
+            if sender == me:
+                state = "read" if all_read >= seq else "delivered" if all_delivered >= seq else "stored"
+            else:
+                state = "read" if mine[1] >= seq else "delivered"
+            yield Line(
+                consult,
+                seq,
+                cid.hex(),
+                sender,
+                when,
+                wire.KIND_NAMES.get(kind, "?"),
+                body_text(kind, body),
+                state,
+            )
+        for cid, kind, body, created, error in self.db.execute(
+            "SELECT cid, kind, body, created, error FROM outbox WHERE consult=? ORDER BY created",
+            (consult,),
+        ).fetchall():
+            yield Line(
+                consult,
+                None,
+                cid.hex(),
+                me,
+                int(created * 1000),
+                wire.KIND_NAMES.get(kind, "?"),
+                body_text(kind, body),
+                "failed" if error else "queued",
+            )
+
+    def last_seq(self, consult: str) -> int:
+        row = self.db.execute("SELECT max(seq) FROM messages WHERE consult=?", (consult,)).fetchone()
+        return int(row[0] or 0)

@@ -1,0 +1,104 @@
+"""This device's profile: relay URL, user name, role, and its Ed25519 key.
+
+Kept in the platform's config dir, or under ``$MEDCOMM_HOME`` when set, so that tests and a
+shared clinic PC can hold several identities on one machine. The key file is written before
+registration is attempted, so a login cut off by the link can be re-run with the same key
+and the same one-time code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medcomm.errors import ProfileError, UsageError
+
+PROFILE_FILE = "profile.json"
+KEY_FILE = "device.key"
+
+
+def config_dir(home: Path | None = None) -> Path:
+    if home is not None:
+        return home
+    env = os.environ.get("MEDCOMM_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("medcomm"))
+
+
+def data_dir(home: Path | None = None) -> Path:
+    if home is not None:
+        return home
+    env = os.environ.get("MEDCOMM_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("medcomm"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    relay: str
+    name: str
+    role: str
+    home: Path | None = None  # None: $MEDCOMM_HOME or the platform dirs
+
+    @property
+    def seed(self) -> bytes:
+        return load_or_create_seed(self.home)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomic write readable only by this user (a key file on a shared clinic PC)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_or_create_seed(home: Path | None = None) -> bytes:
+    """The device key's 32-byte seed; created once, then reused by every login attempt."""
+    path = config_dir(home) / KEY_FILE
+    if path.exists():
+        seed = path.read_bytes()
+        if len(seed) != 32:
+            raise ProfileError(f"device key {path} is damaged; move it away and log in again")
+        return seed
+    seed = os.urandom(32)
+    _write_private(path, seed)
+    return seed
+
+
+def load_profile(home: Path | None = None) -> Profile:
+    path = config_dir(home) / PROFILE_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return Profile(relay=raw["relay"], name=raw["name"], role=raw["role"], home=home)
+    except FileNotFoundError:
+        raise ProfileError(
+            "no profile on this device yet: run  medcomm login URL NAME CODE"
+            "  with the enrolment code from your relay's admin"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise ProfileError(f"profile {path} is damaged; run medcomm login again") from None
+
+
+def save_profile(profile: Profile) -> None:
+    fields = {k: v for k, v in asdict(profile).items() if k != "home"}
+    _write_private(config_dir(profile.home) / PROFILE_FILE, json.dumps(fields, indent=2).encode())
+
+
+def check_relay_url(url: str) -> str:
+    if not url.startswith(("ws://", "wss://")):
+        raise UsageError(f"relay URL must start with ws:// or wss://, not {url!r}")
+    return url.rstrip("/")

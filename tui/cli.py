@@ -1,0 +1,413 @@
+"""The `medcomm` command line: flags in, one library call, a line or a table out.
+
+Thin on purpose: heavy modules (websockets, nacl, sqlite, the relay) are imported inside
+the commands, so `medcomm --help` stays fast. Errors from the library arrive as
+``MedcommError`` with an exit code; they become one line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from medcomm.errors import MedcommError
+
+app = typer.Typer(
+    help="Consults for clinics and remote doctors over links too poor for video.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+consult_app = typer.Typer(help="Open, list and join consults.", no_args_is_help=True)
+admin_app = typer.Typer(help="Relay administration (on the relay's data dir).", no_args_is_help=True)
+app.add_typer(consult_app, name="consult")
+app.add_typer(admin_app, name="admin")
+
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to keep trying the link.")]
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _fail(exc: MedcommError) -> typer.Exit:
+    typer.echo(f"medcomm: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log link events to stderr.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+# --- relay --------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    data: Annotated[Path, typer.Option(help="Data dir: relay.sqlite3 and blobs/ live here.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    ping_interval: Annotated[float, typer.Option(help="Keepalive ping period, seconds.")] = 20.0,
+    ping_timeout: Annotated[
+        float, typer.Option(help="A peer silent this long after a ping is dead, seconds.")
+    ] = 40.0,
+) -> None:
+    """Run the relay until SIGTERM/SIGINT; prints one line when it accepts connections."""
+    import logging
+    import signal
+    from dataclasses import replace
+
+    from medcomm.limits import RELAY
+    from medcomm.server.relay import run_relay
+
+    logging.getLogger().setLevel(logging.INFO)
+    limits = replace(RELAY, ping_interval=ping_interval, ping_timeout=ping_timeout)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        ready: asyncio.Future[int] = loop.create_future()
+        task = asyncio.ensure_future(run_relay(data, host, port, limits, ready, stop))
+        done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            print(f"medcomm relay listening on ws://{host}:{ready.result()}", flush=True)
+        await task
+
+    try:
+        _run(main())
+    except OSError as exc:
+        typer.echo(f"medcomm: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@admin_app.callback()
+def _admin(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="The relay's data dir.")],
+) -> None:
+    ctx.obj = data
+
+
+@admin_app.command("enroll")
+def admin_enroll(
+    ctx: typer.Context,
+    name: str,
+    role: Annotated[str, typer.Option(help="clinic or doctor.")],
+) -> None:
+    """Create user NAME (if new) and print a one-time enrolment code for one device."""
+    from medcomm.server.admin import enroll
+
+    try:
+        code = enroll(ctx.obj, name, role)
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"enrolment code for {name.lower()} ({role}), valid 7 days, for one device:")
+    typer.echo(code)
+
+
+@admin_app.command("users")
+def admin_users(ctx: typer.Context) -> None:
+    """List enrolled users and their roles."""
+    from medcomm.server.admin import users
+
+    for name, role in users(ctx.obj):
+        typer.echo(f"{name}\t{role}")
+
+
+# --- identity -----------------------------------------------------------------------------
+
+
+@app.command()
+def login(url: str, name: str, code: str, timeout: TimeoutOpt = 30.0) -> None:
+    """Create this device's key and register it with a one-time CODE (safe to re-run)."""
+    from medcomm.session.service import login as do_login
+
+    try:
+        profile = _run(do_login(url, name, code, timeout))
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"logged in as {profile.name} ({profile.role}) at {profile.relay}")
+
+
+@app.command()
+def whoami(
+    offline: Annotated[bool, typer.Option(help="Only show the local profile.")] = False,
+    timeout: TimeoutOpt = 10.0,
+) -> None:
+    """Show this device's identity (and check it with the relay)."""
+    from medcomm.adapters.profile import config_dir, load_profile
+
+    try:
+        p = load_profile()
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{p.name} ({p.role}) at {p.relay}  [profile in {config_dir()}]")
+    if offline:
+        return
+
+    async def main() -> None:
+        from medcomm.session.service import Session
+
+        async with Session.open(subscribe=False) as s:
+            info = await s.whoami(timeout)
+            typer.echo(f"relay confirms: {info['name']} ({info['role']})")
+
+    try:
+        _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+
+# --- consults -----------------------------------------------------------------------------
+
+
+@consult_app.command("open")
+def consult_open(
+    title: str,
+    with_: Annotated[str, typer.Option("--with", help="Other members, comma-separated.")] = "",
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Open a consult with other members; prints its id."""
+    from medcomm.session.service import Session
+
+    others = [n.strip().lower() for n in with_.split(",") if n.strip()]
+
+    async def main() -> str:
+        async with Session.open() as s:
+            return await s.open_consult(title, others, timeout)
+
+    try:
+        typer.echo(_run(main()))
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+
+@consult_app.command("list")
+def consult_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    offline: Annotated[bool, typer.Option(help="Do not sync first.")] = False,
+    timeout: TimeoutOpt = 15.0,
+) -> None:
+    """List your consults (synced with the relay first, unless --offline or no link)."""
+    from medcomm.session.service import Session
+
+    async def main() -> tuple[list[dict[str, object]], str | None]:
+        async with Session.open(connect=not offline) as s:
+            note = None
+            if not offline:
+                try:
+                    await s.sync(timeout)
+                except MedcommError as exc:
+                    note = f"showing what this device holds: {exc}"
+            return s.store.consults(), note
+
+    try:
+        rows, note = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if note:
+        typer.echo(f"medcomm: {note}", err=True)
+    for r in rows:
+        if as_json:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+        else:
+            queued = f"  ({r['queued']} queued)" if r["queued"] else ""
+            typer.echo(f"{r['id']}  {r['title']}  [{', '.join(r['members'])}]{queued}")  # type: ignore[arg-type]
+
+
+@consult_app.command("add")
+def consult_add(consult: str, name: str, timeout: TimeoutOpt = 30.0) -> None:
+    """Add member NAME to consult ID."""
+    from medcomm.session.service import Session
+
+    async def main() -> list[str]:
+        async with Session.open(subscribe=False) as s:
+            return await s.add_member(consult, name.strip().lower(), timeout)
+
+    try:
+        members = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{consult}: {', '.join(members)}")
+
+
+# --- chat ---------------------------------------------------------------------------------
+
+
+@app.command()
+def send(
+    consult: str,
+    text: Annotated[str, typer.Argument(help="The message, or - to read it from stdin.")],
+    timeout: TimeoutOpt = 30.0,
+) -> None:
+    """Send a message: exits 0 once the relay has stored it, 75 if it stays queued."""
+    from medcomm.errors import LinkDown
+    from medcomm.session.service import Session
+
+    if text == "-":
+        text = sys.stdin.read()
+
+    async def main() -> int:
+        async with Session.open(subscribe=False) as s:
+            item = await s.queue_text(consult, text)
+            try:
+                return await s.wait_stored(item, timeout)
+            finally:
+                try:  # older queued items ride along; do not wait long for them
+                    await s.flush(0.5)
+                except MedcommError:
+                    pass
+
+    try:
+        seq = _run(main())
+    except LinkDown as exc:
+        typer.echo(
+            f"medcomm: {exc}\nmedcomm: the message is queued on this device; the next medcomm "
+            "command that connects (or `medcomm sync`) delivers it",
+            err=True,
+        )
+        raise typer.Exit(exc.exit_code) from None
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"stored #{seq}", err=True)
+
+
+@app.command()
+def sync(timeout: TimeoutOpt = 60.0) -> None:
+    """Deliver the outbox and catch up on every consult."""
+    from medcomm.session.service import Session
+
+    async def main() -> tuple[int, int]:
+        async with Session.open() as s:
+            await s.sync(timeout)
+            return len(s.store.consults()), s.store.outbox_count()
+
+    try:
+        consults, queued = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"in sync: {consults} consults, {queued} queued", err=True)
+
+
+def _print_line(line: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(line.as_json(), ensure_ascii=False))
+        return
+    import time as _time
+
+    when = _time.strftime("%H:%M", _time.localtime(line.time / 1000))
+    seq = f"#{line.seq}" if line.seq is not None else "#-"
+    mark = {"queued": "…", "stored": "✓", "delivered": "✓✓", "read": "✓✓ read", "failed": "✗"}
+    if line.kind == "system":
+        typer.echo(f"{seq:>5} {when} · {line.sender} {line.text}")
+    else:
+        typer.echo(f"{seq:>5} {when} {line.sender}: {line.text}  [{mark.get(line.state, line.state)}]")
+
+
+@app.command()
+def history(
+    consult: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    since: Annotated[int, typer.Option(help="Only messages after this seq.")] = 0,
+    offline: Annotated[bool, typer.Option(help="Do not sync first.")] = False,
+    timeout: TimeoutOpt = 15.0,
+) -> None:
+    """Print a consult's messages with their delivery states (marks them read)."""
+    from medcomm.session.service import Session
+
+    async def main() -> tuple[list[Any], str | None]:
+        async with Session.open(connect=not offline) as s:
+            note = None
+            if not offline:
+                try:
+                    await s.sync(timeout)
+                    await s.mark_read(consult)
+                except MedcommError as exc:
+                    note = f"showing what this device holds: {exc}"
+            return s.history(consult, since), note
+
+    try:
+        lines, note = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if note:
+        typer.echo(f"medcomm: {note}", err=True)
+    for line in lines:
+        _print_line(line, as_json)
+
+
+@app.command()
+def tail(
+    consult: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="Earlier messages to show first.")] = 10,
+) -> None:
+    """Print new messages of a consult as they arrive, across reconnects (Ctrl-C ends)."""
+    from medcomm.session.service import Session
+
+    async def main() -> None:
+        async with Session.open() as s:
+            try:
+                await s.link.wait_until(s.link.core.is_synced, 10.0)
+            except MedcommError:
+                pass
+            for line in s.history(consult, limit=lines) if lines else []:
+                _print_line(line, as_json)
+            async for line in s.tail(consult):
+                _print_line(line, as_json)
+                sys.stdout.flush()
+                await s.mark_read(consult)
+
+    try:
+        _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def demo(
+    data: Annotated[
+        Path | None, typer.Option(help="Demo data dir (default: medcomm's data dir /demo).")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Relay port (0 picks a free one).")] = 0,
+    seconds: Annotated[float, typer.Option(help="Stop after this long (0 = until Ctrl-C).")] = 0,
+) -> None:
+    """Start a local relay with two demo identities and a demo consult, and follow it."""
+    from medcomm.session.demo import run_demo
+
+    try:
+        _run(run_demo(data, port, seconds))
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

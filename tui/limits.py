@@ -1,0 +1,59 @@
+"""Explicit limits, each with a documented default, shared by the relay and the client.
+
+Bad links make every queue a liability: a queue without a bound turns a stall into minutes
+of stale traffic or into memory growth on the relay. Each number here is a deliberate
+choice; the README's "Limits" table mirrors this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WireLimits:
+    """Sizes that every decoder enforces before trusting a frame."""
+
+    max_frame: int = 64 * 1024  # one WebSocket message; chat text is far below this
+    max_text: int = 16 * 1024  # bytes of one chat body (about 8 pages of text)
+    max_title: int = 200  # characters in a consult title
+    max_name: int = 64  # characters in a user name
+    max_members: int = 32  # members of one consult
+    max_cursors: int = 1000  # consults in one resume request
+    max_batch: int = 500  # messages sent per resume page before a "more" mark
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """What one connection or address may cost the relay."""
+
+    auth_deadline: float = 30.0  # seconds to authenticate after connecting (slow links)
+    ping_interval: float = 20.0  # keepalive ping period
+    ping_timeout: float = 40.0  # no pong for this long = dead peer (noticed < 60 s)
+    max_queue: int = 64  # incoming frames buffered per connection (websockets max_queue)
+    send_queue: int = 2000  # outgoing frames queued per connection before it is closed
+    rate_frames: float = 50.0  # sustained frames per second per connection
+    rate_burst: float = 200.0  # burst allowance of the rate limit above
+    login_failures: int = 5  # failed logins per address before each answer is delayed
+    login_delay_max: float = 8.0  # longest delay (seconds) for a failing address
+    enrol_code_ttl: float = 7 * 24 * 3600.0  # seconds an enrolment code stays valid
+    max_connections: int = 10000  # concurrent connections before new ones are refused
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """How hard a client tries and how much it keeps in flight."""
+
+    connect_timeout: float = 20.0  # one connection attempt, TCP + WebSocket + auth
+    backoff_first: float = 0.5  # first retry delay after a failure
+    backoff_max: float = 8.0  # longest retry delay
+    send_timeout: float = 30.0  # default `medcomm send --timeout`
+    ping_interval: float = 20.0
+    ping_timeout: float = 40.0
+    write_limit: int = 4096  # websockets write buffer high-water mark: keep queues ours
+    outbox_inflight: int = 64  # unacknowledged messages in flight on one connection
+
+
+WIRE = WireLimits()
+RELAY = RelayLimits()
+CLIENT = ClientLimits()

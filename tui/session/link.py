@@ -1,0 +1,297 @@
+"""The one WebSocket to the relay: connect, authenticate, resume, reconnect with backoff.
+
+All protocol decisions live in ``core.delivery``; this module only moves bytes, persists
+the core's events to the local store (before anything acknowledges them onward), and
+tells listeners. Every wait is bounded: connection attempts by ``connect_timeout``,
+callers by their own deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from medcomm.adapters.localstore import LocalStore
+from medcomm.adapters.profile import Profile
+from medcomm.core import wire
+from medcomm.core.delivery import (
+    Accepted,
+    Acked,
+    Delivery,
+    Event,
+    Marks,
+    OutItem,
+    Rejected,
+    backoff,
+)
+from medcomm.errors import AuthError, LinkDown, MedcommError, WireError, remote_error
+from medcomm.limits import CLIENT, ClientLimits
+
+log = logging.getLogger("medcomm.link")
+
+
+@dataclass
+class LinkStatus:
+    """What the status line shows: honest link state, round trip and what waits."""
+
+    state: str = "offline"  # offline | connecting | online
+    rtt: float | None = None
+    last_contact: float | None = None
+    connects: int = 0
+    error: str | None = None
+
+
+def sign_challenge(seed: bytes, nonce: bytes, purpose: bytes) -> tuple[bytes, bytes]:
+    from nacl.signing import SigningKey
+
+    key = SigningKey(seed)
+    return bytes(key.verify_key), key.sign(wire.auth_message(nonce, purpose)).signature
+
+
+class Link:
+    def __init__(
+        self,
+        profile: Profile,
+        store: LocalStore,
+        *,
+        subscribe: bool = True,
+        limits: ClientLimits = CLIENT,
+    ) -> None:
+        self.profile = profile
+        self.store = store
+        self.limits = limits
+        self.core = Delivery(store.cursors(), store.ahead(), limits.outbox_inflight, subscribe=subscribe)
+        for item in store.outbox():
+            self.core.queue(item)
+        self.status = LinkStatus()
+        self.listeners: list[Callable[[Event | LinkStatus], None]] = []
+        self._ws: object | None = None
+        self._rids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future[object]] = {}
+        self._changed = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._fatal: MedcommError | None = None
+
+    # --- public API -----------------------------------------------------------------------
+
+    async def submit(self, item: OutItem) -> None:
+        """Queue an item that is already durable in the local outbox."""
+        await self._send_frames(self.core.queue(item))
+
+    async def request(self, op: str, args: dict[str, object], timeout: float) -> object:
+        """A control request; waits (bounded) for the link, then for the answer."""
+        deadline = time.monotonic() + timeout
+        await self.wait_until(lambda: self.status.state == "online", timeout)
+        rid = next(self._rids)
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._requests[rid] = fut
+        try:
+            await self._send_frames([wire.Request(rid, op, args)])
+            remaining = max(0.0, deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(fut), remaining)
+        except TimeoutError:
+            raise LinkDown(f"no answer from the relay within {timeout:.0f} s") from None
+        finally:
+            self._requests.pop(rid, None)
+
+    async def mark_read(self, consult: str, seq: int) -> None:
+        await self._send_frames(self.core.mark_read(consult, seq))
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until predicate() holds, re-checking on every change; LinkDown on timeout."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self._fatal is not None:
+                raise self._fatal
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkDown(self._down_reason(timeout))
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _down_reason(self, timeout: float) -> str:
+        why = f" (last error: {self.status.error})" if self.status.error else ""
+        return f"no link to {self.profile.relay} within {timeout:.0f} s{why}"
+
+    # --- the connection loop --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect and reconnect until stop is set; an authentication refusal is final."""
+        attempt = 0
+        while not stop.is_set():
+            self._set_state("connecting")
+            try:
+                await self._session(stop)
+                attempt = 0
+            except AuthError as exc:
+                self._fatal = exc
+                self._set_state("offline", str(exc))
+                self._changed.set()
+                return
+            except (OSError, TimeoutError, WireError, MedcommError) as exc:
+                self._set_state("offline", _describe(exc))
+            except Exception as exc:  # websockets' closed/handshake errors
+                if not _is_link_error(exc):
+                    raise
+                self._set_state("offline", _describe(exc))
+            finally:
+                self.core.disconnected()
+                self._ws = None
+                for fut in self._requests.values():
+                    if not fut.done():
+                        fut.set_exception(LinkDown("link dropped before the answer"))
+            if stop.is_set():
+                break
+            delay = backoff(attempt, self.limits.backoff_first, self.limits.backoff_max, random.random())
+            attempt += 1
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+        self._set_state("offline")
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+
+        started = time.monotonic()
+        ws = await asyncio.wait_for(
+            connect(
+                self.profile.relay,
+                compression=None,
+                max_size=wire.WIRE.max_frame,
+                max_queue=64,
+                write_limit=self.limits.write_limit,
+                ping_interval=self.limits.ping_interval,
+                ping_timeout=self.limits.ping_timeout,
+                open_timeout=self.limits.connect_timeout,
+                close_timeout=2,
+                user_agent_header=None,
+            ),
+            self.limits.connect_timeout,
+        )
+        try:
+            challenge = await self._recv(ws, self.limits.connect_timeout)
+            if not isinstance(challenge, wire.Challenge):
+                raise WireError("relay did not start with a challenge")
+            self.status.rtt = time.monotonic() - started  # TCP+upgrade ~ 2 RTT; refined below
+            pubkey, sig = sign_challenge(self.profile.seed, challenge.nonce, b"auth")
+            sent_auth = time.monotonic()
+            # Pipelined: resume and outbox go right behind the proof, saving a round trip.
+            await ws.send(wire.encode(wire.Auth(pubkey, sig)))  # type: ignore[attr-defined]
+            self._ws = ws
+            await self._send_frames(self.core.connected(time.monotonic()))
+            welcome = await self._recv(ws, self.limits.connect_timeout)
+            if isinstance(welcome, wire.Err):
+                raise remote_error(welcome.code, welcome.reason)
+            if not isinstance(welcome, wire.Welcome):
+                raise WireError("relay did not welcome us")
+            self.status.rtt = time.monotonic() - sent_auth
+            self.status.connects += 1
+            self._set_state("online")
+            log.info("online as %s (rtt %.0f ms)", welcome.name, self.status.rtt * 1000)
+            await self._pump(ws, stop)
+        finally:
+            self._ws = None
+            await ws.close()  # type: ignore[attr-defined]
+
+    async def _recv(self, ws: object, timeout: float) -> wire.Frame:
+        data = await asyncio.wait_for(ws.recv(), timeout)  # type: ignore[attr-defined]
+        self.status.last_contact = time.time()
+        return wire.decode(data, wire.RELAY_TYPES)
+
+    async def _pump(self, ws: object, stop: asyncio.Event) -> None:
+        reader = asyncio.ensure_future(self._reader(ws))
+        ticker = asyncio.ensure_future(self._ticker())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({reader, ticker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper:
+                    task.result()  # re-raise the link error
+        finally:
+            for task in (reader, ticker, stopper):
+                task.cancel()
+            await asyncio.gather(reader, ticker, stopper, return_exceptions=True)
+
+    async def _reader(self, ws: object) -> None:
+        while True:
+            frame = await self._recv_forever(ws)
+            if isinstance(frame, (wire.Ok, wire.Err)) and frame.rid:
+                fut = self._requests.get(frame.rid)
+                if fut is not None and not fut.done():
+                    if isinstance(frame, wire.Ok):
+                        fut.set_result(frame.result)
+                    else:
+                        fut.set_exception(remote_error(frame.code, frame.reason))
+                continue
+            out = self.core.received(frame, time.monotonic())
+            for event in out.events:
+                self._persist(event)
+            await self._send_frames(out.frames)
+            for event in out.events:
+                self._notify(event)
+            self._timer_wake.set()
+            self._changed.set()
+
+    async def _recv_forever(self, ws: object) -> wire.Frame:
+        data = await ws.recv()  # type: ignore[attr-defined]
+        self.status.last_contact = time.time()
+        return wire.decode(data, wire.RELAY_TYPES)
+
+    async def _ticker(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            self._timer_wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+            except TimeoutError:
+                await self._send_frames(self.core.handle_timer(time.monotonic()))
+
+    def _persist(self, event: Event) -> None:
+        if isinstance(event, Accepted):
+            self.store.add_messages([(event.msg, event.cursor)])
+        elif isinstance(event, Acked):
+            self.store.acked(event.cid, event.consult, event.seq, event.time, self.profile.name, event.cursor)
+        elif isinstance(event, Rejected):
+            self.store.rejected(event.cid, event.reason)
+        elif isinstance(event, Marks):
+            self.store.set_marks(event.consult, event.member, event.delivered, event.read)
+
+    async def _send_frames(self, frames: list[wire.Frame]) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        for frame in frames:
+            await ws.send(wire.encode(frame))  # type: ignore[attr-defined]
+
+    def _notify(self, event: Event | LinkStatus) -> None:
+        for listener in list(self.listeners):
+            listener(event)
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        self.status.state = state
+        if error is not None:
+            self.status.error = error
+            log.info("link %s: %s", state, error)
+        self._changed.set()
+        self._notify(self.status)
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    from websockets.exceptions import WebSocketException
+
+    return isinstance(exc, (WebSocketException, OSError, TimeoutError, EOFError))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
