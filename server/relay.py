@@ -341,11 +341,20 @@ class Relay:
         raise UsageError(f"unknown request {op!r}")
 
     def _system(self, consult: str, actor: str, event: dict[str, object]) -> None:
-        """Record a membership event in the consult's log, so it syncs like any message."""
+        """Record a membership event in the consult's log, so it syncs like any message.
+
+        A new consult's first event is its whole history, so every member connection is live
+        on it from here; a member added later gets the event as a wake-up, sees a gap and
+        asks for the backlog, and goes live when caught up.
+        """
         body = msgpack.packb(event, use_bin_type=True)
         ((msg, _new),) = self.store.store_batch(
             [(consult, secrets.token_bytes(wire.CID_LEN), actor, wire.KINDS["system"], body)]
         )
+        if msg.seq == 1:
+            for member in self.store.members(consult):
+                for conn in self.conns.get(member, ()):
+                    conn.live.add(consult)
         self._fanout(msg, wake=True)
 
 

@@ -84,14 +84,15 @@ async def _converse(homes: dict[str, Path], url: str, seconds: float) -> None:
             sessions = {CLINIC: nurse, DOCTOR: doctor}
             for who, text in SCRIPT:
                 await asyncio.sleep(2.0)
-                item = await sessions[who].queue_text(consult, text)
-                seq = await sessions[who].wait_stored(item, 30)
-                await asyncio.sleep(0.8)
-                await doctor.mark_read(consult)
-                await nurse.mark_read(consult)
-                await asyncio.sleep(0.4)
-                state = {ln.seq: ln.state for ln in sessions[who].history(consult, seq - 1)}
-                print(f"  {who} sees #{seq} as: {state.get(seq)}", flush=True)
+                sender = sessions[who]
+                reader = doctor if sender is nurse else nurse
+                item = await sender.queue_text(consult, text)
+                seq = await sender.wait_stored(item, 30)
+                states = ["stored"]
+                states.append(await _state_after(sender, consult, seq, "delivered"))
+                await reader.mark_read(consult)
+                states.append(await _state_after(sender, consult, seq, "read"))
+                print(f"  {who} sees #{seq} go {' -> '.join(states)}", flush=True)
                 if end and time.monotonic() > end:
                     return
             print("script done; the relay keeps running (Ctrl-C ends).", flush=True)
@@ -101,7 +102,17 @@ async def _converse(homes: dict[str, Path], url: str, seconds: float) -> None:
             follow.cancel()
 
 
+async def _state_after(session: Session, consult: str, seq: int, want: str) -> str:
+    """Poll (bounded) until the sender's own view of seq reaches ``want``; return what it is."""
+    state = "stored"
+    for _ in range(30):
+        state = next((ln.state for ln in session.history(consult, seq - 1) if ln.seq == seq), state)
+        if state == want or state == "read":
+            break
+        await asyncio.sleep(0.1)
+    return state
+
+
 async def _follow(session: Session, consult: str) -> None:
     async for line in session.tail(consult):
         _print(line, session.me)
-        await session.mark_read(consult)

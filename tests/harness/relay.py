@@ -1,0 +1,90 @@
+"""A real `medcomm serve` process on loopback, and enrolled identities, for integration tests.
+
+Every wait is bounded; processes are killed at teardown whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
+READY = re.compile(r"^medcomm relay listening on ws://127\.0\.0\.1:(\d+)$")
+
+
+def medcomm(*args: str, home: Path | None = None, timeout: float = 60, input: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the medcomm CLI as a subprocess, as a user would."""
+    env = dict(os.environ)
+    if home is not None:
+        env["MEDCOMM_HOME"] = str(home)
+    proc = subprocess.run([*MEDCOMM, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"medcomm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+@dataclass
+class RelayProcess:
+    data: Path
+    port: int = 0
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 20) -> RelayProcess:
+        """Start (or restart on the same port) and wait for the one ready line."""
+        self.proc = subprocess.Popen(
+            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().strip()
+            if line or self.proc.poll() is not None:
+                break
+        m = READY.match(line)
+        if not m:
+            self.stop()
+            raise AssertionError(f"relay did not become ready: {line!r}")
+        self.port = int(m.group(1))
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the durability promise is about."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode if self.proc else None
+
+    def enroll(self, name: str, role: str = "clinic") -> str:
+        out = medcomm("admin", "--data", str(self.data), "enroll", name, "--role", role, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def identity(self, root: Path, name: str, role: str = "clinic", url: str | None = None) -> Path:
+        """Enroll name, log in a fresh device under root/name, return its MEDCOMM_HOME."""
+        home = root / name
+        code = self.enroll(name, role)
+        medcomm("login", url or self.url, name, code, home=home, check=True)
+        return home
