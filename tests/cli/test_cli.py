@@ -85,7 +85,9 @@ def test_send_without_link_exits_75_and_sync_delivers_once(
     assert [m["text"] for m in history(doctor, consult) if m["kind"] == "text"] == texts
 
 
-def test_acknowledged_message_survives_relay_sigkill(pair: tuple[Path, Path, str], relay: RelayProcess) -> None:
+def test_acknowledged_message_survives_relay_sigkill(
+    pair: tuple[Path, Path, str], relay: RelayProcess
+) -> None:
     nurse, doctor, consult = pair
     medcomm("send", consult, "before the crash", home=nurse, check=True)
     relay.kill()
@@ -96,8 +98,13 @@ def test_acknowledged_message_survives_relay_sigkill(pair: tuple[Path, Path, str
 def test_tail_follows_live_across_a_relay_restart(pair: tuple[Path, Path, str], relay: RelayProcess) -> None:
     nurse, doctor, consult = pair
     env = dict(os.environ, MEDCOMM_HOME=str(doctor))
-    tail = subprocess.Popen([*MEDCOMM, "tail", consult, "--json", "-n", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    tail = subprocess.Popen(
+        [*MEDCOMM, "tail", consult, "--json", "-n", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         time.sleep(1.5)
         medcomm("send", consult, "one", home=nurse, check=True)
@@ -131,14 +138,18 @@ def test_login_codes_are_one_time_but_relogin_is_idempotent(relay: RelayProcess,
     assert other.returncode == 77 and "already used" in other.stderr
 
 
-def test_consult_add_list_and_membership(pair: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path) -> None:
+def test_consult_add_list_and_membership(
+    pair: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
     nurse, doctor, consult = pair
     osei = relay.identity(tmp_path, "osei", "doctor")
     denied = medcomm("send", consult, "let me in", "--timeout", "10", home=osei)
     assert denied.returncode == 1 and "member" in denied.stderr
     out = medcomm("consult", "add", consult, "osei", home=doctor, check=True)
     assert "osei" in out.stdout
-    rows = [json.loads(r) for r in medcomm("consult", "list", "--json", home=osei, check=True).stdout.splitlines()]
+    rows = [
+        json.loads(r) for r in medcomm("consult", "list", "--json", home=osei, check=True).stdout.splitlines()
+    ]
     assert [(r["id"], r["title"]) for r in rows] == [(consult, "Fever, 6y")]
     assert set(rows[0]["members"]) == {"amina", "dr.chen", "osei"}
     medcomm("send", consult, "second opinion here", home=osei, check=True)

@@ -18,14 +18,16 @@ MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
 READY = re.compile(r"^medcomm relay listening on ws://127\.0\.0\.1:(\d+)$")
 
 
-def medcomm(*args: str, home: Path | None = None, timeout: float = 60, input: str | None = None,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+def medcomm(
+    *args: str, home: Path | None = None, timeout: float = 60, input: str | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run the medcomm CLI as a subprocess, as a user would."""
     env = dict(os.environ)
     if home is not None:
         env["MEDCOMM_HOME"] = str(home)
-    proc = subprocess.run([*MEDCOMM, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, input=input)
+    proc = subprocess.run(
+        [*MEDCOMM, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"medcomm {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -42,7 +44,9 @@ class RelayProcess:
         """Start (or restart on the same port) and wait for the one ready line."""
         self.proc = subprocess.Popen(
             [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
