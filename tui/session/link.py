@@ -44,6 +44,10 @@ class LinkStatus:
     last_contact: float | None = None
     connects: int = 0
     error: str | None = None
+    # Reconnect timings (monotonic): TCP connect started, WebSocket open, caught up on all.
+    connect_started: float | None = None
+    opened: float | None = None
+    caught_up: float | None = None
 
 
 def sign_challenge(seed: bytes, nonce: bytes, purpose: bytes) -> tuple[bytes, bytes]:
@@ -162,6 +166,7 @@ class Link:
         from websockets.asyncio.client import connect
 
         started = time.monotonic()
+        self.status.connect_started, self.status.opened, self.status.caught_up = started, None, None
         ws = await asyncio.wait_for(
             connect(
                 self.profile.relay,
@@ -178,6 +183,7 @@ class Link:
             self.limits.connect_timeout,
         )
         try:
+            self.status.opened = time.monotonic()
             challenge = await self._recv(ws, self.limits.connect_timeout)
             if not isinstance(challenge, wire.Challenge):
                 raise WireError("relay did not start with a challenge")
@@ -236,6 +242,9 @@ class Link:
             for event in out.events:
                 self._persist(event)
             await self._send_frames(out.frames)
+            if self.status.caught_up is None and self.core.is_synced():
+                self.status.caught_up = time.monotonic()
+                self._notify(self.status)
             for event in out.events:
                 self._notify(event)
             self._timer_wake.set()

@@ -1,0 +1,1 @@
+"""Benchmarks behind scripts/bench; each module has main(argv) -> int."""

@@ -1,0 +1,108 @@
+"""One consult member in the chat benchmark: a long-running session (as the TUI would run)
+that sends paced messages and records when each message of every member arrives.
+
+Run by ``benchlib.chat`` as a subprocess, one per member, each behind its own emulated link.
+It stops sending after ``--count`` messages, then keeps receiving until SIGTERM, when it
+syncs (bounded) and writes its records as JSON. Message texts carry only a token
+("bench <member> <n>") padded to 60 characters: no health data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def token(member: str, n: int) -> str:
+    return f"bench {member} {n} ".ljust(60, ".")
+
+
+async def run(args: argparse.Namespace) -> None:
+    from medcomm.core.delivery import Accepted, Acked
+    from medcomm.session.service import Session
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    rng = random.Random(args.seed)
+    sent: dict[str, dict[str, float | int]] = {}
+    received: dict[str, dict[str, float | int]] = {}
+    catchups: list[dict[str, float]] = []
+    cids: dict[bytes, str] = {}
+
+    async with Session.open(home=Path(args.home)) as s:
+        seen_caught_up: set[float] = set()
+
+        def listen(event: object) -> None:
+            now = time.time()
+            if isinstance(event, Accepted) and event.msg.kind == 1:
+                text = event.msg.body.decode()
+                if text.startswith("bench "):
+                    received.setdefault(text, {"t": now, "seq": event.msg.seq})
+            elif isinstance(event, Acked) and event.cid in cids:
+                sent[cids[event.cid]]["acked"] = now
+                sent[cids[event.cid]]["seq"] = event.seq
+            st = s.link.status
+            if st.caught_up is not None and st.caught_up not in seen_caught_up and st.connect_started:
+                seen_caught_up.add(st.caught_up)
+                catchups.append(
+                    {
+                        "from_connect": st.caught_up - st.connect_started,
+                        "from_open": st.caught_up - (st.opened or st.connect_started),
+                        "rtt": st.rtt or 0.0,
+                    }
+                )
+
+        s.on_event(listen)
+        await s.sync(args.final_timeout)
+        print(json.dumps({"member": args.name, "ready": True}), flush=True)
+        await asyncio.sleep(args.start_delay)
+        for n in range(args.count):
+            if stop.is_set():
+                break
+            await asyncio.sleep(rng.expovariate(args.rate))
+            text = token(args.name, n)
+            item = await s.queue_text(args.consult, text)
+            cids[item.cid] = text
+            sent[text] = {"t": time.time()}
+        print(json.dumps({"member": args.name, "done_sending": len(sent)}), flush=True)
+        await stop.wait()
+        try:
+            await s.sync(args.final_timeout)
+            final = "synced"
+        except Exception as exc:  # report, do not hide: the checker will count what is missing
+            final = f"not synced: {exc}"
+        out = {
+            "member": args.name,
+            "sent": sent,
+            "received": received,
+            "catchups": catchups,
+            "final": final,
+            "connects": s.link.status.connects,
+            "outbox_left": s.store.outbox_count(),
+        }
+        Path(args.out).write_text(json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--home", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--consult", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--rate", type=float, default=2.0, help="messages per second (Poisson)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--final-timeout", type=float, default=120.0)
+    p.add_argument("--start-delay", type=float, default=0.0, help="seconds between ready and sending")
+    p.add_argument("--out", required=True)
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
