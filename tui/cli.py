@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from medcomm.errors import MedcommError
+from medcomm.limits import RELAY
 
 app = typer.Typer(
     help="Consults for clinics and remote doctors over links too poor for video.",
@@ -24,9 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: importing rich's renderer costs ~0.1 s per command
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-consult_app = typer.Typer(
-    help="Open, list and join consults.", no_args_is_help=True, rich_markup_mode=None
-)
+consult_app = typer.Typer(help="Open, list and join consults.", no_args_is_help=True, rich_markup_mode=None)
 admin_app = typer.Typer(
     help="Relay administration (on the relay's data dir).", no_args_is_help=True, rich_markup_mode=None
 )
@@ -75,17 +74,18 @@ def serve(
     data: Annotated[Path, typer.Option(help="Data dir: relay.sqlite3 and blobs/ live here.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
-    ping_interval: Annotated[float, typer.Option(help="Keepalive ping period, seconds.")] = 20.0,
+    ping_interval: Annotated[
+        float, typer.Option(help="Keepalive ping period, seconds.")
+    ] = RELAY.ping_interval,
     ping_timeout: Annotated[
         float, typer.Option(help="A peer silent this long after a ping is dead, seconds.")
-    ] = 40.0,
+    ] = RELAY.ping_timeout,
 ) -> None:
     """Run the relay until SIGTERM/SIGINT; prints one line when it accepts connections."""
     import logging
     import signal
     from dataclasses import replace
 
-    from medcomm.limits import RELAY
     from medcomm.server.relay import run_relay
 
     logging.getLogger().setLevel(logging.INFO)

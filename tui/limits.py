@@ -28,8 +28,8 @@ class RelayLimits:
     """What one connection or address may cost the relay."""
 
     auth_deadline: float = 30.0  # seconds to authenticate after connecting (slow links)
-    ping_interval: float = 20.0  # keepalive ping period
-    ping_timeout: float = 40.0  # no pong for this long = dead peer (noticed < 60 s)
+    ping_interval: float = 15.0  # keepalive ping period
+    ping_timeout: float = 30.0  # no pong this long after a ping: dead (noticed <= 45 s)
     max_queue: int = 64  # incoming frames buffered per connection (websockets max_queue)
     send_queue: int = 2000  # outgoing frames queued per connection before it is closed
     rate_frames: float = 50.0  # sustained frames per second per connection
@@ -48,10 +48,24 @@ class ClientLimits:
     backoff_first: float = 0.5  # first retry delay after a failure
     backoff_max: float = 8.0  # longest retry delay
     send_timeout: float = 30.0  # default `medcomm send --timeout`
-    ping_interval: float = 20.0
-    ping_timeout: float = 40.0
+    ping_interval: float = 15.0
+    ping_timeout: float = 30.0
     write_limit: int = 4096  # websockets write buffer high-water mark: keep queues ours
     outbox_inflight: int = 64  # unacknowledged messages in flight on one connection
+
+
+def client_limits(env: dict[str, str]) -> ClientLimits:
+    """Client limits with keepalive overridable from the environment, for odd links
+    (``MEDCOMM_PING_INTERVAL``, ``MEDCOMM_PING_TIMEOUT``, seconds)."""
+    base = ClientLimits()
+    try:
+        interval = float(env.get("MEDCOMM_PING_INTERVAL", base.ping_interval))
+        timeout = float(env.get("MEDCOMM_PING_TIMEOUT", base.ping_timeout))
+    except ValueError:
+        return base
+    if interval <= 0 or timeout <= 0:
+        return base
+    return ClientLimits(ping_interval=interval, ping_timeout=timeout)
 
 
 WIRE = WireLimits()

@@ -8,6 +8,7 @@ later (calls, transfers) get modules of their own beside ``link`` and a verb her
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from medcomm.adapters.profile import Profile, data_dir, load_profile
 from medcomm.core import wire
 from medcomm.core.delivery import Accepted, Acked, Event, OutItem, Rejected
 from medcomm.errors import LimitExceeded, LinkDown, NotFound, RemoteError, UsageError
-from medcomm.limits import CLIENT, WIRE, ClientLimits
+from medcomm.limits import WIRE, ClientLimits, client_limits
 from medcomm.session.link import Link, LinkStatus
 
 
@@ -36,12 +37,13 @@ class Session:
         cls,
         *,
         subscribe: bool = True,
-        limits: ClientLimits = CLIENT,
+        limits: ClientLimits | None = None,
         connect: bool = True,
         home: Path | None = None,
     ) -> AsyncIterator[Session]:
         """A session for the profile in ``home`` (default: $MEDCOMM_HOME or platform dirs)."""
         profile = load_profile(home)
+        limits = limits or client_limits(dict(os.environ))
         store = LocalStore(data_dir(home))
         session = cls(profile, store, Link(profile, store, subscribe=subscribe, limits=limits))
         if connect:
