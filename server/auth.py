@@ -50,14 +50,15 @@ class FailureThrottle:
             self._seen.pop(addr, None)
             return 0.0
         over = count - self.free
-        return 0.0 if over < 0 else min(self.delay_max, 0.25 * 2.0**over)
+        return 0.0 if over < 0 else min(self.delay_max, 0.25 * 2.0 ** min(over, 32))
 
     def failed(self, addr: str, now: float) -> None:
         count, last = self._seen.get(addr, (0, now))
         if now - last > self.forget:
             count = 0
-        if len(self._seen) >= self.max_addresses and addr not in self._seen:
-            self._seen.pop(next(iter(self._seen)))  # bounded: forget the oldest address
+        self._seen.pop(addr, None)  # re-insert: the dict's order is least recently failed first
+        if len(self._seen) >= self.max_addresses:
+            self._seen.pop(next(iter(self._seen)))  # bounded: forget the stalest address
         self._seen[addr] = (count + 1, now)
 
     def succeeded(self, addr: str) -> None:

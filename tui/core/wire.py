@@ -100,12 +100,12 @@ def _body(v: object) -> bytes:
 
 
 def consult_id(v: object) -> str:
-    _check(type(v) is str and bool(_CONSULT_RE.match(v)), "bad consult id")  # type: ignore[arg-type]
+    _check(type(v) is str and bool(_CONSULT_RE.fullmatch(v)), "bad consult id")  # type: ignore[arg-type]
     return v  # type: ignore[return-value]
 
 
 def user_name(v: object) -> str:
-    _check(type(v) is str and bool(_NAME_RE.match(v)), "bad user name")  # type: ignore[arg-type]
+    _check(type(v) is str and bool(_NAME_RE.fullmatch(v)), "bad user name")  # type: ignore[arg-type]
     return v  # type: ignore[return-value]
 
 
@@ -136,7 +136,7 @@ def _cursors(v: object) -> dict[str, int]:
 
 
 def _state(v: object) -> int:
-    _check(v in (1, 2), "receipt state must be 1 (delivered) or 2 (read)")
+    _check(type(v) is int and v in (1, 2), "receipt state must be 1 (delivered) or 2 (read)")
     return v  # type: ignore[return-value]
 
 
@@ -377,7 +377,7 @@ def decode(data: bytes, allowed: frozenset[int] | None = None) -> Frame:
             max_str_len=WIRE.max_frame,
             max_bin_len=WIRE.max_frame,
             max_array_len=64,
-            max_map_len=WIRE.max_cursors,
+            max_map_len=WIRE.max_cursors + 1,  # one more, so the cursor check names the limit
             max_ext_len=0,
         )
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:

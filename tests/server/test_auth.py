@@ -1,0 +1,198 @@
+"""Tests for medcomm.server.auth: challenge signatures and the failed-login throttle."""
+
+from __future__ import annotations
+
+import pytest
+from medcomm.core.wire import auth_message
+from medcomm.limits import RELAY
+from medcomm.server.auth import FailureThrottle, new_nonce, verify
+from nacl.signing import SigningKey
+
+NONCE = bytes(range(32))
+
+
+@pytest.fixture
+def key():
+    return SigningKey(b"\x11" * 32)
+
+
+def sign(key, nonce=NONCE, purpose=b"auth"):
+    return key.sign(auth_message(nonce, purpose)).signature
+
+
+def pub(key):
+    return bytes(key.verify_key)
+
+
+# --- verify -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("purpose", [b"auth", b"register"])
+def test_verify_accepts_a_correct_signature(key, purpose):
+    assert verify(pub(key), NONCE, sign(key, purpose=purpose), purpose) is True
+
+
+def test_verify_accepts_fresh_keys_and_nonces():
+    for _ in range(3):
+        k, nonce = SigningKey.generate(), new_nonce()
+        assert verify(pub(k), nonce, sign(k, nonce), b"auth")
+
+
+def test_verify_refuses_the_wrong_purpose(key):
+    assert verify(pub(key), NONCE, sign(key, purpose=b"register"), b"auth") is False
+    assert verify(pub(key), NONCE, sign(key, purpose=b"auth"), b"register") is False
+
+
+def test_verify_refuses_the_wrong_nonce(key):
+    other = bytes([NONCE[0] ^ 1]) + NONCE[1:]
+    assert verify(pub(key), other, sign(key), b"auth") is False
+    assert verify(pub(key), NONCE[:-1], sign(key), b"auth") is False
+
+
+def test_verify_refuses_a_signature_without_domain_separation(key):
+    assert verify(pub(key), NONCE, key.sign(NONCE).signature, b"auth") is False
+
+
+def test_verify_refuses_another_keys_signature(key):
+    other = SigningKey(b"\x22" * 32)
+    assert verify(pub(key), NONCE, sign(other), b"auth") is False
+    assert verify(pub(other), NONCE, sign(key), b"auth") is False
+
+
+@pytest.mark.parametrize("index", [0, 1, 31, 32, 33, 63])
+@pytest.mark.parametrize("bit", [0, 7])
+def test_verify_refuses_a_tampered_signature(key, index, bit):
+    sig = bytearray(sign(key))
+    sig[index] ^= 1 << bit
+    assert verify(pub(key), NONCE, bytes(sig), b"auth") is False
+
+
+@pytest.mark.parametrize("sig", [b"", b"\x00" * 63, b"\x00" * 64, b"\x00" * 65, None, "x" * 64], ids=repr)
+def test_verify_refuses_malformed_signatures(key, sig):
+    assert verify(pub(key), NONCE, sig, b"auth") is False
+
+
+def test_verify_refuses_a_truncated_or_extended_signature(key):
+    good = sign(key)
+    assert verify(pub(key), NONCE, good[:-1], b"auth") is False
+    assert verify(pub(key), NONCE, good + b"\x00", b"auth") is False
+
+
+@pytest.mark.parametrize(
+    "pubkey",
+    [b"", b"\x01" * 31, b"\x01" * 33, b"\xff" * 32, b"\x00" * 32, None, "k" * 32, 12345],
+    ids=repr,
+)
+def test_verify_refuses_garbage_keys(key, pubkey):
+    assert verify(pubkey, NONCE, sign(key), b"auth") is False
+
+
+def test_new_nonce_is_32_fresh_bytes():
+    nonces = {new_nonce() for _ in range(20)}
+    assert len(nonces) == 20
+    assert all(type(n) is bytes and len(n) == 32 for n in nonces)
+
+
+# --- FailureThrottle --------------------------------------------------------------------
+
+
+def fail_times(throttle, addr, n, now=0.0):
+    """Run n failed logins the way the relay does: ask the delay, then record the failure."""
+    delays = []
+    for _ in range(n):
+        delays.append(throttle.delay(addr, now))
+        throttle.failed(addr, now)
+    return delays
+
+
+def test_defaults_match_relay_limits():
+    t = FailureThrottle()
+    assert (t.free, t.delay_max) == (RELAY.login_failures, RELAY.login_delay_max)
+
+
+def test_first_free_failures_are_not_delayed_then_doubling_up_to_the_cap():
+    t = FailureThrottle(free=5, delay_max=8.0)
+    assert fail_times(t, "1.2.3.4", 13) == [0.0] * 5 + [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_cap_is_delay_max():
+    t = FailureThrottle(free=2, delay_max=1.0)
+    assert fail_times(t, "a", 8) == [0.0, 0.0, 0.25, 0.5, 1.0, 1.0, 1.0, 1.0]
+    t = FailureThrottle(free=2, delay_max=0.3)
+    assert max(fail_times(t, "a", 50)) == 0.3
+
+
+def test_many_failures_do_not_overflow():
+    t = FailureThrottle(free=1, delay_max=8.0)
+    assert fail_times(t, "a", 2000)[-1] == 8.0
+
+
+def test_asking_the_delay_does_not_count_as_a_failure():
+    t = FailureThrottle(free=2)
+    for _ in range(10):
+        assert t.delay("a", 0.0) == 0.0
+    fail_times(t, "a", 2)
+    assert [t.delay("a", 1.0) for _ in range(5)] == [0.25] * 5
+
+
+def test_addresses_are_counted_separately():
+    t = FailureThrottle(free=1)
+    fail_times(t, "a", 3)
+    assert t.delay("a", 0.0) == 1.0
+    assert t.delay("b", 0.0) == 0.0
+    assert fail_times(t, "b", 2) == [0.0, 0.25]
+    assert t.delay("a", 0.0) == 1.0
+
+
+def test_failures_are_forgotten_after_forget_seconds():
+    t = FailureThrottle(free=1, forget=600.0)
+    fail_times(t, "a", 3, now=100.0)
+    assert t.delay("a", 100.0 + 600.0) == 1.0  # not yet: exactly forget seconds later
+    assert t.delay("a", 100.0 + 600.5) == 0.0
+    # and stays forgotten: the next failure starts counting again from one
+    assert fail_times(t, "a", 2, now=701.0) == [0.0, 0.25]
+
+
+def test_forget_counts_from_the_last_failure():
+    t = FailureThrottle(free=1, forget=600.0)
+    now = 0.0
+    for _ in range(4):  # failures 500 s apart never let the count decay
+        t.failed("a", now)
+        now += 500.0
+    assert t.delay("a", now) == 2.0
+
+
+def test_failure_after_a_quiet_period_restarts_the_count():
+    t = FailureThrottle(free=1, forget=10.0)
+    fail_times(t, "a", 5, now=0.0)
+    t.failed("a", 11.0)  # failed() itself notices the decay, without a delay() call first
+    assert t.delay("a", 11.0) == 0.25
+
+
+def test_success_resets_the_count():
+    t = FailureThrottle(free=2)
+    fail_times(t, "a", 6)
+    assert t.delay("a", 0.0) > 0
+    t.succeeded("a")
+    assert t.delay("a", 0.0) == 0.0
+    assert fail_times(t, "a", 3) == [0.0, 0.0, 0.25]
+    t.succeeded("never-seen")  # harmless
+
+
+def test_number_of_addresses_is_bounded():
+    t = FailureThrottle(free=1, max_addresses=3)
+    for i in range(50):
+        t.failed(f"10.0.0.{i}", float(i))
+        assert len(t._seen) <= 3
+    remembered = [i for i in range(50) if t.delay(f"10.0.0.{i}", 50.0) > 0]
+    assert len(remembered) == 3
+    assert 49 in remembered  # the newest failing address is kept
+
+
+def test_known_address_is_not_evicted_when_full():
+    t = FailureThrottle(free=1, max_addresses=2)
+    t.failed("a", 0.0)
+    t.failed("b", 0.0)
+    t.failed("a", 1.0)  # already tracked: no eviction needed
+    assert t.delay("a", 1.0) == 0.5
+    assert t.delay("b", 1.0) == 0.25
