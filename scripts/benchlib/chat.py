@@ -99,7 +99,7 @@ def start_members(
                     str(out_dir / f"member-{i}.json"),
                 ],
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=(out_dir / f"member-{i}.log").open("w"),
                 text=True,
                 env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "scripts")),
             )
@@ -379,6 +379,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="small smoke run (120 messages, flaky only)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--keep", type=Path, help="work in this dir and keep it (logs, databases)")
     args = p.parse_args(argv)
     if args.quick:
         args.profiles, args.messages, args.rate, args.cut_every, args.kills = "flaky", 120, 4.0, 3.0, 1
@@ -392,6 +393,9 @@ def main(argv: list[str]) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="medcomm-bench-") as tmp:
         root = Path(tmp)
+        if args.keep:
+            root = args.keep
+            root.mkdir(parents=True, exist_ok=True)
         for profile in args.profiles.split(","):
             r = reliability(
                 profile, args.messages, args.rate, root / profile, args.cut_every, args.kills, args.seed

@@ -276,11 +276,19 @@ class Link:
             self.store.set_marks(event.consult, event.member, event.delivered, event.read)
 
     async def _send_frames(self, frames: list[wire.Frame]) -> None:
+        """Write frames if the link is up. A link that drops mid-write is not the caller's
+        error: what was sent is still in the core's in-flight set, goes back to pending
+        when the reader sees the close, and is re-sent on the next connection."""
         ws = self._ws
         if ws is None:
             return
-        for frame in frames:
-            await ws.send(wire.encode(frame))  # type: ignore[attr-defined]
+        try:
+            for frame in frames:
+                await ws.send(wire.encode(frame))  # type: ignore[attr-defined]
+        except Exception as exc:
+            if not _is_link_error(exc):
+                raise
+            log.info("link dropped while sending: %s", _describe(exc))
 
     def _notify(self, event: Event | LinkStatus) -> None:
         for listener in list(self.listeners):
