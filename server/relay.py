@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+
 from medcomm.core import wire
 from medcomm.core.wire import (
     CaughtUp,
@@ -112,6 +113,7 @@ class Relay:
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._members: dict[str, list[str]] = {}  # cache; membership changes only via _request
         self.connections = 0
 
     # --- connection lifecycle -------------------------------------------------------------
@@ -261,10 +263,18 @@ class Relay:
         consult (a member just added): their gap detection then asks for the backlog.
         """
         data = wire.encode(Msg(msg.consult, msg.seq, msg.cid, msg.sender, msg.time, msg.kind, msg.body))
-        for member in self.store.members(msg.consult):
+        for member in self.members(msg.consult):
             for conn in self.conns.get(member, ()):
                 if conn is not exclude and (wake or msg.consult in conn.live):
                     conn.enqueue(data)
+
+    def members(self, consult: str) -> list[str]:
+        found = self._members.get(consult)
+        if found is None:
+            if len(self._members) > 100_000:
+                self._members.clear()
+            found = self._members[consult] = self.store.members(consult)
+        return found
 
     def _on_sub(self, conn: Conn, frame: Sub) -> None:
         budget = WIRE.max_batch
@@ -304,7 +314,7 @@ class Relay:
         if changed is None:
             return
         data = wire.encode(Receipts(frame.consult, conn.user, *changed))
-        for member in self.store.members(frame.consult):
+        for member in self.members(frame.consult):
             for other in self.conns.get(member, ()):
                 if frame.consult in other.live:
                     other.enqueue(data)
@@ -336,6 +346,7 @@ class Relay:
             consult = wire.consult_id(args.get("consult"))
             name = wire.user_name(args.get("name"))
             if self.store.add_member(consult, conn.user, name):
+                self._members.pop(consult, None)
                 self._system(consult, conn.user, {"event": "add", "member": name})
             return {"id": consult, "members": self.store.members(consult)}
         raise UsageError(f"unknown request {op!r}")
@@ -352,7 +363,7 @@ class Relay:
             [(consult, secrets.token_bytes(wire.CID_LEN), actor, wire.KINDS["system"], body)]
         )
         if msg.seq == 1:
-            for member in self.store.members(consult):
+            for member in self.members(consult):
                 for conn in self.conns.get(member, ()):
                     conn.live.add(consult)
         self._fanout(msg, wake=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from medcomm.errors import MedcommError
 from medcomm.limits import RELAY
 
@@ -89,6 +90,7 @@ def serve(
     from medcomm.server.relay import run_relay
 
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # 2 lines per connection otherwise
     limits = replace(RELAY, ping_interval=ping_interval, ping_timeout=ping_timeout)
 
     async def main() -> None:

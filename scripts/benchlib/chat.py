@@ -146,6 +146,7 @@ def reliability(
     per_member = (total - cli_sends + 2) // 3
     counts = [per_member] * 3
     cli_results: list[tuple[str, int]] = []
+    kill_times: list[float] = []
     stop = threading.Event()
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -172,6 +173,7 @@ def reliability(
                 now = time.monotonic()
                 if kill_at and now - t0 >= kill_at[0]:
                     kill_at.pop(0)
+                    kill_times.append(time.time())
                     sc.relay.kill()
                     stop.wait(rng.uniform(0.5, 2.0))
                     sc.relay.start()

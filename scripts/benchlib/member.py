@@ -91,6 +91,10 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(created).3f %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--home", required=True)
     p.add_argument("--name", required=True)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from medcomm.limits import ClientLimits
 from medcomm.session.service import Session
-
 from tests.harness.links import BadLink
 from tests.harness.relay import MEDCOMM, RelayProcess, medcomm
 
@@ -121,3 +120,22 @@ def test_a_frozen_client_is_dropped_by_the_relay(tmp_path: Path) -> None:
         follower.kill()
         follower.wait(10)
         relay.stop()
+
+
+async def test_backoff_starts_afresh_after_each_working_connection(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    link = BadLink(relay.port, tmp_path / "r.json")
+    try:
+        home = relay.identity(tmp_path, "amina", "clinic", url=link.url)
+        async with Session.open(home=home) as s:
+            await s.sync(20)
+            for n in range(6):
+                before = s.link.status.connects
+                link.cut()
+                t0 = time.monotonic()
+                await s.link.wait_until(lambda b=before: s.link.status.connects > b, 20)
+                # attempt 0 waits 0.25-0.75 s; a growing backoff would pass 4 s by the 5th drop
+                assert time.monotonic() - t0 < 3.0, f"reconnect {n} took {time.monotonic() - t0:.1f} s"
+    finally:
+        link.close()

@@ -132,9 +132,9 @@ class Link:
         attempt = 0
         while not stop.is_set():
             self._set_state("connecting")
+            connects = self.status.connects
             try:
                 await self._session(stop)
-                attempt = 0
             except AuthError as exc:
                 self._fatal = exc
                 self._set_state("offline", str(exc))
@@ -154,6 +154,8 @@ class Link:
                         fut.set_exception(LinkDown("link dropped before the answer"))
             if stop.is_set():
                 break
+            if self.status.connects > connects:
+                attempt = 0  # that connection worked: a drop starts the backoff afresh
             delay = backoff(attempt, self.limits.backoff_first, self.limits.backoff_max, random.random())
             attempt += 1
             try:
