@@ -49,6 +49,7 @@ from medcomm.errors import (
     LimitExceeded,
     MedcommError,
     NotFound,
+    RemoteError,
     UsageError,
     WireError,
 )
@@ -61,6 +62,10 @@ log = logging.getLogger("medcomm.relay")
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 MAX_BAD_FRAMES = 10
+
+
+def reason(exc: MedcommError) -> str:
+    return exc.reason if isinstance(exc, RemoteError) else str(exc)
 
 
 def error_code(exc: MedcommError) -> str:
@@ -83,12 +88,22 @@ class Conn:
     user: str
     role: str
     addr: str
-    out: asyncio.Queue[bytes | None]
+    out: asyncio.Queue[bytes | tuple[int, str]]
     live: set[str] = field(default_factory=set)  # consults caught up: receive live messages
     tokens: float = 0.0
     refill_at: float = 0.0
     bad_frames: int = 0
     closing: bool = False
+
+    def close_after(self, code: int, reason: str) -> None:
+        """Close once everything queued before (e.g. the error that explains why) is sent."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.out.put_nowait((code, reason))
+        except asyncio.QueueFull:
+            asyncio.ensure_future(self.ws.close(code, reason))  # type: ignore[attr-defined]
 
     def enqueue(self, data: bytes) -> None:
         if self.closing:
@@ -153,7 +168,7 @@ class Relay:
             log.info("authentication failed addr=%s (%s)", addr, error_code(exc))
             if delay:
                 await asyncio.sleep(delay)
-            await ws.send(wire.encode(Err(0, error_code(exc), str(exc))))  # type: ignore[attr-defined]
+            await ws.send(wire.encode(Err(0, error_code(exc), reason(exc))))  # type: ignore[attr-defined]
             await ws.close(CLOSE_POLICY, "authentication failed")  # type: ignore[attr-defined]
             return None
         self.throttle.succeeded(addr)
@@ -188,9 +203,13 @@ class Relay:
                     frame = wire.decode(data, wire.CLIENT_TYPES)
                 except WireError as exc:
                     conn.bad_frames += 1
-                    conn.enqueue(wire.encode(Err(0, error_code(exc), str(exc))))
+                    conn.enqueue(wire.encode(Err(0, error_code(exc), reason(exc))))
                     if conn.bad_frames >= MAX_BAD_FRAMES:
-                        await conn.ws.close(CLOSE_POLICY, "too many bad frames")  # type: ignore[attr-defined]
+                        conn.close_after(CLOSE_POLICY, "too many bad frames")
+                        try:
+                            await asyncio.wait_for(asyncio.shield(writer), 10)
+                        except (TimeoutError, Exception):
+                            await conn.ws.close(CLOSE_POLICY, "too many bad frames")  # type: ignore[attr-defined]
                         break
                     continue
                 self._dispatch(conn, frame)
@@ -204,7 +223,8 @@ class Relay:
     async def _writer(self, conn: Conn) -> None:
         while True:
             data = await conn.out.get()
-            if data is None:
+            if isinstance(data, tuple):
+                await conn.ws.close(*data)  # type: ignore[attr-defined]
                 return
             await conn.ws.send(data)  # type: ignore[attr-defined]
 
@@ -239,7 +259,7 @@ class Relay:
         try:
             self.store.check_member(frame.consult, conn.user)
         except MedcommError as exc:
-            conn.enqueue(wire.encode(Reject(frame.cid, error_code(exc), str(exc))))
+            conn.enqueue(wire.encode(Reject(frame.cid, error_code(exc), reason(exc))))
             return
         self._pending.append((conn, frame))
         if self._flush_handle is None:
@@ -277,21 +297,36 @@ class Relay:
         return found
 
     def _on_sub(self, conn: Conn, frame: Sub) -> None:
+        """Answer a resume from the log, bounded in frames (messages, marks, marks of caught
+        up consults all count), so a large resume never overflows the send queue: a full
+        resume continues where ``Ready.next`` says; a named consult past the budget is
+        answered "more"."""
         budget = WIRE.max_batch
         cursors = dict(frame.cursors)
         if frame.full:
             for consult in self.store.consult_ids_of(conn.user):
                 cursors.setdefault(consult, 0)
-        for consult, cursor in cursors.items():
+        order = sorted(c for c in cursors if c >= frame.start)
+        next_start = ""
+        for consult in order:
+            cursor = cursors[consult]
+            if budget <= 0:
+                if frame.full:
+                    next_start = consult
+                    break
+                conn.live.discard(consult)
+                conn.enqueue(wire.encode(CaughtUp(consult, cursor, True)))
+                continue
             try:
                 self.store.check_member(consult, conn.user)
             except MedcommError as exc:
                 conn.live.discard(consult)
-                conn.enqueue(wire.encode(Err(0, error_code(exc), str(exc))))
+                conn.enqueue(wire.encode(Err(0, error_code(exc), reason(exc))))
+                budget -= 1
                 continue
             last = self.store.last_seq(consult)
-            msgs = self.store.messages_after(consult, cursor, budget) if budget > 0 else []
-            budget -= len(msgs)
+            msgs = self.store.messages_after(consult, cursor, budget)
+            budget -= len(msgs) + 1
             for m in msgs:
                 conn.enqueue(wire.encode(Msg(m.consult, m.seq, m.cid, m.sender, m.time, m.kind, m.body)))
             upto = msgs[-1].seq if msgs else min(cursor, last)
@@ -300,11 +335,13 @@ class Relay:
                 conn.live.discard(consult)
             else:
                 conn.live.add(consult)
-                for member, delivered, read in self.store.marks(consult):
+                marks = [mk for mk in self.store.marks(consult) if mk[1] or mk[2]]
+                budget -= len(marks)
+                for member, delivered, read in marks:
                     conn.enqueue(wire.encode(Receipts(consult, member, delivered, read)))
             conn.enqueue(wire.encode(CaughtUp(consult, upto, more)))
         if frame.full:
-            conn.enqueue(wire.encode(Ready(len(cursors))))
+            conn.enqueue(wire.encode(Ready(len(order), next_start)))
 
     def _on_receipt(self, conn: Conn, frame: Receipt) -> None:
         if not self.store.is_member(frame.consult, conn.user):
@@ -323,7 +360,7 @@ class Relay:
         try:
             result = self._request(conn, frame.op, frame.args)
         except MedcommError as exc:
-            conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), str(exc))))
+            conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), reason(exc))))
             return
         conn.enqueue(wire.encode(Ok(frame.rid, result)))
 
@@ -402,7 +439,7 @@ async def run_relay(
     relay = Relay(store, limits)
     stop = stop or asyncio.Event()
     try:
-        async with serve(
+        server = await serve(
             relay.handler,
             host,
             port,
@@ -415,12 +452,15 @@ async def run_relay(
             open_timeout=limits.auth_deadline,
             close_timeout=5,
             server_header=None,
-        ) as server:
-            bound = server.sockets[0].getsockname()[1]
-            if ready is not None and not ready.done():
-                ready.set_result(bound)
-            await stop.wait()
-            server.close()
-            await server.wait_closed()
+        )
+        bound = server.sockets[0].getsockname()[1]
+        if ready is not None and not ready.done():
+            ready.set_result(bound)
+        await stop.wait()
+        server.close()  # open connections get 1001 "going away" at once
+        try:  # a peer stuck mid-handshake must not hold the shutdown for open_timeout
+            await asyncio.wait_for(server.wait_closed(), 2)
+        except TimeoutError:
+            log.info("shutdown: gave up waiting for connections still opening")
     finally:
         store.close()

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN
-from medcomm.errors import AccessDenied, AuthError, NotFound, UsageError
+from medcomm.errors import AccessDenied, AuthError, LimitExceeded, NotFound, UsageError
+from medcomm.limits import WIRE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -187,6 +188,11 @@ class RelayStore:
             self.check_member(consult, by)
             if not self.db.execute("SELECT 1 FROM users WHERE name=?", (name,)).fetchone():
                 raise NotFound(f"no user named {name}")
+            if self.is_member(consult, name):
+                return False
+            (count,) = self.db.execute("SELECT count(*) FROM members WHERE consult=?", (consult,)).fetchone()
+            if count >= WIRE.max_members:
+                raise LimitExceeded(f"consult {consult} already has {WIRE.max_members} members")
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO members (consult, user, added_by, added) VALUES (?,?,?,?)",
                 (consult, name, by, now),

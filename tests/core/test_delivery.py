@@ -157,3 +157,16 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert backoff(3, 0.5, 8.0, 0.5) == 4.0
     assert backoff(10, 0.5, 8.0, 0.0) == 4.0
     assert backoff(10, 0.5, 8.0, 0.999) < 12.0
+
+
+def test_a_cut_short_full_resume_continues_from_next() -> None:
+    d = Delivery({"aaaaaa": 3, "mmmmmm": 1, "zzzzzz": 0})
+    d.connected(0.0)
+    out = d.received(Ready(2, "mmmmmm"), 0.0)
+    assert out.frames == [Sub({"mmmmmm": 1, "zzzzzz": 0}, True, "mmmmmm")]
+    assert not d.is_synced()
+    d.received(Ready(1, ""), 0.0)
+    assert not d.is_synced()  # consults still waiting for their CaughtUp
+    for consult, cursor in (("aaaaaa", 3), ("mmmmmm", 1), ("zzzzzz", 0)):
+        d.received(CaughtUp(consult, cursor, False), 0.0)
+    assert d.is_synced()

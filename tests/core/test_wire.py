@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from medcomm.core import wire
 from medcomm.core.wire import (
     CID_LEN,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from nacl.signing import SigningKey
+
 from medcomm.core.wire import auth_message
 from medcomm.limits import RELAY
 from medcomm.server.auth import FailureThrottle, new_nonce, verify
-from nacl.signing import SigningKey
 
 NONCE = bytes(range(32))
 

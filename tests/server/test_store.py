@@ -6,6 +6,7 @@ import re
 import sqlite3
 
 import pytest
+
 from medcomm.errors import AccessDenied, AuthError, NotFound, UsageError
 from medcomm.server.store import RelayStore, StoredMessage, hash_code, normalise_code
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+
 from medcomm.core import wire
 from medcomm.core.delivery import OutItem
 

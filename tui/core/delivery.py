@@ -211,7 +211,11 @@ class Delivery:
                 out.events.append(Rejected(frame.cid, frame.code, frame.reason))
             out.frames.extend(self._fill())
         elif isinstance(frame, Ready):
-            self.full_sync_done = True
+            if frame.next:  # the relay's answer was cut at its budget: ask for the rest
+                rest = {c: n for c, n in self.cursors.items() if c >= frame.next}
+                out.frames.append(Sub(rest, True, frame.next))
+            else:
+                self.full_sync_done = True
         elif isinstance(frame, Err) and frame.rid == 0:
             out.events.append(RelayError(frame.code, frame.reason))
         return out

@@ -136,6 +136,10 @@ def _cursors(v: object) -> dict[str, int]:
     return {consult_id(k): _uint(s) for k, s in v.items()}  # type: ignore[union-attr]
 
 
+def _start(v: object) -> str:
+    return "" if v == "" else consult_id(v)
+
+
 def _state(v: object) -> int:
     _check(type(v) is int and v in (1, 2), "receipt state must be 1 (delivered) or 2 (read)")
     return v  # type: ignore[return-value]
@@ -207,8 +211,9 @@ class Sub(Frame):
 
     cursors: dict[str, int]
     full: bool = False
+    start: str = ""  # a full resume continues from this consult id (see Ready.next)
     TYPE: ClassVar[T] = T.SUB
-    CHECKS: ClassVar[tuple] = (_cursors, _bool)
+    CHECKS: ClassVar[tuple] = (_cursors, _bool, _start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,12 +328,14 @@ class Reject(Frame):
 
 @dataclass(frozen=True, slots=True)
 class Ready(Frame):
-    """Ends the relay's answer to a full resume: every consult was answered (some may say
-    "more"), so the client knows the whole set without a separate list request."""
+    """Ends the relay's answer to a full resume: every consult up to ``next`` was answered
+    (some may say "more"), so the client knows the whole set without a list request. The
+    answer is bounded in frames; ``next`` names where a follow-up full resume starts."""
 
     consults: int
+    next: str = ""  # not "" when the answer was cut at the frame budget: resume from here
     TYPE: ClassVar[T] = T.READY
-    CHECKS: ClassVar[tuple] = (_uint,)
+    CHECKS: ClassVar[tuple] = (_uint, _start)
 
 
 FRAME_TYPES: dict[int, type[Frame]] = {

@@ -177,10 +177,11 @@ def _consult(consult: str) -> str:
 
 async def login(url: str, name: str, code: str, timeout: float = 30.0, home: Path | None = None) -> Profile:
     """Register this device's key with a one-time code; safe to re-run after a cut."""
+    from websockets.asyncio.client import connect
+
     from medcomm.adapters.profile import check_relay_url, load_or_create_seed, save_profile
     from medcomm.errors import remote_error
     from medcomm.session.link import sign_challenge
-    from websockets.asyncio.client import connect
 
     url = check_relay_url(url)
     name = wire.user_name(name.strip().lower()) if _valid_name(name) else _bad_name(name)

@@ -1,0 +1,898 @@
+"""The relay against hostile and careless clients: raw WebSockets against a real relay process.
+
+Every test talks to a real ``medcomm serve`` subprocess on 127.0.0.1 through raw WebSocket
+clients that speak the wire protocol by hand (challenge, Register/Auth, frames), so nothing
+in the client library can paper over what the relay really does. Every wait is bounded, and
+every test ends by checking that the relay is still healthy: a fresh, well-behaved client
+can still register, open a consult and get a message stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from medcomm.core import wire
+from medcomm.core.wire import (
+    Auth,
+    CaughtUp,
+    Challenge,
+    Err,
+    Msg,
+    Ok,
+    Ready,
+    Receipt,
+    Receipts,
+    Register,
+    Reject,
+    Request,
+    Send,
+    Stored,
+    Sub,
+    Welcome,
+)
+from medcomm.limits import RELAY, WIRE
+from medcomm.server import admin
+from medcomm.session.link import sign_challenge
+from tests.harness.relay import RelayProcess
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT = 10.0  # upper bound of any single wait for the relay (generous: loaded CI machines)
+TEXT = wire.KINDS["text"]
+UNKNOWN_CONSULT = "zzzzzz"  # a well-formed consult id that the relay never handed out
+
+
+# --- a raw protocol client ----------------------------------------------------------------
+
+
+@dataclass
+class Device:
+    name: str
+    role: str
+    seed: bytes
+
+
+class Client:
+    """One raw WebSocket speaking frames; every receive is bounded."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._rid = 0
+        self.seen: list[wire.Frame] = []  # every frame received, in order
+
+    def _decode(self, data: bytes | str) -> wire.Frame:
+        frame = wire.decode(data, wire.RELAY_TYPES)  # type: ignore[arg-type]
+        self.seen.append(frame)
+        return frame
+
+    async def send(self, frame: wire.Frame | bytes | str) -> None:
+        await self.ws.send(wire.encode(frame) if isinstance(frame, wire.Frame) else frame)
+
+    async def recv(self, timeout: float = WAIT) -> wire.Frame:
+        async with asyncio.timeout(timeout):
+            data = await self.ws.recv()
+        return self._decode(data)
+
+    async def until(
+        self, pred: Callable[[wire.Frame], bool], timeout: float = WAIT
+    ) -> tuple[wire.Frame, list[wire.Frame]]:
+        """The first frame matching pred, and every frame received before it."""
+        skipped: list[wire.Frame] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = self._decode(await self.ws.recv())
+                if pred(frame):
+                    return frame, skipped
+                skipped.append(frame)
+
+    async def request(
+        self, op: str, args: dict[str, object] | None = None, timeout: float = WAIT
+    ) -> tuple[Ok | Err, list[wire.Frame]]:
+        self._rid += 1
+        rid = self._rid
+        await self.send(Request(rid, op, args or {}))
+        answer, skipped = await self.until(lambda f: isinstance(f, (Ok, Err)) and f.rid == rid, timeout)
+        assert isinstance(answer, (Ok, Err))
+        return answer, skipped
+
+    async def barrier(self, timeout: float = WAIT) -> list[wire.Frame]:
+        """Every frame the relay queued for us before it answers a fresh whoami.
+
+        The relay sends a connection's frames in order through one queue, so anything it
+        meant to send us because of earlier frames arrives before this answer.
+        """
+        answer, skipped = await self.request("whoami", timeout=timeout)
+        assert isinstance(answer, Ok), answer
+        return skipped
+
+    async def closed(self, timeout: float = WAIT) -> tuple[int | None, str, list[wire.Frame]]:
+        """Read until the relay closes: (close code, reason, frames received before)."""
+        frames: list[wire.Frame] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    frames.append(self._decode(await self.ws.recv()))
+        except ConnectionClosed as exc:
+            if exc.rcvd is None:
+                return None, "", frames
+            return exc.rcvd.code, exc.rcvd.reason, frames
+
+    async def open_consult(self, title: str, others: Iterable[str]) -> str:
+        answer, _ = await self.request("open", {"title": title, "with": list(others)})
+        assert isinstance(answer, Ok), answer
+        assert isinstance(answer.result, dict)
+        return str(answer.result["id"])
+
+    async def send_text(self, consult: str, body: bytes, cid: bytes | None = None) -> Stored:
+        cid = cid or secrets.token_bytes(wire.CID_LEN)
+        await self.send(Send(consult, cid, TEXT, body))
+        ack, _ = await self.until(lambda f: isinstance(f, (Stored, Reject)) and f.cid == cid)
+        assert isinstance(ack, Stored), ack
+        return ack
+
+    async def sync(self, cursors: dict[str, int], full: bool = False) -> list[wire.Frame]:
+        """Sub and collect exactly the relay's answer (up to Ready, or up to a barrier).
+
+        Frames that were already on their way (live messages) are drained first; they stay
+        in ``seen``.
+        """
+        await self.barrier()
+        await self.send(Sub(cursors, full))
+        if full:
+            ready, frames = await self.until(lambda f: isinstance(f, Ready))
+            return [*frames, ready]
+        return await self.barrier()
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def dial(relay: RelayProcess) -> tuple[Client, Challenge]:
+    ws = await connect(relay.url, open_timeout=WAIT, close_timeout=2, ping_interval=None, compression=None)
+    client = Client(ws)
+    challenge = await client.recv()
+    assert isinstance(challenge, Challenge), challenge
+    return client, challenge
+
+
+async def enroll(relay: RelayProcess, name: str, role: str = "clinic", cli: bool = False) -> str:
+    """A one-time code for name: through the ``medcomm admin enroll`` CLI when ``cli``, else
+    in-process through the very function that CLI calls (on the live data dir, as the CLI
+    does). Each CLI run costs ~0.5 s of CPU; dozens of them would dominate this file."""
+    if cli:
+        return await asyncio.to_thread(relay.enroll, name, role)
+    return await asyncio.to_thread(admin.enroll, relay.data, name, role)
+
+
+async def register(relay: RelayProcess, name: str, role: str = "clinic") -> tuple[Client, Device]:
+    """Enroll name and bind a fresh device key with the one-time code."""
+    device = Device(name, role, secrets.token_bytes(32))
+    code = await enroll(relay, name, role)
+    client, challenge = await dial(relay)
+    pubkey, sig = sign_challenge(device.seed, challenge.nonce, b"register")
+    await client.send(Register(name, code, pubkey, sig))
+    welcome = await client.recv()
+    assert welcome == Welcome(name, role), welcome
+    return client, device
+
+
+async def login(relay: RelayProcess, device: Device) -> Client:
+    client, challenge = await dial(relay)
+    pubkey, sig = sign_challenge(device.seed, challenge.nonce, b"auth")
+    await client.send(Auth(pubkey, sig))
+    welcome = await client.recv()
+    assert welcome == Welcome(device.name, device.role), welcome
+    return client
+
+
+async def refused(client: Client) -> Err:
+    """The relay's answer to a failed authentication: one Err, then close 1008."""
+    code, reason, frames = await client.closed()
+    assert code == 1008, (code, reason, frames)
+    assert reason, "a policy close must say why"
+    assert len(frames) == 1 and isinstance(frames[0], Err), frames
+    assert frames[0].rid == 0
+    return frames[0]
+
+
+async def assert_healthy(relay: RelayProcess, others: Iterable[str] = ()) -> None:
+    """A fresh, well-behaved client can register, open a consult and get a Send stored."""
+    assert relay.proc is not None and relay.proc.poll() is None, "relay process died"
+    client, _ = await register(relay, f"health-{secrets.token_hex(3)}")
+    try:
+        consult = await client.open_consult("still healthy", others)
+        stored = await client.send_text(consult, b"are you there?")
+        assert stored.consult == consult
+        assert stored.seq == 2  # seq 1 is the relay's "open" system message
+    finally:
+        await client.close()
+
+
+def msgs(frames: Iterable[wire.Frame], consult: str | None = None) -> list[Msg]:
+    return [f for f in frames if isinstance(f, Msg) and (consult is None or f.consult == consult)]
+
+
+# --- 1. malformed frames after authentication ------------------------------------------------
+
+
+def _bad_frames() -> list[bytes | str]:
+    junk = random.Random(20240607).randbytes(200)
+    cid = bytes(wire.CID_LEN)
+    return [
+        junk,  # random bytes
+        "hello relay",  # a text frame
+        msgpack.packb({"type": 4}),  # valid msgpack, not an array
+        msgpack.packb([]),  # empty array
+        msgpack.packb(["4", "abcdef"]),  # type code as text
+        msgpack.packb([99, 1, 2]),  # unknown type code
+        wire.encode(Stored(cid, "abcdef", 1, 1)),  # a relay-only frame sent by a client
+        msgpack.packb([int(wire.T.SEND), "abcdef", cid, TEXT]),  # too few fields
+        msgpack.packb([int(wire.T.SEND), "NOT-AN-ID", cid, TEXT, b"x"]),  # bad consult id
+        b"\x91" * 5000 + b"\x01",  # deeply nested arrays
+    ]
+
+
+def test_bad_frames_do_decode_as_garbage() -> None:
+    """Guard for the test data: every one of them is refused by the shared decoder."""
+    for data in _bad_frames():
+        with pytest.raises(wire.WireError):
+            wire.decode(data, wire.CLIENT_TYPES)  # type: ignore[arg-type]
+
+
+async def test_malformed_frames_after_auth_get_err_then_policy_close(relay: RelayProcess) -> None:
+    client, device = await register(relay, "mallory")
+    bad = _bad_frames()
+    assert len(bad) == 10
+    for data in bad[:9]:
+        await client.send(data)
+        err = await client.recv()
+        assert isinstance(err, Err), (data, err)
+        assert err.rid == 0 and err.code == "bad_request" and err.reason, err
+    # Nine bad frames do not cost the connection: it still answers requests.
+    assert await client.barrier() == []
+    await client.send(bad[9])
+    code, reason, frames = await client.closed()
+    assert code == 1008 and reason, (code, reason)
+    assert all(isinstance(f, Err) for f in frames), frames
+
+    # A client that sends many bad frames without reading is cut off with 1008 all the same.
+    client = await login(relay, device)
+    for data in _bad_frames() * 3:
+        try:
+            await client.send(data)
+        except ConnectionClosed:
+            break
+    code, reason, frames = await client.closed()
+    assert code == 1008 and reason, (code, reason)
+    assert all(isinstance(f, Err) and f.rid == 0 for f in frames), frames
+    await assert_healthy(relay)
+
+
+async def test_tenth_bad_frame_is_answered_before_the_close(relay: RelayProcess) -> None:
+    client, _ = await register(relay, "mallory")
+    bad = _bad_frames()
+    for data in bad[:9]:
+        await client.send(data)
+        assert isinstance(await client.recv(), Err)
+    await client.send(bad[9])
+    code, _, frames = await client.closed()
+    assert code == 1008
+    assert [type(f) for f in frames] == [Err], "the tenth bad frame got no Err before the close"
+
+
+# --- 2. oversize messages --------------------------------------------------------------------
+
+
+async def test_oversize_message_closes_1009(relay: RelayProcess) -> None:
+    # Before authentication.
+    client, _ = await dial(relay)
+    await client.send(b"\x00" * (WIRE.max_frame * 4))
+    code, _, _ = await client.closed()
+    assert code == 1009
+    # After authentication: a frame just over the limit.
+    client, device = await register(relay, "mallory")
+    await client.send(wire.encode(Send("abcdef", bytes(wire.CID_LEN), TEXT, b"x" * WIRE.max_frame)))
+    code, _, frames = await client.closed()
+    assert code == 1009 and frames == []
+    # A frame just under the limit is decoded: its oversize body is refused, the link stays.
+    client = await login(relay, device)
+    frame = wire.encode(Send("abcdef", bytes(wire.CID_LEN), TEXT, b"x" * (WIRE.max_frame - 100)))
+    assert len(frame) <= WIRE.max_frame
+    await client.send(frame)
+    err = await client.recv()
+    assert isinstance(err, Err) and err.code == "limit", err
+    assert await client.barrier() == []
+    await client.close()
+    await assert_healthy(relay)
+
+
+# --- 3. unauthenticated clients --------------------------------------------------------------
+
+
+async def test_authentication_refusals(relay: RelayProcess) -> None:
+    # Fewer failures in a row than RELAY.login_failures, so no answer is delayed.
+    code_a = await enroll(relay, "alice", cli=True)
+    k1, k2 = secrets.token_bytes(32), secrets.token_bytes(32)
+
+    # Garbage as the first frame.
+    client, _ = await dial(relay)
+    await client.send(b"\xc1garbage")
+    err = await refused(client)
+    assert err.code == "bad_request" and err.reason
+
+    # A text frame as the first frame.
+    client, _ = await dial(relay)
+    await client.send("hello")
+    assert (await refused(client)).code == "bad_request"
+
+    # A relay frame (Welcome) as the first frame.
+    client, _ = await dial(relay)
+    await client.send(wire.encode(Welcome("alice", "clinic")))
+    assert (await refused(client)).code == "bad_request"
+
+    # Register with a signature over another nonce: refused, and the code is not spent.
+    client, challenge = await dial(relay)
+    pubkey, _ = sign_challenge(k1, challenge.nonce, b"register")
+    _, sig = sign_challenge(k1, secrets.token_bytes(32), b"register")
+    await client.send(Register("alice", code_a, pubkey, sig))
+    assert (await refused(client)).code == "auth"
+
+    # Register with a wrong code.
+    client, challenge = await dial(relay)
+    pubkey, sig = sign_challenge(k1, challenge.nonce, b"register")
+    await client.send(Register("alice", "AAAA-BBBB-CCCC", pubkey, sig))
+    assert (await refused(client)).code == "auth"
+
+    # Success resets the failure count of this address.
+    client, challenge = await dial(relay)
+    pubkey1, sig = sign_challenge(k1, challenge.nonce, b"register")
+    await client.send(Register("alice", code_a, pubkey1, sig))
+    assert await client.recv() == Welcome("alice", "clinic")
+    await client.close()
+
+    # An unknown device key, correctly signed: refused, and told to log in.
+    client, challenge = await dial(relay)
+    pubkey, sig = sign_challenge(secrets.token_bytes(32), challenge.nonce, b"auth")
+    await client.send(Auth(pubkey, sig))
+    err = await refused(client)
+    assert err.code == "auth" and "login" in err.reason, err
+
+    # A known key with a wrong signature (another nonce).
+    client, challenge = await dial(relay)
+    _, sig = sign_challenge(k1, secrets.token_bytes(32), b"auth")
+    await client.send(Auth(pubkey1, sig))
+    assert (await refused(client)).code == "auth"
+
+    # A known key signing for the wrong purpose: signatures are domain-separated.
+    client, challenge = await dial(relay)
+    _, sig = sign_challenge(k1, challenge.nonce, b"register")
+    await client.send(Auth(pubkey1, sig))
+    assert (await refused(client)).code == "auth"
+
+    # The used code with another key.
+    client, challenge = await dial(relay)
+    pubkey2, sig = sign_challenge(k2, challenge.nonce, b"register")
+    await client.send(Register("alice", code_a, pubkey2, sig))
+    err = await refused(client)
+    assert err.code == "auth" and "used" in err.reason, err
+
+    # A successful login resets the count again...
+    client, challenge = await dial(relay)
+    _, sig = sign_challenge(k1, challenge.nonce, b"auth")
+    await client.send(Auth(pubkey1, sig))
+    assert await client.recv() == Welcome("alice", "clinic")
+    await client.close()
+
+    # ...so the remaining refusals are prompt too. A valid code under another name.
+    await enroll(relay, "bob", cli=True)
+    client, challenge = await dial(relay)
+    pubkey2, sig = sign_challenge(k2, challenge.nonce, b"register")
+    await client.send(Register("bob", code_a, pubkey2, sig))
+    assert (await refused(client)).code == "auth"
+
+    # The same code re-used with the same key: an idempotent login (a cut-off login re-run).
+    client, challenge = await dial(relay)
+    pubkey, sig = sign_challenge(k1, challenge.nonce, b"register")
+    await client.send(Register("alice", code_a, pubkey, sig))
+    assert await client.recv() == Welcome("alice", "clinic")
+    await client.close()
+
+    # And the device logs in normally afterwards.
+    alice = await login(relay, Device("alice", "clinic", k1))
+    await alice.close()
+
+    # Past the free failures, answers are slowed down (not refused for good).
+    for _ in range(RELAY.login_failures):
+        client, _ = await dial(relay)
+        await client.send(b"\xc1")
+        await refused(client)
+    client, _ = await dial(relay)
+    started = time.monotonic()
+    await client.send(b"\xc1")
+    await refused(client)
+    assert time.monotonic() - started >= 0.2  # 0.25 s for the first failure over the limit
+    await assert_healthy(relay, ["alice", "bob"])
+
+
+# --- 4. membership ---------------------------------------------------------------------------
+
+
+async def test_non_member_is_refused_everywhere(relay: RelayProcess) -> None:
+    (alice, _), (bob, _), (carol, _) = await asyncio.gather(
+        register(relay, "alice"), register(relay, "bob"), register(relay, "carol")
+    )
+    consult = await alice.open_consult("private", ["bob"])
+    await alice.sync({}, full=True)
+
+    # Send: a Reject naming the message, so the sender's outbox stops retrying it.
+    cid = secrets.token_bytes(wire.CID_LEN)
+    await carol.send(Send(consult, cid, TEXT, b"let me in"))
+    reject = await carol.recv()
+    assert isinstance(reject, Reject) and reject.cid == cid and reject.code == "denied", reject
+
+    # Sub: an Err, and no backlog leaks.
+    await carol.send(Sub({consult: 0}, False))
+    frames = await carol.barrier()
+    assert len(frames) == 1 and isinstance(frames[0], Err), frames
+    assert frames[0].rid == 0 and frames[0].code == "denied"
+
+    # Sub full=True names only the consults she is a member of.
+    assert await carol.sync({}, full=True) == [Ready(0)]
+
+    # Receipt: an Err.
+    await carol.send(Receipt(consult, 1, 2))
+    frames = await carol.barrier()
+    assert len(frames) == 1 and isinstance(frames[0], Err) and frames[0].code == "denied", frames
+
+    # Request add (herself, or anyone): Err denied, with the request's rid.
+    answer, _ = await carol.request("add", {"consult": consult, "name": "carol"})
+    assert isinstance(answer, Err) and answer.code == "denied" and answer.rid == carol._rid, answer
+
+    # A mixed Sub: the foreign consult is refused, her own answered as usual.
+    own = await carol.open_consult("own", [])
+    frames = await carol.sync({consult: 0, own: 0})
+    # (consults are answered in id order; no marks yet, so none are sent)
+    errs = [f for f in frames if isinstance(f, Err)]
+    assert len(errs) == 1 and errs[0].code == "denied" and consult in errs[0].reason, frames
+    own_frames = [f for f in frames if not isinstance(f, Err)]
+    assert [type(f) for f in own_frames] == [Msg, CaughtUp] and own_frames[-1] == CaughtUp(own, 1, False)
+
+    # Nothing of hers reached the consult: members see only the "open" event.
+    members_view = await bob.sync({consult: 0})
+    assert [m.seq for m in msgs(members_view)] == [1]
+    assert members_view[-1] == CaughtUp(consult, 1, False)
+    answer, _ = await alice.request("list")
+    assert isinstance(answer, Ok)
+    assert [c["members"] for c in answer.result] == [["alice", "bob"]]
+
+    # Her refused Sub did not make the consult live for her.
+    await alice.send_text(consult, b"for members only")
+    assert msgs(await bob.barrier()) != []
+    assert msgs(await carol.barrier(), consult) == []
+
+    # Unknown consults: not_found.
+    cid = secrets.token_bytes(wire.CID_LEN)
+    await carol.send(Send(UNKNOWN_CONSULT, cid, TEXT, b"anyone?"))
+    reject = await carol.recv()
+    assert isinstance(reject, Reject) and reject.cid == cid and reject.code == "not_found", reject
+    await carol.send(Sub({UNKNOWN_CONSULT: 0}, False))
+    frames = await carol.barrier()
+    assert len(frames) == 1 and isinstance(frames[0], Err) and frames[0].code == "not_found", frames
+    answer, _ = await carol.request("add", {"consult": UNKNOWN_CONSULT, "name": "carol"})
+    assert isinstance(answer, Err) and answer.code == "not_found", answer
+    await carol.send(Receipt(UNKNOWN_CONSULT, 1, 1))
+    frames = await carol.barrier()
+    assert len(frames) == 1 and isinstance(frames[0], Err), frames
+    assert frames[0].code in ("denied", "not_found")
+
+    # System messages are the relay's, even for members.
+    cid = secrets.token_bytes(wire.CID_LEN)
+    await alice.send(Send(consult, cid, wire.KINDS["system"], b"\x80"))
+    reject, _ = await alice.until(lambda f: isinstance(f, (Reject, Stored)) and f.cid == cid)
+    assert isinstance(reject, Reject) and reject.code == "bad_request", reject
+
+    for c in (alice, bob, carol):
+        await c.close()
+    await assert_healthy(relay, ["alice", "bob", "carol"])
+
+
+async def test_wellformed_but_wrong_frames_are_errors_not_crashes(relay: RelayProcess) -> None:
+    alice, _ = await register(relay, "alice")
+    # A second Auth after Welcome.
+    await alice.send(Auth(bytes(32), bytes(64)))
+    err = await alice.recv()
+    assert isinstance(err, Err) and err.rid == 0 and err.code == "bad_request", err
+    # Requests with bad arguments: an Err with the request's rid, nothing half done.
+    bad_args: list[tuple[str, dict[str, object], str]] = [
+        ("open", {}, "bad_request"),
+        ("open", {"title": "   "}, "bad_request"),
+        ("open", {"title": "x" * (WIRE.max_title + 1)}, "bad_request"),
+        ("open", {"title": "t", "with": "bob"}, "bad_request"),
+        ("open", {"title": "t", "with": [f"u{i}" for i in range(WIRE.max_members)]}, "bad_request"),
+        ("open", {"title": "t", "with": ["Not A Name"]}, "bad_request"),
+        ("open", {"title": "t", "with": [7]}, "bad_request"),
+        ("open", {"title": "t", "with": ["nobody"]}, "not_found"),
+        ("add", {"consult": 5, "name": "bob"}, "bad_request"),
+        ("add", {"consult": UNKNOWN_CONSULT}, "bad_request"),
+        ("drop-table", {}, "bad_request"),
+    ]
+    for op, args, expected in bad_args:
+        answer, _ = await alice.request(op, args)
+        assert isinstance(answer, Err) and answer.code == expected, (op, args, answer)
+    answer, _ = await alice.request("list")
+    assert answer == Ok(alice._rid, [])  # no half-opened consult was left behind
+    await alice.close()
+    await assert_healthy(relay, ["alice"])
+
+
+async def test_add_cannot_grow_a_consult_past_max_members(relay: RelayProcess) -> None:
+    others = [f"member{i:02d}" for i in range(WIRE.max_members)]  # one more than fits
+    for name in others:
+        await enroll(relay, name)
+    alice, _ = await register(relay, "alice")
+    consult = await alice.open_consult("full house", others[:-1])
+    answer, _ = await alice.request("add", {"consult": consult, "name": others[-1]})
+    await alice.close()
+    assert isinstance(answer, Err), f"consult grown to {len(answer.result['members'])} members"
+
+
+# --- 5. a flood ------------------------------------------------------------------------------
+
+
+async def test_flood_is_paced_not_fatal_and_every_send_is_stored_once(relay: RelayProcess) -> None:
+    count = 400  # past the burst allowance: RELAY.rate_burst free, then RELAY.rate_frames a second
+    (flooder, _), (bystander, _) = await asyncio.gather(
+        register(relay, "flooder"), register(relay, "bystander")
+    )
+    consult = await flooder.open_consult("flood", ["bystander"])
+    cids = [secrets.token_bytes(wire.CID_LEN) for _ in range(count)]
+    acks: list[Stored] = []
+    past_burst = asyncio.Event()
+    all_stored = asyncio.Event()
+
+    async def flood() -> None:
+        for cid in cids:
+            await flooder.send(Send(consult, cid, TEXT, b"spam"))
+
+    async def collect() -> None:
+        while len(acks) < count:
+            frame = await flooder.recv(timeout=30)
+            if isinstance(frame, Reject):
+                raise AssertionError(f"flood message rejected: {frame}")
+            if isinstance(frame, Stored):
+                acks.append(frame)
+                if len(acks) >= RELAY.rate_burst + 20:
+                    past_burst.set()
+        all_stored.set()
+
+    started = time.monotonic()
+    async with asyncio.timeout(30), asyncio.TaskGroup() as group:
+        group.create_task(flood())
+        group.create_task(collect())
+        await past_burst.wait()
+        # The flood is being paced now; another client is served promptly all the same.
+        sent = time.monotonic()
+        other = await bystander.send_text(consult, b"I am still here")
+        assert time.monotonic() - sent < 3.0, "a flood on one connection stalled another"
+        assert not all_stored.is_set(), "the flood was not paced at all"
+        await all_stored.wait()
+    elapsed = time.monotonic() - started
+    floor = (count - RELAY.rate_burst) / RELAY.rate_frames
+    assert elapsed >= 0.7 * floor, f"{count} frames in {elapsed:.1f} s: not paced"
+
+    # Every flood message stored exactly once, in the order sent, with no gaps or repeats.
+    assert Counter(a.cid for a in acks) == Counter(cids)
+    by_cid = {a.cid: a.seq for a in acks}
+    seqs = [by_cid[cid] for cid in cids]
+    assert seqs == sorted(seqs) and len(set(seqs)) == count
+    assert sorted([1, other.seq, *seqs]) == list(range(1, count + 3))
+    assert seqs[0] < other.seq < seqs[-1], "the bystander's message was not served during the flood"
+
+    # The bystander, live on the consult, got every flood message pushed once, in order.
+    await bystander.barrier()
+    pushed = [m.seq for m in msgs(bystander.seen) if m.sender == "flooder" and m.seq > 1]
+    assert pushed == seqs
+
+    # The connection survived the flood, and the log says the same.
+    await flooder.barrier()
+    log: list[Msg] = []
+    while True:
+        page = await bystander.sync({consult: log[-1].seq if log else 0})
+        log += msgs(page)
+        assert isinstance(page[-1], CaughtUp) and page[-1].last_seq == log[-1].seq
+        if not page[-1].more:
+            break
+    assert [m.seq for m in log] == list(range(1, count + 3))
+    assert Counter(m.cid for m in log if m.sender == "flooder") == Counter(cids) + Counter([log[0].cid])
+    await flooder.close()
+    await bystander.close()
+    await assert_healthy(relay, ["flooder", "bystander"])
+
+
+# --- 6. duplicate sends ----------------------------------------------------------------------
+
+
+async def test_duplicate_send_gets_the_same_seq_and_is_delivered_once(relay: RelayProcess) -> None:
+    (alice, _), (bob, _) = await asyncio.gather(register(relay, "alice"), register(relay, "bob"))
+    consult = await alice.open_consult("retries", ["bob"])
+    await bob.sync({}, full=True)  # caught up (already live: the consult is new)
+
+    cid = secrets.token_bytes(wire.CID_LEN)
+    frame = Send(consult, cid, TEXT, b"original")
+    await alice.send(frame)
+    await alice.send(frame)  # a retry in the same loop turn (same group commit)
+    first, _ = await alice.until(lambda f: isinstance(f, Stored) and f.cid == cid)
+    second, _ = await alice.until(lambda f: isinstance(f, Stored) and f.cid == cid)
+    # A retry much later (another transaction), even with another body: the original stands.
+    third = await alice.send_text(consult, b"edited on retry", cid=cid)
+    assert first.seq == second.seq == third.seq == 2
+    assert first.time == second.time == third.time
+
+    # The same cid from another sender is another message.
+    bobs = await bob.send_text(consult, b"same cid, other sender", cid=cid)
+    assert bobs.seq == 3
+
+    # Bob saw alice's message once, and nothing else of hers before the marker.
+    marker = await alice.send_text(consult, b"marker")
+    await bob.until(lambda f: isinstance(f, Msg) and f.seq == marker.seq)
+    await bob.barrier()
+    from_alice = [(m.seq, m.body) for m in msgs(bob.seen) if m.sender == "alice" and m.seq > 1]
+    assert from_alice == [(2, b"original"), (marker.seq, b"marker")]
+    assert [m.seq for m in msgs(alice.seen) if m.sender == "alice"] == [1]  # never her own, but "open"
+
+    log = msgs(await alice.sync({consult: 0}))
+    assert [m.seq for m in log] == [1, 2, 3, 4]
+    assert [m.body for m in log[1:]] == [b"original", b"same cid, other sender", b"marker"]
+    await alice.close()
+    await bob.close()
+    await assert_healthy(relay, ["alice", "bob"])
+
+
+# --- 7. resume and paging --------------------------------------------------------------------
+
+
+async def test_resume_from_cursor(relay: RelayProcess) -> None:
+    (alice, _), (bob, bob_device) = await asyncio.gather(register(relay, "alice"), register(relay, "bob"))
+    await bob.close()
+    consult = await alice.open_consult("resume", ["bob"])
+    bodies = [b"one", b"two", b"three"]
+    for body in bodies:
+        await alice.send_text(consult, body)
+    last = 1 + len(bodies)
+
+    bob = await login(relay, bob_device)
+    frames = await bob.sync({consult: 0}, full=True)
+    log = msgs(frames)
+    assert [m.seq for m in log] == list(range(1, last + 1))
+    assert [m.body for m in log[1:]] == bodies and log[0].kind == wire.KINDS["system"]
+    assert all(m.consult == consult for m in log)
+    # The Msgs come first; then the members' marks (none yet: zero marks are not sent),
+    # CaughtUp and, for a full Sub, Ready.
+    tail = frames[len(log) :]
+    assert tail == [CaughtUp(consult, last, False), Ready(1)]
+
+    # A cursor at the end: no messages, only the marks and CaughtUp (and no Ready).
+    frames = await bob.sync({consult: last})
+    assert msgs(frames) == [] and frames[-1] == CaughtUp(consult, last, False)
+    assert not any(isinstance(f, Ready) for f in frames)
+    # A cursor in the middle: exactly the rest.
+    frames = await bob.sync({consult: 2})
+    assert [m.seq for m in msgs(frames)] == [3, 4] and frames[-1] == CaughtUp(consult, last, False)
+    # A cursor from the future is clamped, not trusted.
+    frames = await bob.sync({consult: 10**9})
+    assert msgs(frames) == [] and frames[-1] == CaughtUp(consult, last, False)
+
+    # Receipts: marks never go down and never pass the log.
+    await bob.send(Receipt(consult, 10**6, 2))
+    frames = await bob.barrier()
+    assert Receipts(consult, "bob", last, last) in frames
+    await bob.send(Receipt(consult, 1, 1))
+    assert await bob.barrier() == []
+    await alice.close()
+    await bob.close()
+    await assert_healthy(relay, ["alice", "bob"])
+
+
+async def test_resume_pages_past_max_batch(relay: RelayProcess) -> None:
+    (alice, alice_device), (bob, bob_device) = await asyncio.gather(
+        register(relay, "alice"), register(relay, "bob")
+    )
+    await bob.close()  # comes back later, to catch up from nothing
+    consult = await alice.open_consult("long", ["bob"])
+    # Three connections share the work so that each stays inside its burst allowance.
+    per_conn = WIRE.max_batch // 3 + 4
+    senders = [alice, await login(relay, alice_device), await login(relay, alice_device)]
+
+    async def fill(client: Client) -> None:
+        cids = [secrets.token_bytes(wire.CID_LEN) for _ in range(per_conn)]
+        for cid in cids:
+            await client.send(Send(consult, cid, TEXT, b"page me"))
+        pending = set(cids)
+        async with asyncio.timeout(20):
+            while pending:
+                frame = await client.recv()
+                assert not isinstance(frame, Reject), frame
+                if isinstance(frame, Stored):
+                    pending.discard(frame.cid)
+
+    async with asyncio.TaskGroup() as group:
+        for client in senders:
+            group.create_task(fill(client))
+    last = 1 + 3 * per_conn
+    assert last > WIRE.max_batch
+
+    bob = await login(relay, bob_device)
+    # Page one: max_batch messages, then CaughtUp(more=True), no marks, still a Ready.
+    frames = await bob.sync({}, full=True)
+    assert [m.seq for m in msgs(frames)] == list(range(1, WIRE.max_batch + 1))
+    assert frames[-2:] == [CaughtUp(consult, WIRE.max_batch, True), Ready(1)]
+    assert not any(isinstance(f, Receipts) for f in frames)
+
+    # Not caught up yet: a message stored now is not pushed live; it comes with the next page.
+    extra = await alice.send_text(consult, b"while paging")
+    assert msgs(await bob.barrier()) == []
+
+    frames = await bob.sync({consult: WIRE.max_batch})
+    assert [m.seq for m in msgs(frames)] == list(range(WIRE.max_batch + 1, extra.seq + 1))
+    assert frames[-1] == CaughtUp(consult, extra.seq, False)
+
+    # Caught up now: live from here on.
+    live = await alice.send_text(consult, b"live")
+    msg, _ = await bob.until(lambda f: isinstance(f, Msg))
+    assert isinstance(msg, Msg) and msg.seq == live.seq == last + 2
+    for client in (*senders, bob):
+        await client.close()
+    await assert_healthy(relay, ["alice", "bob"])
+
+
+async def test_full_resume_of_many_consults_fits_the_send_queue(relay: RelayProcess) -> None:
+    # Every caught-up consult costs one Receipts per member plus a CaughtUp, on top of the
+    # max_batch messages; all of them are queued in one go, before the writer can drain any.
+    members = WIRE.max_members
+    others = [f"member{i:02d}" for i in range(members - 1)]
+    consults = RELAY.send_queue // (members + 2) + 2
+    for name in others:
+        await enroll(relay, name)
+    alice, device = await register(relay, "alice")
+    for i in range(consults):
+        await alice.open_consult(f"consult {i}", others)
+    await alice.close()
+
+    # A fresh device of alice's resumes, reading as fast as it can, as the real client does.
+    client = await login(relay, device)
+    await client.send(Sub({}, True))
+    try:
+        await client.until(lambda f: isinstance(f, Ready), timeout=20)
+    except ConnectionClosed as exc:
+        raise AssertionError(f"closed during resume: {exc.rcvd}") from None
+    assert len([f for f in client.seen if isinstance(f, CaughtUp)]) == consults
+    await client.close()
+
+
+# --- 8. live fan-out -------------------------------------------------------------------------
+
+
+async def test_live_fan_out(relay: RelayProcess) -> None:
+    (alice, alice_device), (bob, _) = await asyncio.gather(register(relay, "alice"), register(relay, "bob"))
+    consult = await alice.open_consult("live", ["bob"])
+    alice2 = await login(relay, alice_device)  # alice's second device
+    for client in (alice, alice2, bob):
+        frames = await client.sync({}, full=True)
+        assert frames[-2:] == [CaughtUp(consult, 1, False), Ready(1)]
+
+    stored = await alice.send_text(consult, b"hello bob")
+    assert stored.seq == 2
+    for client in (bob, alice2):
+        msg, skipped = await client.until(lambda f: isinstance(f, Msg))
+        assert msgs(skipped) == []
+        assert msg == Msg(consult, 2, msg.cid, "alice", stored.time, TEXT, b"hello bob")
+        assert msg.cid == stored.cid
+    # The sender's own connection gets the Stored, never a Msg of its own message.
+    assert msgs(await alice.barrier()) == []
+
+    # Receipts go to the caught-up connections of every member.
+    await bob.send(Receipt(consult, 2, 2))
+    for client in (alice, alice2):
+        marks, _ = await client.until(lambda f: isinstance(f, Receipts))
+        assert marks == Receipts(consult, "bob", 2, 2)
+
+    # And back: bob's message reaches both of alice's devices.
+    reply = await bob.send_text(consult, b"hello alice")
+    for client in (alice, alice2):
+        msg, _ = await client.until(lambda f: isinstance(f, Msg))
+        assert isinstance(msg, Msg) and (msg.seq, msg.sender) == (reply.seq, "bob")
+    assert msgs(await bob.barrier()) == []
+
+    # A member added later is woken by the "add" event, even though it never subscribed.
+    carol, _ = await register(relay, "carol")
+    answer, _ = await bob.request("add", {"consult": consult, "name": "carol"})
+    assert isinstance(answer, Ok) and answer.result["members"] == ["alice", "bob", "carol"]
+    wake, _ = await carol.until(lambda f: isinstance(f, Msg))
+    assert isinstance(wake, Msg) and wake.kind == wire.KINDS["system"] and wake.seq == reply.seq + 1
+    for client in (alice, alice2, bob, carol):
+        await client.close()
+    await assert_healthy(relay, ["alice", "bob", "carol"])
+
+
+# --- 9. SIGTERM ------------------------------------------------------------------------------
+
+
+async def test_sigterm_exits_zero_promptly_with_clients_connected(relay: RelayProcess) -> None:
+    assert relay.proc is not None
+    (alice, _), (bob, bob_device) = await asyncio.gather(register(relay, "alice"), register(relay, "bob"))
+    consult = await alice.open_consult("before shutdown", ["bob"])
+    stored = await alice.send_text(consult, b"durable")
+    await bob.sync({}, full=True)
+    lurker, _ = await dial(relay)  # connected and challenged, not authenticated
+
+    started = time.monotonic()
+    relay.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(relay.proc.wait, 8)
+    assert code == 0
+    assert time.monotonic() - started < 6
+    for client in (alice, bob, lurker):
+        close_code, _, _ = await client.closed(timeout=5)
+        assert close_code == 1001  # going away: clients reconnect and resume
+
+    # Restarted on the same data: the acknowledged message is there, the relay healthy.
+    relay.start()
+    bob = await login(relay, bob_device)
+    log = msgs(await bob.sync({consult: 0}))
+    assert [(m.seq, m.body) for m in log[1:]] == [(stored.seq, b"durable")]
+    await bob.close()
+    await assert_healthy(relay, ["alice", "bob"])
+
+
+async def test_sigterm_is_not_held_up_by_a_silent_tcp_connection(relay: RelayProcess) -> None:
+    assert relay.proc is not None
+    silent = socket.create_connection(("127.0.0.1", relay.port), timeout=WAIT)
+    try:
+        # Connections are accepted in order: once a later one is challenged, the silent one
+        # has been accepted too (and sits in its opening handshake).
+        later, _ = await dial(relay)
+        relay.proc.send_signal(signal.SIGTERM)
+        assert (await later.closed(timeout=5))[0] == 1001  # WebSocket connections go at once
+        try:
+            code = await asyncio.to_thread(relay.proc.wait, 4)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 0, "relay still running 4 s after SIGTERM"
+    finally:
+        silent.close()
+        relay.kill()
+
+
+# --- 10. the authentication deadline ---------------------------------------------------------
+
+
+async def test_silent_client_is_not_closed_early(relay: RelayProcess) -> None:
+    """The auth deadline (RELAY.auth_deadline, 30 s) is for slow links: 2 s of silence is fine."""
+    assert RELAY.auth_deadline > 2
+    alice_code = await enroll(relay, "alice")
+    client, challenge = await dial(relay)
+    await asyncio.sleep(2.0)
+    assert client.ws.state is State.OPEN
+    async with asyncio.timeout(WAIT):
+        await (await client.ws.ping())  # the relay still answers
+    # And the challenge it sent is still good.
+    seed = secrets.token_bytes(32)
+    pubkey, sig = sign_challenge(seed, challenge.nonce, b"register")
+    await client.send(Register("alice", alice_code, pubkey, sig))
+    assert await client.recv() == Welcome("alice", "clinic")
+    await client.close()
+    await assert_healthy(relay, ["alice"])
