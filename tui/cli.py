@@ -19,8 +19,9 @@ from medcomm.errors import MedcommError
 from medcomm.limits import RELAY
 
 app = typer.Typer(
-    help="Consults for clinics and remote doctors over links too poor for video.",
-    no_args_is_help=True,
+    help="Consults for clinics and remote doctors over links too poor for video. "
+    "With no command, opens the consult desk (TUI).",
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: importing rich's renderer costs ~0.1 s per command
@@ -62,9 +63,37 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log link events to stderr.")] = False,
+    mouse: Annotated[
+        bool, typer.Option(help="Let the desk use the mouse (off: no uplink per move).")
+    ] = False,
 ) -> None:
     _setup_logging(verbose)
+    if ctx.invoked_subcommand is None:
+        run_desk(mouse=mouse)
+
+
+def run_desk(mouse: bool = False, open_session: Any = None, textual_defaults: bool = False) -> None:
+    """Open the consult desk; logs go to a file, never onto the screen."""
+    import logging
+    import os
+
+    from medcomm.adapters.profile import data_dir
+    from medcomm.app.app import build_app
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    try:
+        data_dir().mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(filename=data_dir() / "desk.log", level=logging.INFO, force=True)
+    except OSError:
+        logging.basicConfig(handlers=[logging.NullHandler()], force=True)
+    if textual_defaults or os.environ.get("MEDCOMM_TEXTUAL_DEFAULTS"):
+        build_app(open_session, frugal=False).run(mouse=True)
+    else:
+        build_app(open_session).run(mouse=mouse)
 
 
 # --- relay --------------------------------------------------------------------------------

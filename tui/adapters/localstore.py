@@ -228,8 +228,18 @@ class LocalStore:
     def has_consult(self, consult: str) -> bool:
         return bool(self.db.execute("SELECT 1 FROM consults WHERE id=?", (consult,)).fetchone())
 
-    def history(self, consult: str, me: str, since: int = 0, limit: int | None = None) -> Iterator[Line]:
-        """Stored messages after ``since`` in seq order, then queued ones, with honest states."""
+    def history(
+        self,
+        consult: str,
+        me: str,
+        since: int = 0,
+        limit: int | None = None,
+        before: int | None = None,
+        queued: bool = True,
+    ) -> Iterator[Line]:
+        """Stored messages with since < seq < before in seq order (the last ``limit`` of them),
+        then queued ones, with honest states. Paging with ``before`` lets a view of a long
+        consult load only what is on screen."""
         marks = self.db.execute(
             "SELECT member, delivered, read FROM marks WHERE consult=?", (consult,)
         ).fetchall()
@@ -239,15 +249,13 @@ class LocalStore:
         all_delivered = min((d for d, _ in others), default=0) if len(others) >= n_others else 0
         all_read = min((r for _, r in others), default=0) if len(others) >= n_others else 0
         mine = {m: (d, r) for m, d, r in marks}.get(me, (0, 0))
-        sql = "SELECT seq, cid, sender, time, kind, body FROM messages WHERE consult=? AND seq>? ORDER BY seq"
-        params: tuple[object, ...] = (consult, since)
-        if limit is not None:
-            sql = (
-                "SELECT * FROM (SELECT seq, cid, sender, time, kind, body FROM messages "
-                "WHERE consult=? AND seq>? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
-            )
-            params = (consult, since, limit)
-        for seq, cid, sender, when, kind, body in self.db.execute(sql, params):
+        upper = before if before is not None else 2**62
+        rows = self.db.execute(
+            "SELECT seq, cid, sender, time, kind, body FROM messages "
+            "WHERE consult=? AND seq>? AND seq<? ORDER BY seq DESC LIMIT ?",
+            (consult, since, upper, -1 if limit is None else limit),
+        ).fetchall()
+        for seq, cid, sender, when, kind, body in reversed(rows):
             if sender == me:
                 state = "read" if all_read >= seq else "delivered" if all_delivered >= seq else "stored"
             else:
@@ -262,6 +270,8 @@ class LocalStore:
                 body_text(kind, body),
                 state,
             )
+        if not queued:
+            return
         for cid, kind, body, created, error in self.db.execute(
             "SELECT cid, kind, body, created, error FROM outbox WHERE consult=? ORDER BY created",
             (consult,),
@@ -276,6 +286,45 @@ class LocalStore:
                 body_text(kind, body),
                 "failed" if error else "queued",
             )
+
+    def overview(self, me: str) -> list[dict[str, object]]:
+        """One row per consult for a consult list: last message, unread count, and since when
+        the consult has waited for this user (the oldest message from others after this
+        user's last one), newest activity first."""
+        rows = []
+        for c in self.consults():
+            consult = str(c["id"])
+            last = self.db.execute(
+                "SELECT sender, time, kind, body FROM messages WHERE consult=? ORDER BY seq DESC LIMIT 1",
+                (consult,),
+            ).fetchone()
+            read = self.db.execute(
+                "SELECT read FROM marks WHERE consult=? AND member=?", (consult, me)
+            ).fetchone()
+            (unread,) = self.db.execute(
+                "SELECT count(*) FROM messages WHERE consult=? AND seq>? AND sender!=? AND kind!=?",
+                (consult, read[0] if read else 0, me, wire.KINDS["system"]),
+            ).fetchone()
+            (mine,) = self.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM messages WHERE consult=? AND sender=? AND kind!=?",
+                (consult, me, wire.KINDS["system"]),
+            ).fetchone()
+            (waiting,) = self.db.execute(
+                "SELECT min(time) FROM messages WHERE consult=? AND seq>? AND sender!=? AND kind!=?",
+                (consult, mine, me, wire.KINDS["system"]),
+            ).fetchone()
+            rows.append(
+                {
+                    **c,
+                    "last_sender": last[0] if last else None,
+                    "last_text": body_text(last[2], last[3]) if last else "",
+                    "last_time": last[1] if last else None,
+                    "unread": int(unread),
+                    "waiting_since": waiting,
+                }
+            )
+        rows.sort(key=lambda r: -(r["last_time"] or 0))  # type: ignore[operator]
+        return rows
 
     def last_seq(self, consult: str) -> int:
         row = self.db.execute("SELECT max(seq) FROM messages WHERE consult=?", (consult,)).fetchone()

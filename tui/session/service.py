@@ -121,6 +121,21 @@ class Session:
             raise NotFound(f"no consult {consult} on this device (try medcomm consult list)")
         return list(self.store.history(consult, self.me, since, limit))
 
+    def overview(self) -> list[dict[str, object]]:
+        """Rows for a consult list (see LocalStore.overview)."""
+        return self.store.overview(self.me)
+
+    def page(self, consult: str, before: int | None = None, limit: int = 50) -> list[Line]:
+        """The ``limit`` stored messages before seq ``before`` (default: the newest), plus the
+        queued ones when paging from the end: a long consult is never loaded whole."""
+        return list(self.store.history(consult, self.me, limit=limit, before=before, queued=before is None))
+
+    def lines_since(self, consult: str, since: int) -> list[Line]:
+        return list(self.store.history(consult, self.me, since=since))
+
+    def outbox_count(self) -> int:
+        return self.store.outbox_count()
+
     async def mark_read(self, consult: str) -> None:
         await self.link.mark_read(consult, self.store.last_seq(consult))
 

@@ -1,0 +1,1 @@
+"""Screens hold the logic; widgets only show."""

@@ -1,0 +1,115 @@
+"""Small screens: help, the no-profile welcome, and the new-consult form."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Input, Label, Static
+
+HELP = """\
+medcomm — keys (no mouse needed)
+
+Consult list
+  ↑ ↓ / Enter     choose / open a consult
+  /               search by title, member or id; Esc clears
+  Ctrl+N          open a new consult (title, members)
+
+Consult
+  Enter           send the message
+  Ctrl+J          new line in the message (Shift+Enter where the terminal reports it)
+  ↑ (empty box)   recall the last message you sent
+  Ctrl+O          move to the conversation; PageUp/↑ scrolls, older messages load at the top
+  Ctrl+E          back to the compose box
+  Esc             back to the consult list
+
+Anywhere
+  F1              this help          Ctrl+P   command palette
+  Ctrl+Q          quit
+
+States: … queued (only on this device) → ✓ stored (the relay has it) → ✓✓ delivered
+(on every member's device) → ✓✓ read.  ✗ failed: the relay refused it; it is kept.
+"""
+
+WELCOME = """\
+No medcomm profile on this device yet.
+
+Ask your relay's admin for an enrolment code, then run:
+
+    medcomm login ws://RELAY:8765 YOUR-NAME CODE
+
+and start medcomm again. To try it without a relay:
+
+    medcomm demo
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen #help { width: 84; max-width: 100%; height: auto; max-height: 100%;
+                       border: round $primary; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+
+class WelcomeScreen(Screen[None]):
+    BINDINGS = [Binding("ctrl+q,q", "app.quit", "Quit")]
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def compose(self) -> ComposeResult:
+        yield Static(WELCOME, id="welcome")
+        yield Static(self.reason, id="reason")
+        yield Footer()
+
+
+class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
+    BINDINGS = [Binding("escape", "dismiss", "Cancel")]
+    DEFAULT_CSS = """
+    NewConsult { align: center middle; }
+    NewConsult > Vertical { width: 70; max-width: 100%; height: auto; border: round $primary; padding: 0 1; }
+    NewConsult #error { color: $error; height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("New consult")
+            yield Input(placeholder="title, e.g. Boy, 6, fever 4 days", id="title")
+            yield Input(placeholder="members, comma-separated, e.g. dr.chen", id="members")
+            yield Static("", id="error")
+            yield Button("Open consult", id="open", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#title", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "title":
+            self.query_one("#members", Input).focus()
+        else:
+            self._submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self._submit()
+
+    def _submit(self) -> None:
+        title = self.query_one("#title", Input).value.strip()
+        members = [m.strip().lower() for m in self.query_one("#members", Input).value.split(",") if m.strip()]
+        error = self.query_one("#error", Static)
+        if not title:
+            error.update("A title is needed.")
+            self.query_one("#title", Input).focus()
+            return
+        if len(title) > 200:
+            error.update("The title is over 200 characters.")
+            return
+        self.dismiss((title, members))
+
+    def action_dismiss(self, result: object = None) -> None:  # type: ignore[override]
+        self.dismiss(None)

@@ -1,0 +1,1 @@
+"""Widgets of the desk; each redraws only when its own content changes."""

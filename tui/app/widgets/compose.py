@@ -1,0 +1,47 @@
+"""The compose box: multi-line, Enter sends, Ctrl+J (or Shift+Enter where the terminal
+tells them apart) adds a line, Up in an empty box recalls the last message sent."""
+
+from __future__ import annotations
+
+from textual import events
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class ComposeBox(TextArea):
+    DEFAULT_CSS = """
+    ComposeBox { height: 4; border: round $primary; }
+    """
+
+    class Submitted(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)  # type: ignore[arg-type]
+        self.cursor_blink = False  # a blinking cursor writes bytes twice a second, forever
+        self._sent: list[str] = []
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.prevent_default()
+            event.stop()
+            text = self.text.strip()
+            if text:
+                self._sent.append(self.text)
+                self._sent = self._sent[-20:]
+                self.clear()
+                self.post_message(self.Submitted(text))
+            return
+        if event.key in ("ctrl+j", "shift+enter"):
+            event.prevent_default()
+            event.stop()
+            self.insert("\n")
+            return
+        if event.key == "up" and not self.text and self._sent:
+            event.prevent_default()
+            event.stop()
+            self.insert(self._sent[-1])
+            return
+        await super()._on_key(event)

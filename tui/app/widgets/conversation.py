@@ -1,0 +1,149 @@
+"""The conversation: one line widget per message, paged in from the store.
+
+Only the newest page is loaded when a consult opens; scrolling to the top (or PageUp there)
+loads the page before it, so a 10,000-message consult opens as fast as a short one. A
+message keeps its widget from "queued" to "read" (keyed by its client id), and a widget is
+repainted only when its own text changed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Static
+
+from medcomm.adapters.localstore import Line
+
+MARKS = {
+    "queued": ("… queued", "yellow"),
+    "stored": ("✓ stored", "cyan"),
+    "delivered": ("✓✓ delivered", "cyan"),
+    "read": ("✓✓ read", "green"),
+    "failed": ("✗ failed", "red"),
+}
+
+
+def render_line(line: Line, me: str) -> Text:
+    when = time.strftime("%H:%M", time.localtime(line.time / 1000))
+    seq = f"#{line.seq}" if line.seq is not None else "#-"
+    out = Text(no_wrap=False)
+    out.append(f"{seq:>5} {when} ", style="dim")
+    if line.kind == "system":
+        out.append(f"· {line.sender} {line.text}", style="italic dim")
+        return out
+    out.append(line.sender, style="bold green" if line.sender == me else "bold magenta")
+    out.append(": ")
+    out.append(line.text)
+    if line.sender == me:
+        label, style = MARKS.get(line.state, (line.state, ""))
+        out.append(f"  [{label}]", style=style)
+    return out
+
+
+class MessageLine(Static):
+    DEFAULT_CSS = "MessageLine { height: auto; }"
+
+    def __init__(self, line: Line, me: str) -> None:
+        super().__init__(render_line(line, me), id=f"m-{line.id}")
+        self.line = line
+
+    def refresh_line(self, line: Line, me: str) -> None:
+        if line != self.line:
+            self.line = line
+            self.update(render_line(line, me))
+
+
+class Conversation(VerticalScroll, can_focus=True):
+    DEFAULT_CSS = "Conversation { height: 1fr; padding: 0 1; }"
+    BINDINGS = [("pageup", "older", "Older")]
+
+    class LoadOlder(Message):
+        """The view reached its top: the screen loads the page before ``before``."""
+
+        def __init__(self, before: int) -> None:
+            super().__init__()
+            self.before = before
+
+    def __init__(self, me: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.me = me
+        self.first_seq: int | None = None  # oldest loaded stored message
+        self.complete = False  # nothing older to load
+        self._asked_before: int | None = None
+
+    @property
+    def lines(self) -> list[MessageLine]:
+        return list(self.query(MessageLine))
+
+    def first_loaded(self) -> int:
+        return self.first_seq if self.first_seq is not None else 0
+
+    async def show_page(self, lines: list[Line], page_size: int) -> None:
+        """The first load: the newest page, scrolled to the end."""
+        await self.remove_children()
+        stored = [ln for ln in lines if ln.seq is not None]
+        self.first_seq = stored[0].seq if stored else None
+        self.complete = len(stored) < page_size or self.first_seq == 1
+        await self.mount_all([MessageLine(ln, self.me) for ln in lines])
+        self.scroll_end(animate=False)
+
+    async def prepend(self, lines: list[Line], page_size: int) -> None:
+        stored = [ln for ln in lines if ln.seq is not None]
+        if not stored:
+            self.complete = True
+            return
+        first = self.children[0] if self.children else None
+        widgets = [MessageLine(ln, self.me) for ln in stored]
+        if first is not None:
+            await self.mount_all(widgets, before=first)
+        else:
+            await self.mount_all(widgets)
+        self.first_seq = stored[0].seq
+        self.complete = len(stored) < page_size or self.first_seq == 1
+        self.scroll_to(y=sum(w.outer_size.height or 1 for w in widgets), animate=False)
+
+    async def merge(self, lines: list[Line]) -> bool:
+        """Bring the loaded window up to date; returns True if a message was added."""
+        existing = {w.line.id: w for w in self.lines}
+        at_end = self.is_vertical_scroll_end or self.max_scroll_y == 0
+        added = False
+        for ln in lines:
+            widget = existing.get(ln.id)
+            if widget is not None:
+                widget.refresh_line(ln, self.me)
+                continue
+            new = MessageLine(ln, self.me)
+            anchor = None
+            if ln.seq is not None:
+                anchor = next(
+                    (w for w in self.lines if w.line.seq is None or w.line.seq > ln.seq),  # type: ignore[operator]
+                    None,
+                )
+            await self.mount(new, before=anchor) if anchor is not None else await self.mount(new)
+            existing[ln.id] = new
+            added = True
+            if self.first_seq is None and ln.seq is not None:
+                self.first_seq = ln.seq
+        if added and at_end:
+            self.scroll_end(animate=False)
+        return added
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new <= 0 and old > 0:
+            self._ask_older()
+
+    def action_older(self) -> None:
+        if self.scroll_y <= 0:
+            self._ask_older()
+        else:
+            self.scroll_page_up(animate=False)
+
+    def _ask_older(self) -> None:
+        if self.complete or self.first_seq is None or self._asked_before == self.first_seq:
+            return
+        self._asked_before = self.first_seq
+        self.post_message(self.LoadOlder(self.first_seq))
