@@ -433,9 +433,17 @@ def demo(
         Path | None, typer.Option(help="Demo data dir (default: medcomm's data dir /demo).")
     ] = None,
     port: Annotated[int, typer.Option(help="Relay port (0 picks a free one).")] = 0,
-    seconds: Annotated[float, typer.Option(help="Stop after this long (0 = until Ctrl-C).")] = 0,
+    seconds: Annotated[float, typer.Option(help="Plain mode: stop after this long (0 = until Ctrl-C).")] = 0,
+    plain: Annotated[bool, typer.Option(help="Print the exchange instead of opening the desk.")] = False,
+    mouse: Annotated[bool, typer.Option(help="Let the desk use the mouse.")] = False,
 ) -> None:
-    """Start a local relay with two demo identities and a demo consult, and follow it."""
+    """A local relay with two demo identities and a demo consult; opens the desk as the doctor
+    while the clinic writes (prints the exchange instead with --plain or without a terminal)."""
+    if not plain and sys.stdout.isatty() and sys.stdin.isatty():
+        from medcomm.session.demo import desk_session
+
+        run_desk(mouse=mouse, open_session=lambda: desk_session(data, port))
+        return
     from medcomm.session.demo import run_demo
 
     try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from medcomm.adapters.localstore import Line
@@ -34,7 +36,9 @@ def _print(line: Line, who: str) -> None:
     print(f"[{who}'s screen] #{line.seq} {when} {line.sender}: {text}", flush=True)
 
 
-async def run_demo(base: Path | None, port: int, seconds: float) -> None:
+@asynccontextmanager
+async def demo_relay(base: Path | None, port: int, announce: bool = True) -> AsyncIterator[dict[str, Path]]:
+    """A relay on the demo data dir with both identities logged in; yields their homes."""
     base = (base or data_dir() / "demo").expanduser()
     relay_dir, homes = base / "relay", {CLINIC: base / CLINIC, DOCTOR: base / DOCTOR}
     stop = asyncio.Event()
@@ -44,7 +48,8 @@ async def run_demo(base: Path | None, port: int, seconds: float) -> None:
     if relay in done:
         relay.result()
     url = f"ws://127.0.0.1:{ready.result()}"
-    print(f"medcomm demo: relay on {url}, data in {base}", flush=True)
+    if announce:
+        print(f"medcomm demo: relay on {url}, data in {base}", flush=True)
     try:
         for name, home in homes.items():
             if (home / PROFILE_FILE).exists():
@@ -53,20 +58,57 @@ async def run_demo(base: Path | None, port: int, seconds: float) -> None:
             else:
                 code = enroll(relay_dir, name, "clinic" if name == CLINIC else "doctor")
                 await login(url, name, code, home=home)
-        await _converse(homes, url, seconds)
+        yield homes
     finally:
         stop.set()
         await relay
 
 
-async def _converse(homes: dict[str, Path], url: str, seconds: float) -> None:
+async def run_demo(base: Path | None, port: int, seconds: float) -> None:
+    """The demo without a screen: the exchange printed line by line with its states."""
+    async with demo_relay(base, port) as homes:
+        await _converse(homes, seconds)
+
+
+async def _demo_consult(nurse: Session) -> str:
+    await nurse.sync(30)
+    consults = [c for c in nurse.store.consults() if c["title"] == TITLE]
+    return str(consults[0]["id"]) if consults else await nurse.open_consult(TITLE, [DOCTOR], 30)
+
+
+@asynccontextmanager
+async def desk_session(base: Path | None, port: int) -> AsyncIterator[Session]:
+    """The demo for the desk: yields the doctor's session while the clinic's side of the
+    consult plays out in the background (the nurse writes, reads what the doctor sends)."""
+    async with demo_relay(base, port, announce=False) as homes:
+        async with Session.open(home=homes[CLINIC]) as nurse, Session.open(home=homes[DOCTOR]) as doctor:
+            consult = await _demo_consult(nurse)
+            await doctor.sync(30)
+            script = asyncio.ensure_future(_clinic_side(nurse, consult))
+            try:
+                yield doctor
+            finally:
+                script.cancel()
+
+
+async def _clinic_side(nurse: Session, consult: str) -> None:
+    for who, text in SCRIPT:
+        if who != CLINIC:
+            continue
+        await asyncio.sleep(6.0)
+        await nurse.mark_read(consult)
+        await nurse.queue_text(consult, text)
+    while True:  # keep reading what the doctor writes, so the desk shows "read"
+        await asyncio.sleep(3.0)
+        await nurse.mark_read(consult)
+
+
+async def _converse(homes: dict[str, Path], seconds: float) -> None:
     async with (
         Session.open(home=homes[CLINIC]) as nurse,
         Session.open(home=homes[DOCTOR]) as doctor,
     ):
-        await nurse.sync(30)
-        consults = [c for c in nurse.store.consults() if c["title"] == TITLE]
-        consult = str(consults[0]["id"]) if consults else await nurse.open_consult(TITLE, [DOCTOR], 30)
+        consult = await _demo_consult(nurse)
         await doctor.sync(30)
         print(f'demo consult {consult}: "{TITLE}" between {CLINIC} (clinic) and {DOCTOR} (doctor)')
         for line in doctor.history(consult)[-8:]:
