@@ -254,6 +254,7 @@ def check(
                     latencies.append(other["received"][t]["t"] - s["t"])
     catch = [c for r in results for c in r.get("catchups", [])]
     rtts = [c["from_connect"] / c["rtt"] for c in catch if c["rtt"] > 0]
+    open_rtts = [c["from_open"] / c["rtt"] for c in catch if c["rtt"] > 0]
     return {
         "profile": profile,
         "messages": len(all_sent),
@@ -273,6 +274,8 @@ def check(
         "catchup_rtts_median": round(statistics.median(rtts), 2) if rtts else None,
         "catchup_rtts_max": round(max(rtts), 2) if rtts else None,
         "catchups_within_3_rtt": f"{sum(x <= 3 for x in rtts)}/{len(rtts)}",
+        "catchup_from_open_rtts_median": round(statistics.median(open_rtts), 2) if open_rtts else None,
+        "catchup_from_open_rtts_max": round(max(open_rtts), 2) if open_rtts else None,
         "final": [r.get("final") for r in results],
     }
 
@@ -442,6 +445,11 @@ def print_run(r: dict[str, object]) -> None:
             "catch-up after reconnect, RTTs from TCP connect: median / max",
             f"{r['catchup_rtts_median']} / {r['catchup_rtts_max']} ({r['catchups_within_3_rtt']} within 3)",
             "<= 3",
+        ),
+        (
+            "catch-up, RTTs from WebSocket open: median / max",
+            f"{r['catchup_from_open_rtts_median']} / {r['catchup_from_open_rtts_max']}",
+            "",
         ),
         ("run time", f"{r['duration_s']} s", ""),
         ("final sync", ", ".join(map(str, r["final"])), ""),  # type: ignore[call-overload]
