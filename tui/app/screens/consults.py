@@ -11,6 +11,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from medcomm.app.widgets.fields import Field
 from medcomm.app.widgets.status import StatusLine
 
 
@@ -57,7 +58,7 @@ class ConsultList(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
-        yield Input(placeholder="search title or member ( / )", id="search")
+        yield Field(placeholder="search title or member ( / )", id="search")
         yield OptionList(id="consults")
         yield StatusLine(id="status")
         yield Footer()

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
+from medcomm.app.widgets.fields import Field
+
 HELP = """\
 medcomm — keys (no mouse needed)
 
@@ -81,8 +83,8 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("New consult")
-            yield Input(placeholder="title, e.g. Boy, 6, fever 4 days", id="title")
-            yield Input(placeholder="members, comma-separated, e.g. dr.chen", id="members")
+            yield Field(placeholder="title, e.g. Boy, 6, fever 4 days", id="title")
+            yield Field(placeholder="members, comma-separated, e.g. dr.chen", id="members")
             yield Static("", id="error")
             yield Button("Open consult", id="open", variant="primary")
 
