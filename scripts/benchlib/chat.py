@@ -147,6 +147,7 @@ def reliability(
     counts = [per_member] * 3
     cli_results: list[tuple[str, int]] = []
     kill_times: list[float] = []
+    cli_errors: list[str] = []
     stop = threading.Event()
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -163,6 +164,8 @@ def reliability(
                 text = f"bench cli-{MEMBERS[i][0]} {n} ".ljust(60, ".")
                 out = medcomm("send", sc.consult, text, "--timeout", "60", home=sc.homes[i], timeout=120)
                 cli_results.append((text, out.returncode))
+                if out.returncode:
+                    cli_errors.append(f"exit {out.returncode}: {out.stderr.strip().splitlines()[0][:160]}")
                 stop.wait(max(0.0, expected / cli_sends - 1.0))
 
         def chaos() -> None:
@@ -201,7 +204,9 @@ def reliability(
             out = medcomm("history", sc.consult, "--json", "--offline", home=home)
             histories.append([json.loads(x) for x in out.stdout.splitlines()])
         cuts = sum(link.counters().get("cuts", 0) for link in sc.links)
-        return check(profile, results, histories, cli_results, done, duration, cuts, sc.relay.kills)
+        report = check(profile, results, histories, cli_results, done, duration, cuts, sc.relay.kills)
+        report["cli_errors"] = cli_errors
+        return report
     finally:
         stop.set()
         for p in procs:
@@ -456,6 +461,8 @@ def print_run(r: dict[str, object]) -> None:
     ]
     for name, value, target in rows:
         print(f"  {name:<62} {value!s:<34} {target}")
+    for err in r.get("cli_errors", []):  # type: ignore[attr-defined]
+        print(f"  one-liner that did not exit 0: {err}")
 
 
 def print_wire(wc: dict[str, object], st: dict[str, float]) -> None:
