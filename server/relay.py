@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +129,8 @@ class Relay:
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._writing = False  # one batch at a time: seqs follow arrival order
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
         self._members: dict[str, list[str]] = {}  # cache; membership changes only via _request
         self.connections = 0
 
@@ -266,15 +269,34 @@ class Relay:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Group commit: store every send of this loop turn in one transaction, then ack."""
+        """Group commit: every send that arrived while the previous batch was being written
+        goes into the next transaction (one fsync), written on the writer thread so the loop
+        keeps reading and forwarding meanwhile; acks and fan-out follow the commit."""
         self._flush_handle = None
+        if self._writing or not self._pending:
+            return
+        self._writing = True
         batch, self._pending = self._pending, []
+        asyncio.ensure_future(self._write(batch))
+
+    async def _write(self, batch: list[tuple[Conn, Send]]) -> None:
+        loop = asyncio.get_running_loop()
         items = [(f.consult, f.cid, c.user, f.kind, f.body) for c, f in batch]
-        results = self.store.store_batch(items)
-        for (conn, frame), (msg, new) in zip(batch, results, strict=True):
-            conn.enqueue(wire.encode(Stored(frame.cid, msg.consult, msg.seq, msg.time)))
-            if new:
-                self._fanout(msg, exclude=conn)
+        try:
+            results = await loop.run_in_executor(self.writer, self.store.store_batch_writer, items)
+        except Exception:
+            log.exception("storing a batch of %d messages failed", len(batch))
+            for conn, _ in batch:  # nothing acknowledged: the senders resend on reconnect
+                conn.close_after(1011, "relay could not store; resend")
+        else:
+            for (conn, frame), (msg, new) in zip(batch, results, strict=True):
+                conn.enqueue(wire.encode(Stored(frame.cid, msg.consult, msg.seq, msg.time)))
+                if new:
+                    self._fanout(msg, exclude=conn)
+        finally:
+            self._writing = False
+            if self._pending and self._flush_handle is None:
+                self._flush_handle = loop.call_soon(self._flush)
 
     def _fanout(self, msg: StoredMessage, exclude: Conn | None = None, wake: bool = False) -> None:
         """Push a stored message to the caught-up connections of every member.
@@ -463,4 +485,5 @@ async def run_relay(
         except TimeoutError:
             log.info("shutdown: gave up waiting for connections still opening")
     finally:
+        relay.writer.shutdown(wait=True)  # a batch being committed finishes first
         store.close()

@@ -83,15 +83,34 @@ class RelayStore:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "blobs").mkdir(exist_ok=True)
         self.path = data_dir / "relay.sqlite3"
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = self._connect("FULL")
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        # Delivery marks are advisory (a lost one is raised again by the next receipt), so
+        # they commit without an fsync of their own; the next FULL commit makes them durable.
+        self.light = self._connect("NORMAL")
+        self._writer: sqlite3.Connection | None = None
+
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
 
     def close(self) -> None:
-        self.db.close()
+        for db in (self.db, self.light, self._writer):
+            if db is not None:
+                db.close()
+
+    def store_batch_writer(
+        self, items: list[tuple[str, bytes, str, int, bytes]]
+    ) -> list[tuple[StoredMessage, bool]]:
+        """``store_batch`` on the writer connection, for the relay's one writer thread: the
+        fsync happens there, so the event loop keeps forwarding while a batch commits."""
+        if self._writer is None:
+            self._writer = self._connect("FULL")
+        return self.store_batch(items, db=self._writer)
 
     # --- users, devices, enrolment ------------------------------------------------------
 
@@ -242,7 +261,10 @@ class RelayStore:
     # --- the message log ------------------------------------------------------------------
 
     def store_batch(
-        self, items: list[tuple[str, bytes, str, int, bytes]], now: int | None = None
+        self,
+        items: list[tuple[str, bytes, str, int, bytes]],
+        now: int | None = None,
+        db: sqlite3.Connection | None = None,
     ) -> list[tuple[StoredMessage, bool]]:
         """Store (consult, cid, sender, kind, body) items in one transaction (one fsync).
 
@@ -250,22 +272,23 @@ class RelayStore:
         (consult, sender, cid) returns the original. Membership must be checked before.
         """
         now = now_ms() if now is None else now
+        db = db or self.db
         out: list[tuple[StoredMessage, bool]] = []
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with db:
+            db.execute("BEGIN IMMEDIATE")
             for consult, cid, sender, kind, body in items:
-                row = self.db.execute(
+                row = db.execute(
                     "SELECT seq, time, kind, body FROM messages WHERE consult=? AND sender=? AND cid=?",
                     (consult, sender, cid),
                 ).fetchone()
                 if row:
                     out.append((StoredMessage(consult, row[0], cid, sender, row[1], row[2], row[3]), False))
                     continue
-                (seq,) = self.db.execute(
+                (seq,) = db.execute(
                     "UPDATE consults SET last_seq=last_seq+1 WHERE id=? RETURNING last_seq",
                     (consult,),
                 ).fetchone()
-                self.db.execute(
+                db.execute(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
                     (consult, seq, cid, sender, now, kind, body),
                 )
@@ -295,8 +318,8 @@ class RelayStore:
         (delivered, read) when something changed, else None.
         """
         seq = min(seq, self.last_seq(consult))
-        with self.db:
-            cur = self.db.execute(
+        with self.light:
+            cur = self.light.execute(
                 "UPDATE members SET delivered=max(delivered, ?), "
                 "read=CASE WHEN ?=2 THEN max(read, ?) ELSE read END "
                 "WHERE consult=? AND user=? AND (delivered<? OR (?=2 AND read<?)) "
