@@ -99,6 +99,17 @@ def save_profile(profile: Profile) -> None:
 
 
 def check_relay_url(url: str) -> str:
+    """A ws:// or wss:// URL with a host and, if given, a valid port (e.g. ws://relay:8765)."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. ws://relay.example:8765"
     if not url.startswith(("ws://", "wss://")):
-        raise UsageError(f"relay URL must start with ws:// or wss://, not {url!r}")
+        raise UsageError(f"relay URL must start with ws:// or wss://, not {url!r} ({example})")
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"relay URL {url!r} has a bad port ({example})") from None
+    if not parts.hostname or (":" in parts.netloc.rsplit("]", 1)[-1] and port is None):
+        raise UsageError(f"relay URL {url!r} needs a host and a port ({example})")
     return url.rstrip("/")
