@@ -20,9 +20,7 @@ def msg(seq: int, sender: str = "bob", text: str = "", kind: int = 1, t: int = 0
 
 def opened(members: list[str]) -> Msg:
     body = msgpack.packb({"event": "open", "title": "Fever", "members": members})
-    return msg(1, "amina", kind=KINDS["system"]).__class__(
-        C, 1, b"\x00" * 16, "amina", 1000, KINDS["system"], body
-    )
+    return Msg(C, 1, b"\x00" * 16, "amina", 1000, KINDS["system"], body)
 
 
 def store_with(tmp_path: Path, msgs: list[Msg]) -> LocalStore:
