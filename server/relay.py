@@ -391,6 +391,8 @@ class Relay:
             return {"name": conn.user, "role": conn.role}
         if op == "list":
             return self.store.consults_of(conn.user)
+        if op == "users":  # the directory a clinic picks consult members from
+            return [{"name": n, "role": r} for n, r in self.store.users()]
         if op == "open":
             title = _arg_text(args, "title", WIRE.max_title)
             others = args.get("with", [])

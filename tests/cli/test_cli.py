@@ -173,3 +173,12 @@ def test_demo_runs_a_real_exchange(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "demo consult" in out.stdout and "Temp 39.2" in out.stdout
     assert re.search(r"amina sees #\d+ go stored -> delivered -> read", out.stdout)
+
+
+async def test_users_directory_lists_enrolled_names_and_roles(pair: tuple[Path, Path, str]) -> None:
+    from medcomm.session.service import Session
+
+    nurse, _, _ = pair
+    async with Session.open(home=nurse) as s:
+        users = await s.users(20)
+    assert {"name": "dr.chen", "role": "doctor"} in users and {"name": "amina", "role": "clinic"} in users

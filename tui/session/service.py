@@ -178,6 +178,10 @@ class Session:
         result = await self.link.request("add", {"consult": _consult(consult), "name": name}, timeout)
         return list(result["members"])  # type: ignore[index]
 
+    async def users(self, timeout: float) -> list[dict[str, str]]:
+        """Enrolled users (name, role), for picking consult members."""
+        return list(await self.link.request("users", {}, timeout))  # type: ignore[call-overload]
+
     async def whoami(self, timeout: float) -> dict[str, object]:
         return dict(await self.link.request("whoami", {}, timeout))  # type: ignore[arg-type]
 
