@@ -15,6 +15,7 @@ from typing import Any
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.screen import ModalScreen
 
 from medcomm.app.ports import DeskSession, consult_of
 from medcomm.app.screens.consult import ConsultView
@@ -82,11 +83,12 @@ class MedcommApp(App[None]):
     async def _apply_refresh(self) -> None:
         self._refresh_timer = None
         dirty, self._dirty = self._dirty, set()
-        screen = self.screen
+        # the screen under any dialog (help, new consult) is the one that shows messages
+        screen = next((s for s in reversed(self.screen_stack) if not isinstance(s, ModalScreen)), self.screen)
         if isinstance(screen, ConsultView) and (None in dirty or screen.consult in dirty):
             await screen.refresh_messages()
-        elif isinstance(screen, ConsultList) and dirty - {None}:
-            screen.reload()
+        elif isinstance(screen, ConsultList) and dirty:
+            screen.reload()  # redraws only if a row's text changed
         self.refresh_status()
 
     def refresh_status(self) -> None:
@@ -114,11 +116,6 @@ class MedcommApp(App[None]):
 
     def open_consult(self, consult: str) -> None:
         self.push_screen(ConsultView(consult))
-
-    def on_screen_resume(self) -> None:
-        if isinstance(self.screen, ConsultList):
-            self.screen.reload()
-        self.refresh_status()
 
     def new_consult(self) -> None:
         def done(result: tuple[str, list[str]] | None) -> None:

@@ -57,6 +57,9 @@ class ConsultView(Screen[None]):
         conv = self.query_one(Conversation)
         await conv.prepend(self.app.session.page(self.consult, event.before, PAGE), PAGE)  # type: ignore[attr-defined]
 
+    def on_screen_resume(self) -> None:
+        self.app.refresh_status()  # type: ignore[attr-defined]
+
     def on_compose_box_submitted(self, event: ComposeBox.Submitted) -> None:
         self.send(event.text)
 
@@ -66,6 +69,9 @@ class ConsultView(Screen[None]):
             await self.app.session.queue_text(self.consult, text)  # type: ignore[attr-defined]
         except MedcommError as exc:
             self.notify(str(exc), severity="error", timeout=8)
+            compose = self.query_one(ComposeBox)
+            if not compose.text:  # give the draft back rather than lose it
+                compose.insert(text)
             return
         await self.refresh_messages()
         self.app.refresh_status()  # type: ignore[attr-defined]

@@ -54,7 +54,7 @@ class ConsultList(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict[str, object]] = []
-        self._shown: list[tuple[str, str]] = []
+        self._shown: list[tuple[str, str]] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
@@ -94,12 +94,21 @@ class ConsultList(Screen[None]):
         options.clear_options()
         options.add_options([Option(text, id=cid) for cid, text in rendered])
         if not rendered:
-            options.add_option(Option("no consults yet: Ctrl+N opens one", id="-", disabled=True))
+            empty = (
+                f"no consult matches '{needle}' (Esc clears)"
+                if needle
+                else "no consults yet: Ctrl+N opens one"
+            )
+            options.add_option(Option(empty, id="-", disabled=True))
         ids = [cid for cid, _ in rendered]
         if highlighted in ids:
             options.highlighted = ids.index(highlighted)
         elif ids:
             options.highlighted = 0
+
+    def on_screen_resume(self) -> None:
+        self.reload()  # back from a consult: last message, unread and waiting have moved
+        self.app.refresh_status()  # type: ignore[attr-defined]
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self._render_rows()

@@ -103,7 +103,8 @@ class Conversation(VerticalScroll, can_focus=True):
             await self.mount_all(widgets)
         self.first_seq = stored[0].seq
         self.complete = len(stored) < page_size or self.first_seq == 1
-        self.scroll_to(y=sum(w.outer_size.height or 1 for w in widgets), animate=False)
+        if first is not None:  # keep the reader's place once the new lines have their heights
+            self.call_after_refresh(self.scroll_to_widget, first, top=True, animate=False)
 
     async def merge(self, lines: list[Line]) -> bool:
         """Bring the loaded window up to date; returns True if a message was added."""

@@ -1,0 +1,69 @@
+"""Snapshots of the consult list and the consult view at 80×24 and 120×40, in 16 and 256 colours.
+
+The SVGs show the colours the app's console would send (see ``helpers.export_as_terminal``):
+Textual's own export is always truecolor whatever ``TEXTUAL_COLOR_SYSTEM`` says. Everything
+shown is fixed: the fake's times (05 Mar 2024, UTC), ids, and the link status.
+
+Update after a deliberate change of the look with ``pytest tests/app --snapshot-update``, and
+look at the SVGs under ``__snapshots__/`` before committing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from medcomm.app.app import MedcommApp, build_app
+from medcomm.app.screens.consults import ConsultList
+from medcomm.app.widgets.compose import ComposeBox
+from medcomm.app.widgets.conversation import Conversation
+from tests.app.helpers import FEVER, clinic, export_as_terminal, in_consult, wait_for
+
+SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
+COLOURS = {"16": "standard", "256": "256"}
+
+parametrize_look = pytest.mark.parametrize(
+    ("size", "colours"), [(s, c) for s in SIZES for c in COLOURS], ids=lambda v: v
+)
+
+
+def snapshot_app(colours: str, colour_system: Callable[[str], None]) -> MedcommApp:
+    colour_system(COLOURS[colours])
+    app = build_app(clinic().opener)
+    assert app.console.color_system == COLOURS[colours]
+    app.theme = "textual-dark"  # whatever TEXTUAL_THEME says
+    app.export_screenshot = partial(export_as_terminal, app)  # type: ignore[method-assign]
+    return app
+
+
+@parametrize_look
+def test_consult_list(
+    snap_compare: Any, colour_system: Callable[[str], None], size: str, colours: str
+) -> None:
+    app = snapshot_app(colours, colour_system)
+
+    async def ready(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=ready)
+
+
+@parametrize_look
+def test_consult_view(
+    snap_compare: Any, colour_system: Callable[[str], None], size: str, colours: str
+) -> None:
+    app = snapshot_app(colours, colour_system)
+
+    async def opened(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: in_consult(app, FEVER))
+        app.screen.query_one(ComposeBox).insert("Chest\ndrawing")  # a draft of two lines
+        conv = app.screen.query_one(Conversation)
+        await wait_for(pilot, lambda: conv.scroll_y == conv.max_scroll_y)
+
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=opened)

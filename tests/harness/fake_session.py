@@ -1,0 +1,356 @@
+"""An in-memory ``DeskSession`` for the desk's tests: no relay, no store, no network.
+
+It keeps what the real ``Session`` keeps, in the same shapes: consults with members,
+stored messages with per-consult seqs, an outbox of queued lines (seq ``None``) with
+honest states, and a mutable link status. The test drives the "network" by hand::
+
+    fake = FakeSession("amina", seed=1)
+    k = fake.add_consult("Boy, 6, fever", ["amina", "dr.chen"])
+    app = build_app(fake.opener)
+    ...
+    line = fake.outbox[-1]          # what the app queued
+    fake.ack(line.id)               # the relay stored it: next seq, state "stored"
+    fake.deliver(line.id)           # every member's device has it
+    fake.read(line.id)              # every member has read it
+    fake.receive(k, "dr.chen", "Hello")
+
+Every change the relay would report (``receive``, ``ack``, ``fail``, ``deliver``, ``read``,
+``set_status``, a new consult) calls the callbacks registered with ``on_event`` with a
+small ``FakeEvent`` whose ``.consult`` names the consult (``None`` for a link status change
+and for a refusal, which like the real ``Rejected`` names no consult), so that
+``medcomm.app.ports.consult_of`` works on it. Times are fixed: each new message is one
+``tick_ms`` after the previous one, from ``start_ms``; ids come from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from medcomm.adapters.localstore import Line
+from medcomm.errors import MedcommError, NotFound, ProfileError, UsageError
+
+START_MS = 1_709_629_200_000  # 2024-03-05 09:00:00 UTC: never "today", so lists show "05 Mar"
+TICK_MS = 60_000
+CONSULT_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class FakeStatus:
+    """The link status the status line shows; tests change it with ``set_status``."""
+
+    state: str = "online"
+    rtt: float | None = 0.25
+    last_contact: float | None = None
+    error: str | None = None
+    connect_started: float | None = None
+    caught_up: float | None = 1.0  # not None: caught up, so no "syncing…"
+
+
+@dataclass(frozen=True)
+class FakeEvent:
+    kind: str  # accepted | acked | rejected | marks | opened | status
+    consult: str | None
+    id: str | None = None
+
+
+@dataclass
+class FakeConsult:
+    id: str
+    title: str
+    members: list[str]
+    messages: list[Line] = field(default_factory=list)  # stored, in seq order
+    seqs: list[int] = field(default_factory=list)  # the seqs of messages, for bisect
+    read_upto: int = 0  # this user's read mark
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+
+class FakeSession:
+    """Satisfies ``medcomm.app.ports.DeskSession`` in memory."""
+
+    def __init__(
+        self,
+        me: str = "amina",
+        *,
+        seed: int | None = None,
+        start_ms: int = START_MS,
+        tick_ms: int = TICK_MS,
+    ) -> None:
+        self._me = me
+        self._rng = random.Random(seed)
+        self.now_ms = start_ms
+        self.tick_ms = tick_ms
+        self.status = FakeStatus()
+        self.consults: dict[str, FakeConsult] = {}
+        self.outbox: list[Line] = []  # queued and failed lines, oldest first
+        self.callbacks: list[Callable[[Any], None]] = []
+        self.events: list[FakeEvent] = []
+        # What the app asked for, in order.
+        self.queued: list[tuple[str, str]] = []  # (consult, text) of queue_text
+        self.read_calls: list[str] = []  # consults of mark_read
+        self.open_calls: list[tuple[str, list[str], float]] = []  # open_consult arguments
+        # Failures a test can arm.
+        self.session_failure: MedcommError | None = None  # the opener raises it
+        self.open_failure: MedcommError | None = None  # open_consult raises it
+        self.queue_failure: MedcommError | None = None  # queue_text raises it
+        self.opened = 0
+        self.closed = 0
+
+    # --- the DeskSession protocol ---------------------------------------------------------
+
+    @property
+    def me(self) -> str:
+        return self._me
+
+    def overview(self) -> list[dict[str, object]]:
+        rows = []
+        for c in sorted(self.consults.values(), key=lambda c: c.id):
+            last = c.messages[-1] if c.messages else None
+            others_unread = [
+                m for m in c.messages if m.seq > c.read_upto and m.sender != self.me and m.kind != "system"
+            ]
+            mine = max((m.seq for m in c.messages if m.sender == self.me and m.kind != "system"), default=0)
+            waiting = [
+                m.time for m in c.messages if m.seq > mine and m.sender != self.me and m.kind != "system"
+            ]
+            rows.append(
+                {
+                    "id": c.id,
+                    "title": c.title,
+                    "members": list(c.members),
+                    "last_seq": c.last_seq,
+                    "last_time": last.time if last else None,
+                    "queued": sum(1 for q in self.outbox if q.consult == c.id and q.state == "queued"),
+                    "last_sender": last.sender if last else None,
+                    "last_text": last.text if last else "",
+                    "unread": len(others_unread),
+                    "waiting_since": min(waiting) if waiting else None,
+                }
+            )
+        rows.sort(key=lambda r: -(r["last_time"] or 0))  # type: ignore[operator]
+        return rows
+
+    def page(self, consult: str, before: int | None = None, limit: int = 50) -> list[Line]:
+        """The last ``limit`` stored messages with seq < ``before`` (default: the newest),
+        plus the queued ones when paging from the end."""
+        c = self._consult(consult)
+        end = len(c.seqs) if before is None else bisect.bisect_left(c.seqs, before)
+        lines = [self._view(c, m) for m in c.messages[max(0, end - limit) : end]]
+        if before is None:
+            lines += self._queued(consult)
+        return lines
+
+    def lines_since(self, consult: str, since: int) -> list[Line]:
+        c = self._consult(consult)
+        start = bisect.bisect_right(c.seqs, since)
+        return [self._view(c, m) for m in c.messages[start:]] + self._queued(consult)
+
+    def outbox_count(self) -> int:
+        return sum(1 for q in self.outbox if q.state == "queued")
+
+    def on_event(self, callback: Callable[[Any], None]) -> None:
+        self.callbacks.append(callback)
+
+    async def queue_text(self, consult: str, text: str) -> Line:
+        self.queued.append((consult, text))
+        if self.queue_failure is not None:
+            raise self.queue_failure
+        self._consult(consult)
+        if not text.strip():
+            raise UsageError("empty message: nothing to send")
+        line = Line(consult, None, self._hex_id(), self.me, self._tick(), "text", text, "queued")
+        self.outbox.append(line)
+        return line
+
+    async def open_consult(self, title: str, others: list[str], timeout: float) -> str:
+        self.open_calls.append((title, list(others), timeout))
+        if self.open_failure is not None:
+            raise self.open_failure
+        consult = self.add_consult(title, [self.me, *others])
+        self._emit(FakeEvent("opened", consult))
+        return consult
+
+    async def mark_read(self, consult: str) -> None:
+        self.read_calls.append(consult)
+        c = self._consult(consult)
+        c.read_upto = c.last_seq
+
+    # --- opening, as build_app expects ----------------------------------------------------
+
+    def opener(self) -> AbstractAsyncContextManager[FakeSession]:
+        """For ``build_app(fake.opener)``: yields this fake, or raises ``session_failure``."""
+        return self._open()
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[FakeSession]:
+        if self.session_failure is not None:
+            raise self.session_failure
+        self.opened += 1
+        try:
+            yield self
+        finally:
+            self.closed += 1
+
+    def without_profile(self, reason: str = "no profile in /home/amina/.local/share/medcomm") -> FakeSession:
+        """Make the opener fail like a device that never ran ``medcomm login``."""
+        self.session_failure = ProfileError(reason)
+        return self
+
+    # --- building a world (no events: as if already in the store) -------------------------
+
+    def add_consult(self, title: str, members: Iterable[str], *, consult: str | None = None) -> str:
+        members = list(members)
+        if self.me not in members:
+            members.insert(0, self.me)
+        cid = consult or self._consult_id()
+        self.consults[cid] = FakeConsult(cid, title, members)
+        return cid
+
+    def add_message(
+        self,
+        consult: str,
+        sender: str,
+        text: str,
+        *,
+        kind: str = "text",
+        state: str = "stored",
+        time: int | None = None,
+        msg_id: str | None = None,
+    ) -> Line:
+        """A stored message; ``state`` matters only for this user's own messages (others'
+        are "delivered" until this user's read mark passes them, then "read")."""
+        c = self._consult(consult)
+        seq = c.last_seq + 1
+        line = Line(consult, seq, msg_id or self._hex_id(), sender, time or self._tick(), kind, text, state)
+        c.messages.append(line)
+        c.seqs.append(seq)
+        return line
+
+    def add_messages(self, consult: str, count: int, senders: tuple[str, ...] = ("dr.chen", "amina")) -> None:
+        """``count`` short stored messages, alternating senders (for paging tests)."""
+        c = self._consult(consult)
+        for _ in range(count):
+            seq = c.last_seq + 1
+            sender = senders[seq % len(senders)]
+            c.messages.append(
+                Line(consult, seq, self._hex_id(), sender, self._tick(), "text", f"message {seq}", "stored")
+            )
+            c.seqs.append(seq)
+
+    def add_queued(self, consult: str, text: str, *, failed: bool = False) -> Line:
+        """A line already in the outbox (queued, or refused by the relay and kept)."""
+        self._consult(consult)
+        line = Line(consult, None, self._hex_id(), self.me, self._tick(), "text", text, "queued")
+        if failed:
+            line = replace(line, state="failed")
+        self.outbox.append(line)
+        return line
+
+    # --- the "network": each of these is reported to the app -------------------------------
+
+    def receive(self, consult: str, sender: str, text: str, *, kind: str = "text") -> Line:
+        line = self.add_message(consult, sender, text, kind=kind)
+        self._emit(FakeEvent("accepted", consult, line.id))
+        return line
+
+    def ack(self, msg_id: str) -> Line:
+        """The relay stored a queued message: it leaves the outbox with the next seq."""
+        queued = self._outbox_line(msg_id)
+        self.outbox.remove(queued)
+        line = self.add_message(queued.consult, self.me, queued.text, state="stored", msg_id=msg_id)
+        self._emit(FakeEvent("acked", queued.consult, msg_id))
+        return line
+
+    def fail(self, msg_id: str) -> Line:
+        """The relay refused a queued message: it stays in the outbox as "failed"."""
+        queued = self._outbox_line(msg_id)
+        failed = replace(queued, state="failed")
+        self.outbox[self.outbox.index(queued)] = failed
+        self._emit(FakeEvent("rejected", None, msg_id))
+        return failed
+
+    def deliver(self, msg_id: str) -> None:
+        """Every other member's device has this message (and all before it)."""
+        self._mark(msg_id, "delivered", ("stored",))
+
+    def read(self, msg_id: str) -> None:
+        """Every other member has read this message (and all before it)."""
+        self._mark(msg_id, "read", ("stored", "delivered"))
+
+    def set_status(self, **changes: object) -> None:
+        for name, value in changes.items():
+            if not hasattr(self.status, name):
+                raise AttributeError(name)
+            setattr(self.status, name, value)
+        self._emit(FakeEvent("status", None))
+
+    # --- helpers for tests ----------------------------------------------------------------
+
+    def lines(self, consult: str) -> list[Line]:
+        return self.lines_since(consult, 0)
+
+    def find(self, text: str) -> Line:
+        for c in self.consults.values():
+            for line in self.lines(c.id):
+                if line.text == text:
+                    return line
+        raise KeyError(text)
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _consult(self, consult: str) -> FakeConsult:
+        try:
+            return self.consults[consult]
+        except KeyError:
+            raise NotFound(f"no consult {consult} on this device") from None
+
+    def _view(self, c: FakeConsult, line: Line) -> Line:
+        if line.sender == self.me:
+            return line
+        return replace(line, state="read" if line.seq <= c.read_upto else "delivered")  # type: ignore[operator]
+
+    def _queued(self, consult: str) -> list[Line]:
+        return [q for q in self.outbox if q.consult == consult]
+
+    def _outbox_line(self, msg_id: str) -> Line:
+        for q in self.outbox:
+            if q.id == msg_id:
+                return q
+        raise KeyError(f"{msg_id} is not in the outbox")
+
+    def _mark(self, msg_id: str, state: str, before: tuple[str, ...]) -> None:
+        for c in self.consults.values():
+            target = next((m for m in c.messages if m.id == msg_id), None)
+            if target is None:
+                continue
+            for i, m in enumerate(c.messages):
+                if m.seq <= target.seq and m.sender == self.me and m.state in before:  # type: ignore[operator]
+                    c.messages[i] = replace(m, state=state)
+            self._emit(FakeEvent("marks", c.id, msg_id))
+            return
+        raise KeyError(f"{msg_id} is not a stored message")
+
+    def _emit(self, event: FakeEvent) -> None:
+        self.events.append(event)
+        for callback in list(self.callbacks):
+            callback(event)
+
+    def _tick(self) -> int:
+        self.now_ms += self.tick_ms
+        return self.now_ms
+
+    def _hex_id(self) -> str:
+        return f"{self._rng.getrandbits(64):016x}"
+
+    def _consult_id(self) -> str:
+        while True:
+            cid = "".join(self._rng.choice(CONSULT_ALPHABET) for _ in range(6))
+            if cid not in self.consults:
+                return cid
