@@ -114,6 +114,7 @@ async def test_ctrl_n_an_empty_title_is_refused_with_a_message() -> None:
 
 async def test_ctrl_n_opens_a_consult_and_shows_it() -> None:
     fake = clinic()
+    fake.directory["nurse.li"] = "clinic"
     async with desk(fake) as (app, pilot):
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: isinstance(app.screen, NewConsult))
@@ -132,6 +133,20 @@ async def test_ctrl_n_opens_a_consult_and_shows_it() -> None:
         await wait_for(pilot, lambda: fake.queued == [(consult, "Hi")])
 
 
+async def test_the_form_shows_the_directory_and_refuses_unknown_names() -> None:
+    fake = clinic()
+    fake.directory["nurse.li"] = "clinic"
+    async with desk(fake) as (app, pilot):
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewConsult))
+        assert "nurse.li (clinic)" in str(app.screen.query_one("#directory", Static).content)
+        app.screen.query_one("#title", Input).value = "Girl"
+        app.screen.query_one("#members", Input).value = "nurse.li, dr.nobody"
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: "dr.nobody" in str(app.screen.query_one("#error", Static).content))
+        assert fake.open_calls == [] and isinstance(app.screen, NewConsult)
+
+
 async def test_a_title_over_200_characters_is_refused() -> None:
     fake = clinic()
     async with desk(fake) as (app, pilot):
@@ -147,6 +162,7 @@ async def test_a_title_over_200_characters_is_refused() -> None:
 async def test_a_refused_open_is_a_notification_not_a_crash() -> None:
     fake = clinic()
     fake.open_failure = AccessDenied("denied", "li is not on this relay")
+    fake.directory["li"] = "clinic"  # the form lets the name through; the relay refuses
     async with desk(fake, notifications=True) as (app, pilot):
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: isinstance(app.screen, NewConsult))

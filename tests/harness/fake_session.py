@@ -99,6 +99,7 @@ class FakeSession:
         # Failures a test can arm.
         self.session_failure: MedcommError | None = None  # the opener raises it
         self.open_failure: MedcommError | None = None  # open_consult raises it
+        self.directory: dict[str, str] = {}  # extra enrolled users (name -> role) for users()
         self.queue_failure: MedcommError | None = None  # queue_text raises it
         self.opened = 0
         self.closed = 0
@@ -176,6 +177,11 @@ class FakeSession:
         consult = self.add_consult(title, [self.me, *others])
         self._emit(FakeEvent("opened", consult))
         return consult
+
+    async def users(self, timeout: float) -> list[dict[str, str]]:
+        """The directory: everyone in a consult here, plus ``directory`` set by a test."""
+        names = {m for c in self.overview() for m in c["members"]} | set(self.directory)  # type: ignore[attr-defined]
+        return [{"name": n, "role": self.directory.get(n, "doctor")} for n in sorted(names) if n != self.me]
 
     async def mark_read(self, consult: str) -> None:
         self.read_calls.append(consult)

@@ -117,12 +117,21 @@ class MedcommApp(App[None]):
     def open_consult(self, consult: str) -> None:
         self.push_screen(ConsultView(consult))
 
-    def new_consult(self) -> None:
+    @work(exclusive=True, group="new-consult")
+    async def new_consult(self) -> None:
+        """The form, with the relay's directory to pick members from when the link is up."""
+        known: list[dict[str, str]] | None = None
+        if self.session is not None and self.session.status.state == "online":
+            try:
+                known = await self.session.users(5.0)
+            except MedcommError:
+                known = None
+
         def done(result: tuple[str, list[str]] | None) -> None:
             if result is not None:
                 self.create_consult(*result)
 
-        self.push_screen(NewConsult(), done)
+        await self.push_screen(NewConsult(known, self.me), done)
 
     @work(exclusive=False)
     async def create_consult(self, title: str, members: list[str]) -> None:

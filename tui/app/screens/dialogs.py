@@ -73,11 +73,19 @@ class WelcomeScreen(Screen[None]):
 
 
 class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
+    """Title and members; members are typed (Tab completes nothing, no mouse needed) and
+    checked against the relay's directory when it could be fetched."""
+
+    def __init__(self, known: list[dict[str, str]] | None = None, me: str = "") -> None:
+        super().__init__()
+        self.known = {u["name"]: u["role"] for u in (known or []) if u["name"] != me}
+
     BINDINGS = [Binding("escape", "dismiss", "Cancel")]
     DEFAULT_CSS = """
     NewConsult { align: center middle; }
     NewConsult > Vertical { width: 70; max-width: 100%; height: auto; border: round $primary; padding: 0 1; }
     NewConsult #error { color: $error; height: auto; }
+    NewConsult #directory { color: $text-muted; height: auto; }
     """
 
     def compose(self) -> ComposeResult:
@@ -85,8 +93,15 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
             yield Label("New consult")
             yield Field(placeholder="title, e.g. Boy, 6, fever 4 days", id="title")
             yield Field(placeholder="members, comma-separated, e.g. dr.chen", id="members")
+            yield Static(self._directory(), id="directory")
             yield Static("", id="error")
             yield Button("Open consult", id="open", variant="primary")
+
+    def _directory(self) -> str:
+        if not self.known:
+            return "(offline: the relay checks the names when the consult opens)"
+        names = ", ".join(f"{n} ({r})" for n, r in sorted(self.known.items()))
+        return f"known: {names}"[:600]
 
     def on_mount(self) -> None:
         self.query_one("#title", Input).focus()
@@ -110,6 +125,11 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
             return
         if len(title) > 200:
             error.update("The title is over 200 characters.")
+            return
+        unknown = [m for m in members if self.known and m not in self.known]
+        if unknown:
+            error.update(f"Not enrolled: {', '.join(unknown)}")
+            self.query_one("#members", Input).focus()
             return
         self.dismiss((title, members))
 
