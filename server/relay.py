@@ -31,7 +31,6 @@ from medcomm.core.wire import (
     CaughtUp,
     Challenge,
     Err,
-    Msg,
     Ok,
     Ready,
     Receipt,
@@ -304,7 +303,7 @@ class Relay:
         ``wake`` also pushes it to members' connections that are not caught up on the
         consult (a member just added): their gap detection then asks for the backlog.
         """
-        data = wire.encode(Msg(msg.consult, msg.seq, msg.cid, msg.sender, msg.time, msg.kind, msg.body))
+        data = wire.encode(msg)
         for member in self.members(msg.consult):
             for conn in self.conns.get(member, ()):
                 if conn is not exclude and (wake or msg.consult in conn.live):
@@ -350,7 +349,7 @@ class Relay:
             msgs = self.store.messages_after(consult, cursor, budget)
             budget -= len(msgs) + 1
             for m in msgs:
-                conn.enqueue(wire.encode(Msg(m.consult, m.seq, m.cid, m.sender, m.time, m.kind, m.body)))
+                conn.enqueue(wire.encode(m))
             upto = msgs[-1].seq if msgs else min(cursor, last)
             more = upto < last
             if more:

@@ -15,10 +15,9 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN
+from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN, Msg
 from medcomm.errors import AccessDenied, AuthError, LimitExceeded, NotFound, UsageError
 from medcomm.limits import WIRE
 
@@ -65,15 +64,8 @@ def normalise_code(code: str) -> str:
     return code.replace("-", "").replace(" ", "").upper()
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    consult: str
-    seq: int
-    cid: bytes
-    sender: str
-    time: int
-    kind: int
-    body: bytes
+# A stored message is exactly the frame that delivers it: the relay sends what it stores.
+StoredMessage = Msg
 
 
 class RelayStore:

@@ -46,6 +46,32 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         raise typer.Exit(130) from None
 
 
+def _local_view(offline: bool, timeout: float, view: Any, after_sync: Any = None) -> Any:
+    """Sync (unless offline), then read the device's store; with no link, show what the
+    device holds and say so on stderr rather than fail: a clinic reads offline too."""
+    from medcomm.session.service import Session
+
+    async def main() -> tuple[Any, str | None]:
+        async with Session.open(connect=not offline) as s:
+            note = None
+            if not offline:
+                try:
+                    await s.sync(timeout)
+                    if after_sync is not None:
+                        await after_sync(s)
+                except MedcommError as exc:
+                    note = f"showing what this device holds: {exc}"
+            return view(s), note
+
+    try:
+        result, note = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if note:
+        typer.echo(f"medcomm: {note}", err=True)
+    return result
+
+
 def _fail(exc: MedcommError) -> typer.Exit:
     typer.echo(f"medcomm: {exc}", err=True)
     return typer.Exit(exc.exit_code)
@@ -252,24 +278,7 @@ def consult_list(
     timeout: TimeoutOpt = 15.0,
 ) -> None:
     """List your consults (synced with the relay first, unless --offline or no link)."""
-    from medcomm.session.service import Session
-
-    async def main() -> tuple[list[dict[str, object]], str | None]:
-        async with Session.open(connect=not offline) as s:
-            note = None
-            if not offline:
-                try:
-                    await s.sync(timeout)
-                except MedcommError as exc:
-                    note = f"showing what this device holds: {exc}"
-            return s.store.consults(), note
-
-    try:
-        rows, note = _run(main())
-    except MedcommError as exc:
-        raise _fail(exc) from None
-    if note:
-        typer.echo(f"medcomm: {note}", err=True)
+    rows = _local_view(offline, timeout, lambda s: s.store.consults())
     for r in rows:
         if as_json:
             typer.echo(json.dumps(r, ensure_ascii=False))
@@ -376,25 +385,11 @@ def history(
     timeout: TimeoutOpt = 15.0,
 ) -> None:
     """Print a consult's messages with their delivery states (marks them read)."""
-    from medcomm.session.service import Session
 
-    async def main() -> tuple[list[Any], str | None]:
-        async with Session.open(connect=not offline) as s:
-            note = None
-            if not offline:
-                try:
-                    await s.sync(timeout)
-                    await s.mark_read(consult)
-                except MedcommError as exc:
-                    note = f"showing what this device holds: {exc}"
-            return s.history(consult, since), note
+    async def read(s: Any) -> None:
+        await s.mark_read(consult)
 
-    try:
-        lines, note = _run(main())
-    except MedcommError as exc:
-        raise _fail(exc) from None
-    if note:
-        typer.echo(f"medcomm: {note}", err=True)
+    lines = _local_view(offline, timeout, lambda s: s.history(consult, since), after_sync=read)
     for line in lines:
         _print_line(line, as_json)
 
