@@ -64,6 +64,7 @@ def test_consult_view(
         await wait_for(pilot, lambda: in_consult(app, FEVER))
         app.screen.query_one(ComposeBox).insert("Chest\ndrawing")  # a draft of two lines
         conv = app.screen.query_one(Conversation)
-        await wait_for(pilot, lambda: conv.scroll_y == conv.max_scroll_y)
+        await wait_for(pilot, lambda: conv.is_anchored)  # kept at the newest message
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZES[size], run_before=opened)

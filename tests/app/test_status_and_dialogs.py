@@ -29,7 +29,7 @@ from tests.harness.fake_session import FakeSession
 
 async def test_status_online_shows_rtt_last_contact_and_the_outbox() -> None:
     async with desk(clinic()) as (app, _pilot):
-        assert status_text(app) == "● online · rtt 250 ms · last contact 09:11:00 · 1 waiting"
+        assert status_text(app) == "● online · rtt 250 ms · last contact 09:11 · 1 waiting"
 
 
 async def test_status_follows_the_link_on_the_list_and_in_a_consult() -> None:

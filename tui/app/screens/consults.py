@@ -7,6 +7,7 @@ import time
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
@@ -59,7 +60,8 @@ class ConsultList(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
         yield Field(placeholder="search title or member ( / )", id="search")
-        yield OptionList(id="consults")
+        with Vertical(id="list-area"):  # the list is only as tall as its rows: repaints stay small
+            yield OptionList(id="consults")
         yield StatusLine(id="status")
         yield Footer()
 

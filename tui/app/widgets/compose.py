@@ -9,9 +9,12 @@ from textual.widgets import TextArea
 
 
 class ComposeBox(TextArea):
+    # No border and only as tall as its text: every keystroke repaints the whole widget,
+    # so a one-line box costs one terminal line per character instead of four.
     DEFAULT_CSS = """
-    ComposeBox { height: 4; border: round $primary; }
+    ComposeBox { height: 1; }
     """
+    MAX_LINES = 6
 
     class Submitted(Message):
         def __init__(self, text: str) -> None:
@@ -22,6 +25,13 @@ class ComposeBox(TextArea):
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)  # type: ignore[arg-type]
         self.cursor_blink = False  # a blinking cursor writes bytes twice a second, forever
         self._sent: list[str] = []
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        """Grow (up to MAX_LINES) or shrink with the text; a fixed height in between keeps
+        a keystroke from re-laying out, and so repainting, the whole screen."""
+        lines = max(1, min(self.MAX_LINES, self.wrapped_document.height))
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines
 
     async def _on_key(self, event: events.Key) -> None:
         if event.key == "enter":

@@ -29,14 +29,13 @@ MARKS = {
 def render_line(line: Line, me: str) -> Text:
     when = time.strftime("%H:%M", time.localtime(line.time / 1000))
     seq = f"#{line.seq}" if line.seq is not None else "#-"
+    # Few style changes per line: each costs an escape sequence on every repaint.
     out = Text(no_wrap=False)
-    out.append(f"{seq:>5} {when} ", style="dim")
     if line.kind == "system":
-        out.append(f"· {line.sender} {line.text}", style="italic dim")
+        out.append(f"{seq:>5} {when} · {line.sender} {line.text}", style="dim")
         return out
-    out.append(line.sender, style="bold green" if line.sender == me else "bold magenta")
-    out.append(": ")
-    out.append(line.text)
+    out.append(f"{seq:>5} {when} {line.sender}:", style="bold" if line.sender == me else "bold cyan")
+    out.append(f" {line.text}")
     if line.sender == me:
         label, style = MARKS.get(line.state, (line.state, ""))
         out.append(f"  [{label}]", style=style)
@@ -57,7 +56,9 @@ class MessageLine(Static):
 
 
 class Conversation(VerticalScroll, can_focus=True):
-    DEFAULT_CSS = "Conversation { height: 1fr; padding: 0 1; }"
+    # No padding and no scrollbar: a new message scrolls the whole view, and every extra
+    # segment on a row is another escape sequence on each of its lines.
+    DEFAULT_CSS = "Conversation { height: 1fr; padding: 0; scrollbar-size-vertical: 0; }"
     BINDINGS = [("pageup", "older", "Older")]
 
     class LoadOlder(Message):
@@ -88,7 +89,7 @@ class Conversation(VerticalScroll, can_focus=True):
         self.first_seq = stored[0].seq if stored else None
         self.complete = len(stored) < page_size or self.first_seq == 1
         await self.mount_all([MessageLine(ln, self.me) for ln in lines])
-        self.scroll_end(animate=False)
+        self.anchor()  # stays at the end as messages arrive: one repaint each, no extra scroll
 
     async def prepend(self, lines: list[Line], page_size: int) -> None:
         stored = [ln for ln in lines if ln.seq is not None]
@@ -128,8 +129,8 @@ class Conversation(VerticalScroll, can_focus=True):
             added = True
             if self.first_seq is None and ln.seq is not None:
                 self.first_seq = ln.seq
-        if added and at_end:
-            self.scroll_end(animate=False)
+        if added and at_end and not self.is_anchored:
+            self.anchor()
         return added
 
     def watch_scroll_y(self, old: float, new: float) -> None:

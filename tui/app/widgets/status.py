@@ -17,8 +17,8 @@ def describe(status: LinkStatusView, queued: int, syncing: bool) -> str:
     waiting = f"{queued} waiting" if queued else "outbox empty"
     if status.state == "online":
         rtt = f" · rtt {status.rtt * 1000:.0f} ms" if status.rtt else ""
-        contact = (
-            f" · last contact {time.strftime('%H:%M:%S', time.localtime(status.last_contact))}"
+        contact = (  # minutes: a busy link must not repaint this line on every frame
+            f" · last contact {time.strftime('%H:%M', time.localtime(status.last_contact))}"
             if status.last_contact
             else ""
         )
