@@ -12,6 +12,7 @@ import time
 
 from rich.text import Text
 from textual.containers import VerticalScroll
+from textual.geometry import Size
 from textual.message import Message
 from textual.widgets import Static
 
@@ -50,9 +51,14 @@ class MessageLine(Static):
         self.line = line
 
     def refresh_line(self, line: Line, me: str) -> None:
-        if line != self.line:
-            self.line = line
-            self.update(render_line(line, me))
+        """Repaint only if what is shown changed (others' messages show no state, so a read
+        mark on them costs nothing)."""
+        if line == self.line:
+            return
+        before, self.line = render_line(self.line, me), line
+        after = render_line(line, me)
+        if after != before:
+            self.update(after)
 
 
 class Conversation(VerticalScroll, can_focus=True):
@@ -74,6 +80,14 @@ class Conversation(VerticalScroll, can_focus=True):
         self.first_seq: int | None = None  # oldest loaded stored message
         self.complete = False  # nothing older to load
         self._asked_before: int | None = None
+
+    def _size_updated(
+        self, size: Size, virtual_size: Size, container_size: Size, layout: bool = True
+    ) -> bool:
+        # A new message changes the virtual size; Textual's watcher on it would lay out and
+        # repaint the whole view a second time (~2.5 KB over SSH). The compositor has just
+        # laid it out, so record the size without that second pass.
+        return super()._size_updated(size, virtual_size, container_size, layout=False)
 
     @property
     def lines(self) -> list[MessageLine]:
