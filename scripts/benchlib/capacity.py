@@ -432,6 +432,25 @@ async def connect_all(
     return results, failures, seconds
 
 
+async def connect_and_measure(fig: Any, pid: int, connect_one: Any, n: int) -> tuple[list[Any], list[Any]]:
+    """Connect n clients and record, on fig, what connecting cost the server: time, CPU per
+    connection, failures, and RSS per connection once they have sat idle for a moment."""
+    cpu0 = _cpu_seconds(pid)
+    results, failures, fig.connect_seconds = await connect_all(
+        connect_one, n, phase_timeout=max(60.0, n * 0.05)
+    )
+    clients = [c for c in results if c is not None]
+    fig.connections_ok = len(clients)
+    if clients:
+        fig.server_cpu_per_connect_ms = 1000.0 * (_cpu_seconds(pid) - cpu0) / len(clients)
+    fig.connect_failures = dict(failures)
+    await asyncio.sleep(SETTLE_SECONDS)
+    fig.rss_connected = _rss(pid)
+    if clients:
+        fig.rss_per_conn = (fig.rss_connected - fig.rss_before) / len(clients)
+    return results, clients  # results keeps each client's index (None where it failed)
+
+
 async def close_all(clients: list[Client]) -> None:
     """Close every client (bounded); whatever does not close in time is aborted."""
     for c in clients:
@@ -634,21 +653,9 @@ async def run_medcomm(cfg: Config, tmp: Path) -> Figures:
         fig.rss_before = _rss(pid)
 
         _progress(f"medcomm: connecting {cfg.connections} clients ({HANDSHAKE_CONCURRENCY} at a time)")
-        cpu0 = _cpu_seconds(pid)
-        results, failures, fig.connect_seconds = await connect_all(
-            lambda i: medcomm_connect(server.url, names[i], codes[names[i]]),
-            cfg.connections,
-            phase_timeout=max(60.0, cfg.connections * 0.05),
+        results, clients = await connect_and_measure(
+            fig, pid, lambda i: medcomm_connect(server.url, names[i], codes[names[i]]), cfg.connections
         )
-        clients = [c for c in results if c is not None]
-        fig.connections_ok = len(clients)
-        if clients:
-            fig.server_cpu_per_connect_ms = 1000.0 * (_cpu_seconds(pid) - cpu0) / len(clients)
-        fig.connect_failures = dict(failures)
-        await asyncio.sleep(SETTLE_SECONDS)
-        fig.rss_connected = _rss(pid)
-        if clients:
-            fig.rss_per_conn = (fig.rss_connected - fig.rss_before) / len(clients)
         if server.proc.poll() is not None:
             raise BenchError(f"medcomm relay exited ({server.proc.returncode}) while connecting")
 
@@ -745,21 +752,9 @@ async def run_bare(cfg: Config, tmp: Path, k: int) -> Figures:
             return f"r{i // 3}" if i < 3 * k else f"idle{i}"
 
         _progress(f"baseline: connecting {cfg.connections} clients")
-        cpu0 = _cpu_seconds(pid)
-        results, failures, fig.connect_seconds = await connect_all(
-            lambda i: bare_connect(server.url, room_of(i)),
-            cfg.connections,
-            phase_timeout=max(60.0, cfg.connections * 0.05),
+        results, clients = await connect_and_measure(
+            fig, pid, lambda i: bare_connect(server.url, room_of(i)), cfg.connections
         )
-        clients = [c for c in results if c is not None]
-        fig.connections_ok = len(clients)
-        if clients:
-            fig.server_cpu_per_connect_ms = 1000.0 * (_cpu_seconds(pid) - cpu0) / len(clients)
-        fig.connect_failures = dict(failures)
-        await asyncio.sleep(SETTLE_SECONDS)
-        fig.rss_connected = _rss(pid)
-        if clients:
-            fig.rss_per_conn = (fig.rss_connected - fig.rss_before) / len(clients)
 
         by_room: dict[str, list[Client]] = {}
         for i, c in enumerate(results[: 3 * k]):
