@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import fcntl
 import json
 import os
@@ -113,6 +114,72 @@ def escapes_only(data: bytes) -> str:
 
 
 # --- the pseudo-terminal -------------------------------------------------------------------
+
+
+_TOKEN = re.compile(
+    r"\x1b\[([0-?]*)[ -/]*([@-~])"  # CSI: params, final
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC
+    r"|\x1bP[^\x1b]*\x1b\\"  # DCS
+    r"|\x1b(?![\[\]P])[ -/]*[0-~]"  # other escapes
+    r"|([\r\n\x08])"  # cursor controls
+    r"|[\x00-\x1f\x7f]"  # other controls: ignored
+    r"|([^\x00-\x1f\x7f]+)"  # text
+)
+
+
+class ScreenModel:
+    """Just enough of a terminal to know which characters are on screen: Textual places
+    every line with CUP (``ESC[row;colH``) and writes its text; colours are ignored, wide
+    characters are taken as one cell (the desk draws none in the rows read here)."""
+
+    def __init__(self, rows: int = ROWS, cols: int = COLS) -> None:
+        self.rows, self.cols = rows, cols
+        self.cells = [[" "] * cols for _ in range(rows)]
+        self.y = self.x = 0
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._pending = ""
+
+    def feed(self, data: bytes) -> None:
+        text = self._pending + self._decode(data)
+        self._pending = ""
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or m.group(0) == "\x1b":  # a lone ESC: a sequence cut by the chunk end
+                if len(text) - pos < 256:
+                    self._pending = text[pos:]
+                    return
+                pos += 1  # far from the end: not a cut sequence, just skip the ESC
+                continue
+            if m.group(2) in ("H", "f"):
+                row, _, col = (m.group(1) or "").partition(";")
+                self.y = min(self.rows - 1, max(0, int(row or 1) - 1))
+                self.x = min(self.cols, max(0, int(col or 1) - 1))
+            elif m.group(2) == "J" and m.group(1) == "2":
+                self.cells = [[" "] * self.cols for _ in range(self.rows)]
+            elif m.group(3) == "\r":
+                self.x = 0
+            elif m.group(3) == "\n":
+                self.y = min(self.rows - 1, self.y + 1)
+            elif m.group(3) == "\x08":
+                self.x = max(0, self.x - 1)
+            elif m.group(4):
+                for ch in m.group(4):
+                    if self.x < self.cols:
+                        self.cells[self.y][self.x] = ch
+                    self.x += 1
+            pos = m.end()
+
+    def lines(self) -> list[str]:
+        return ["".join(row) for row in self.cells]
+
+    def top_seq(self) -> int | None:
+        """The seq of the topmost message row on screen (``#1234 12:00 ...``)."""
+        for line in self.lines():
+            m = re.search(r"#(\d+) \d\d:\d\d ", line)
+            if m:
+                return int(m.group(1))
+        return None
 
 
 class Term:
@@ -238,6 +305,17 @@ class Term:
         except OSError:
             pass
         return None
+
+    def screen(self) -> ScreenModel:
+        """What the terminal shows now (everything written so far, fed once)."""
+        if not hasattr(self, "_screen"):
+            self._screen, self._fed = ScreenModel(), 0
+        with self.cond:
+            new = self.chunks[self._fed :]
+            self._fed = len(self.chunks)
+        for chunk in new:
+            self._screen.feed(chunk)
+        return self._screen
 
     def screen_text(self, tail: int = 3000) -> str:
         """The last output with escape sequences dropped, for error messages."""
@@ -508,13 +586,16 @@ def open_consult(term: Term, title: str, done: bytes, timeout: float = 20) -> di
 
 def page_up(term: Term, first_seq: int, pages: int = 2, presses: int = 30) -> dict[str, Any]:
     """Ctrl+O, then PageUp (one press at a time, each after the screen went quiet) until
-    messages from ``pages`` older pages have been on screen.
+    ``pages`` older pages were loaded and their messages are on screen.
 
     Only the newest page (50 messages, from ``first_seq``) is loaded when a consult opens;
-    the PageUp that reaches the top asks the store for the page before it. The time from
-    that press to the first older seq number on the terminal is the older page's load. A
-    press after which the lowest seq on screen is higher than before moved the view *down*:
-    counted, because PageUp should never do that.
+    the PageUp that reaches the top asks the store for the page before it. The first press
+    whose output shows messages older than what was loaded counts as that page's load: its
+    time to the last byte, and its bytes (extra frames show there; with a desk that keeps
+    the reader's place without repainting, that is the press that scrolls into the page).
+    What is on screen after each press comes from a small terminal emulator, so a press
+    after which the top message is *newer* than before (PageUp moving the view down) is
+    counted: it should never happen.
     """
     term.wait_quiet(0.3, 10)
     t = term.key(KEY_CTRL_O)
@@ -522,42 +603,40 @@ def page_up(term: Term, first_seq: int, pages: int = 2, presses: int = 30) -> di
     focus_bytes = term.count(t)
     rss0 = term.rss_kib()
     steps: list[dict[str, Any]] = []
-    loads: list[float] = []
-    lowest, went_down = first_seq, 0
-    previous: int | None = None
+    loads: list[dict[str, Any]] = []
+    loaded_from, went_down = first_seq, 0
+    top = term.screen().top_seq()
     for _ in range(presses):
         t = term.key(KEY_PAGE_UP)
         term.wait_quiet(0.3, 10)
         chunks = term.between(t)
-        seqs = [int(x) for x in _SEQ.findall(b"".join(c for _, c in chunks))]
+        written = [int(x) for x in _SEQ.findall(b"".join(c for _, c in chunks))]
+        now_top = term.screen().top_seq()
         step = {
             "bytes": sum(len(c) for _, c in chunks),
+            "writes": len(chunks),
             "last_byte_ms": round((chunks[-1][0] - t) * 1000, 1) if chunks else None,
-            "min_seq": min(seqs) if seqs else None,
-            "max_seq": max(seqs) if seqs else None,
+            "top_seq": now_top,
         }
         steps.append(step)
-        if seqs and previous is not None and min(seqs) > previous:
+        if top is not None and now_top is not None and now_top > top:
             went_down += 1
-        if seqs:
-            previous = min(seqs)
-        if seqs and min(seqs) < lowest:
-            boundary = lowest
-            for ct, c in chunks:  # first chunk that shows a seq below the loaded window
-                if any(int(x) < boundary for x in _SEQ.findall(c)):
-                    loads.append(round((ct - t) * 1000, 1))
-                    break
-            lowest = boundary - 50
-            if len(loads) >= pages:
-                break
+        top = now_top
+        if written and min(written) < loaded_from:  # this press loaded the page before
+            loads.append({"press": len(steps), "ms": step["last_byte_ms"], "bytes": step["bytes"]})
+            loaded_from -= 50
+        if len(loads) >= pages and top is not None and top < first_seq:
+            break
     rss1 = term.rss_kib()
+    plain = [s["bytes"] for i, s in enumerate(steps, 1) if i not in {ld["press"] for ld in loads}]
     return {
         "first_loaded_seq": first_seq,
         "focus_bytes": focus_bytes,
         "presses": len(steps),
-        "older_pages_seen": len(loads),
-        "older_page_ms": loads,
+        "loads": loads,
+        "older_on_screen": top is not None and top < first_seq,
         "presses_down": went_down,
+        "plain_press_bytes": statistics.median(plain) if plain else None,
         "rss_growth_mib": round((rss1 - rss0) / 1024, 1) if rss0 and rss1 else None,
         "steps": steps,
     }
@@ -675,11 +754,13 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         "big_open_s": r["open_big"]["open_s"],
         "big_open_bytes": r["open_big"]["bytes"],
         "big_open_rss_mib": r["open_big"]["rss_growth_mib"],
-        "older_page_ms": (r["page_up"]["older_page_ms"] or [None])[0],
-        "older_page2_ms": (r["page_up"]["older_page_ms"] + [None, None])[1],
-        "page_up_presses": f"{r['page_up']['presses']} / {r['page_up']['presses_down']}",
+        "older_page_ms": (r["page_up"]["loads"] + [{"ms": None}])[0]["ms"],
+        "older_page2_ms": (r["page_up"]["loads"] + [{"ms": None}] * 2)[1]["ms"],
+        "older_page_bytes": (r["page_up"]["loads"] + [{"bytes": None}])[0]["bytes"],
+        "page_up_presses": f"{r['page_up']['presses']} / {r['page_up']['presses_down']}"
+        + ("" if r["page_up"]["older_on_screen"] else " (no older on screen)"),
         "focus_history_bytes": r["page_up"]["focus_bytes"],
-        "page_up_bytes_median": statistics.median([s["bytes"] for s in r["page_up"]["steps"]] or [0]),
+        "page_up_bytes_median": r["page_up"]["plain_press_bytes"],
         "exit_code": r["exit_code"],
     }
 
@@ -715,10 +796,11 @@ def print_table(results: list[dict[str, Any]], idle_s: float, n: int, repeats: i
         ("  bytes of that open", "big_open_bytes", ""),
         ("  RSS growth of that open, MiB", "big_open_rss_mib", ""),
         ("  Ctrl+O (focus the conversation): bytes", "focus_history_bytes", ""),
-        ("  PageUp at the top -> older page on screen, ms", "older_page_ms", ""),
+        ("  PageUp reaching the top: older page loaded, ms", "older_page_ms", ""),
         ("  ... the page before that, ms", "older_page2_ms", ""),
-        ("  PageUps for those 2 pages / of them moving down", "page_up_presses", ""),
-        ("  bytes per PageUp (median)", "page_up_bytes_median", ""),
+        ("  bytes of that loading PageUp", "older_page_bytes", ""),
+        ("  bytes of a PageUp that loads nothing (median)", "page_up_bytes_median", ""),
+        ("  PageUps for 2 older pages / of them moving down", "page_up_presses", ""),
         ("  PageDown: bytes per press (median of 3)", "page_down_bytes", ""),
         ("  PageDown: writes (frames) per press (median)", "page_down_writes", ""),
         ("exit code after Ctrl+Q", "exit_code", ""),
@@ -752,6 +834,17 @@ def print_idle_writes(results: list[dict[str, Any]]) -> None:
                 print(f"  +{wr['t']:.2f}s {wr['n']} B  {wr['esc'][:200]}")
 
 
+def code_stamp() -> dict[str, float]:
+    """Modification times of the desk's code: figures are only comparable for one version,
+    so a run that saw the code change under it says so."""
+    root = Path(__file__).resolve().parents[2] / "tui"
+    return {
+        str(f.relative_to(root.parent)): f.stat().st_mtime
+        for f in sorted(root.rglob("*"))
+        if f.suffix in (".py", ".tcss")
+    }
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="scripts/bench tui",
@@ -781,6 +874,8 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     report: dict[str, Any] = {"cores": os.cpu_count(), "messages": n, "idle_s": idle_s, "results": []}
+    stamp = code_stamp()
+    report["code_mtime"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(max(stamp.values(), default=0)))
     with tempfile.TemporaryDirectory(prefix="medcomm-bench-tui-") as tmp:
         root = Path(tmp)
         if args.keep:
@@ -800,6 +895,10 @@ def main(argv: list[str]) -> int:
         finally:
             w.relay.stop()
     missed = print_table(report["results"], idle_s, n, repeats)
+    changed = sorted(f for f, m in code_stamp().items() if stamp.get(f) != m)
+    report["code_changed_during_run"] = changed
+    if changed:
+        print(f"\nwarning: the desk's code changed during the run (columns may differ in version): {changed}")
     print_idle_writes(report["results"])
     report["missed"] = missed
     if missed:
