@@ -14,10 +14,7 @@ def enroll(data: Path, name: str, role: str) -> str:
     """Create (or reuse) user NAME with ROLE and return a one-time code for one device."""
     if role not in ("clinic", "doctor"):
         raise UsageError("role must be clinic or doctor")
-    try:
-        name = wire.user_name(name.strip().lower())
-    except Exception:
-        raise UsageError(f"{name!r} is not a user name (letters, digits, . _ -; at most 64)") from None
+    name = wire.typed_user_name(name)
     store = RelayStore(data)
     try:
         return store.enroll(name, role, RELAY.enrol_code_ttl)

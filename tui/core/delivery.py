@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from medcomm.core import wire
 from medcomm.core.wire import (
     CaughtUp,
     Err,
@@ -292,7 +291,3 @@ class Delivery:
     def is_synced(self) -> bool:
         """Caught up on every consult asked for, and nothing outstanding."""
         return self.online and self.full_sync_done and not self.resuming
-
-
-def kind_name(kind: int) -> str:
-    return wire.KIND_NAMES.get(kind, "unknown")

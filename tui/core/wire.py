@@ -110,6 +110,17 @@ def user_name(v: object) -> str:
     return v  # type: ignore[return-value]
 
 
+def typed_user_name(name: str) -> str:
+    """A name as a person typed it (any case, stray spaces), checked and lower-cased; a
+    UsageError that states the rule, for the CLI and admin, instead of a wire error."""
+    from medcomm.errors import UsageError
+
+    cleaned = name.strip().lower()
+    if not _NAME_RE.fullmatch(cleaned):
+        raise UsageError(f"{name!r} is not a user name (letters, digits, . _ -; at most 64)")
+    return cleaned
+
+
 def _kind(v: object) -> int:
     _check(type(v) is int and v in KIND_NAMES, "unknown message kind")
     return v  # type: ignore[return-value]

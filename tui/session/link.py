@@ -210,7 +210,8 @@ class Link:
             self._ws = None
             await ws.close()  # type: ignore[attr-defined]
 
-    async def _recv(self, ws: object, timeout: float) -> wire.Frame:
+    async def _recv(self, ws: object, timeout: float | None) -> wire.Frame:
+        """One frame from the relay (no timeout: the reader; keepalive notices a dead link)."""
         data = await asyncio.wait_for(ws.recv(), timeout)  # type: ignore[attr-defined]
         self.status.last_contact = time.time()
         return wire.decode(data, wire.RELAY_TYPES)
@@ -231,7 +232,7 @@ class Link:
 
     async def _reader(self, ws: object) -> None:
         while True:
-            frame = await self._recv_forever(ws)
+            frame = await self._recv(ws, None)
             if isinstance(frame, (wire.Ok, wire.Err)) and frame.rid:
                 fut = self._requests.get(frame.rid)
                 if fut is not None and not fut.done():
@@ -251,11 +252,6 @@ class Link:
                 self._notify(event)
             self._timer_wake.set()
             self._changed.set()
-
-    async def _recv_forever(self, ws: object) -> wire.Frame:
-        data = await ws.recv()  # type: ignore[attr-defined]
-        self.status.last_contact = time.time()
-        return wire.decode(data, wire.RELAY_TYPES)
 
     async def _ticker(self) -> None:
         while True:

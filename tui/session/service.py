@@ -203,7 +203,7 @@ async def login(url: str, name: str, code: str, timeout: float = 30.0, home: Pat
     from medcomm.session.link import sign_challenge
 
     url = check_relay_url(url)
-    name = wire.user_name(name.strip().lower()) if _valid_name(name) else _bad_name(name)
+    name = wire.typed_user_name(name)
     seed = load_or_create_seed(home)  # durable before the first attempt: re-runs reuse the key
     try:
         async with asyncio.timeout(timeout):
@@ -225,15 +225,3 @@ async def login(url: str, name: str, code: str, timeout: float = 30.0, home: Pat
     profile = Profile(relay=url, name=answer.name, role=answer.role, home=home)
     save_profile(profile)
     return profile
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        wire.user_name(name.strip().lower())
-        return True
-    except Exception:
-        return False
-
-
-def _bad_name(name: str) -> str:
-    raise UsageError(f"{name!r} is not a user name (letters, digits, . _ -; at most 64)")
