@@ -12,7 +12,8 @@ message plus an exit code, and the TUI into a notification, without parsing stri
     │   ├── AuthError                 exit 77  bad enrolment code, unknown device, bad signature
     │   └── AccessDenied              exit 77  not a member of that consult
     ├── NotFound                      exit 4   unknown consult, user or message
-    └── LinkDown                      exit 75  no link within the time allowed (EX_TEMPFAIL)
+    ├── LinkDown                      exit 75  no link within the time allowed (EX_TEMPFAIL)
+    └── VoiceUnavailable              exit 69  libopus, PortAudio or a sound device missing
 
 75 is sysexits' EX_TEMPFAIL: scripts retry later, and the outbox keeps what was queued.
 """
@@ -85,6 +86,17 @@ class LinkDown(MedcommError):
     """No link to the relay within the time allowed; queued work stays queued."""
 
     exit_code = 75
+
+
+class VoiceUnavailable(MedcommError):
+    """Voice needs a C library or a device this machine does not have.
+
+    The message says exactly what to install or which device was asked for, because the
+    person reading it is a nurse at a shared PC, not the one who set it up. 69 is sysexits'
+    EX_UNAVAILABLE: text consults keep working.
+    """
+
+    exit_code = 69
 
 
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
