@@ -63,3 +63,40 @@ class FailureThrottle:
 
     def succeeded(self, addr: str) -> None:
         self._seen.pop(addr, None)
+
+
+@dataclass
+class ReplayCache:
+    """Nonces of early proofs already used, each kept until it could no longer pass the
+    clock window, so a captured upgrade request cannot be replayed to log in.
+
+    Bounded: when full, ``admit`` says no and the device falls back to a challenge (one
+    round trip more, never a refusal). Sans-I/O: ``now`` is the relay's wall clock (s).
+    """
+
+    window: float = 300.0
+    capacity: int = 100_000
+    _expiry: dict[bytes, float] = field(default_factory=dict)
+
+    def fresh(self, signed_at: float, now: float) -> bool:
+        """A proof's own time within the window of the relay's clock."""
+        return abs(now - signed_at) <= self.window
+
+    def admit(self, nonce: bytes, now: float) -> bool:
+        """True the first time a nonce is seen within its lifetime; records it."""
+        self._forget_expired(now)
+        if nonce in self._expiry or len(self._expiry) >= self.capacity:
+            return False
+        self._expiry[nonce] = now + 2 * self.window
+        return True
+
+    def _forget_expired(self, now: float) -> None:
+        # insertion order is expiry order (constant lifetime), so stop at the first live one
+        while self._expiry:
+            nonce = next(iter(self._expiry))
+            if self._expiry[nonce] > now:
+                break
+            del self._expiry[nonce]
+
+    def __len__(self) -> int:
+        return len(self._expiry)

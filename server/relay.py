@@ -54,7 +54,7 @@ from medcomm.errors import (
     WireError,
 )
 from medcomm.limits import RELAY, WIRE, RelayLimits
-from medcomm.server.auth import FailureThrottle, new_nonce, verify
+from medcomm.server.auth import FailureThrottle, ReplayCache, new_nonce, verify
 from medcomm.server.store import RelayStore, StoredMessage
 
 log = logging.getLogger("medcomm.relay")
@@ -94,6 +94,7 @@ class Conn:
     refill_at: float = 0.0
     bad_frames: int = 0
     closing: bool = False
+    early_sub: Sub | None = None  # resume request that came with the upgrade request
 
     def close_after(self, code: int, reason: str) -> None:
         """Close once everything queued before (e.g. the error that explains why) is sent."""
@@ -126,6 +127,7 @@ class Relay:
         self.limits = limits
         self.conns: dict[str, set[Conn]] = defaultdict(set)
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
+        self.replays = ReplayCache(limits.early_auth_window, limits.early_auth_nonces)
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._writing = False  # one batch at a time: seqs follow arrival order
@@ -153,16 +155,22 @@ class Relay:
             self.connections -= 1
 
     async def _authenticate(self, ws: object, addr: str) -> Conn | None:
-        nonce = new_nonce()
-        await ws.send(wire.encode(Challenge(nonce, int(time.time() * 1000))))  # type: ignore[attr-defined]
+        """An early proof in the upgrade request, or else a challenge to sign."""
+        early_sub: Sub | None = None
         try:
-            data = await asyncio.wait_for(ws.recv(), self.limits.auth_deadline)  # type: ignore[attr-defined]
-        except TimeoutError:
-            await ws.close(CLOSE_POLICY, "authentication deadline passed")  # type: ignore[attr-defined]
-            return None
-        try:
-            frame = wire.decode(data, frozenset({wire.T.AUTH, wire.T.REGISTER}))
-            user, role = self._check_identity(frame, nonce)
+            early = self._early_identity(ws)
+            if early is not None:
+                (user, role), early_sub = early
+            else:
+                nonce = new_nonce()
+                await ws.send(wire.encode(Challenge(nonce, int(time.time() * 1000))))  # type: ignore[attr-defined]
+                try:
+                    data = await asyncio.wait_for(ws.recv(), self.limits.auth_deadline)  # type: ignore[attr-defined]
+                except TimeoutError:
+                    await ws.close(CLOSE_POLICY, "authentication deadline passed")  # type: ignore[attr-defined]
+                    return None
+                frame = wire.decode(data, frozenset({wire.T.AUTH, wire.T.REGISTER}))
+                user, role = self._check_identity(frame, nonce)
         except MedcommError as exc:
             now = time.monotonic()
             delay = self.throttle.delay(addr, now)
@@ -177,8 +185,9 @@ class Relay:
         conn = Conn(ws, user, role, addr, asyncio.Queue(self.limits.send_queue))
         conn.tokens = self.limits.rate_burst
         conn.refill_at = time.monotonic()
-        await ws.send(wire.encode(Welcome(user, role)))  # type: ignore[attr-defined]
-        log.info("authenticated user=%s addr=%s", user, addr)
+        conn.early_sub = early_sub
+        await ws.send(wire.encode(Welcome(user, role, int(time.time() * 1000))))  # type: ignore[attr-defined]
+        log.info("authenticated user=%s addr=%s early=%s", user, addr, early is not None)
         return conn
 
     def _check_identity(self, frame: wire.Frame, nonce: bytes) -> tuple[str, str]:
@@ -195,9 +204,35 @@ class Relay:
             raise AuthError("auth", "bad signature")
         return found
 
+    def _early_identity(self, ws: object) -> tuple[tuple[str, str], Sub | None] | None:
+        """Who signed the upgrade request, and the resume request beside it; None when
+        there is no early proof or it is stale or already used (then: a challenge)."""
+        request = getattr(ws, "request", None)
+        headers = getattr(request, "headers", None)
+        value = headers.get(wire.EARLY_AUTH_HEADER) if headers is not None else None
+        if not value:
+            return None
+        sub_value = headers.get(wire.EARLY_SUB_HEADER, "")  # type: ignore[union-attr]
+        proof = wire.from_header(value, frozenset({wire.T.EARLY}))
+        assert isinstance(proof, wire.EarlyAuth)
+        sub = wire.from_header(sub_value, frozenset({wire.T.SUB})) if sub_value else None
+        found = self.store.device_user(proof.pubkey)
+        if found is None:
+            raise AuthError("auth", "unknown device: run medcomm login")
+        challenge = wire.early_challenge(proof.time, proof.nonce, sub_value)
+        if not verify(proof.pubkey, challenge, proof.sig, b"early"):
+            raise AuthError("auth", "bad signature")
+        now = time.time()
+        if not self.replays.fresh(proof.time / 1000, now) or not self.replays.admit(proof.nonce, now):
+            return None
+        assert sub is None or isinstance(sub, Sub)
+        return found, sub
+
     async def _serve(self, conn: Conn) -> None:
         self.conns[conn.user].add(conn)
         writer = asyncio.ensure_future(self._writer(conn))
+        if conn.early_sub is not None:
+            self._on_sub(conn, conn.early_sub)
         try:
             async for data in conn.ws:  # type: ignore[attr-defined]
                 await self._pace(conn)

@@ -38,6 +38,8 @@ class RelayLimits:
     login_delay_max: float = 8.0  # longest delay (seconds) for a failing address
     enrol_code_ttl: float = 7 * 24 * 3600.0  # seconds an enrolment code stays valid
     max_connections: int = 10000  # concurrent connections before new ones are refused
+    early_auth_window: float = 300.0  # seconds an upgrade-request proof may be off the relay's clock
+    early_auth_nonces: int = 100_000  # used early-proof nonces remembered (full: challenge instead)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from medcomm.core.wire import (
     Auth,
     CaughtUp,
     Challenge,
+    EarlyAuth,
     Err,
     Frame,
     Msg,
@@ -56,8 +57,9 @@ SAMPLES: dict[type[Frame], Frame] = {
     Send: Send("abc123", CID, KINDS["text"], "hello \u00e9".encode()),
     Sub: Sub({"abc123": 5, "zzzzzz": 0}, True),
     Receipt: Receipt("abc123", 9, 2),
+    EarlyAuth: EarlyAuth(b"\x01" * 32, T_MS, b"\x06" * 16, b"\x02" * 64),
     Challenge: Challenge(b"\x05" * 32, T_MS),
-    Welcome: Welcome("ana", "doctor"),
+    Welcome: Welcome("ana", "doctor", T_MS),
     Ok: Ok(3, {"id": "abc123", "list": [1, "two", b"three", None, True, 1.5]}),
     Err: Err(0, "auth", "bad signature"),
     Stored: Stored(CID, "abc123", 42, T_MS),
@@ -94,7 +96,7 @@ def test_samples_cover_every_frame_type():
 
 def test_client_and_relay_type_sets():
     assert CLIENT_TYPES == {T.AUTH, T.REGISTER, T.REQUEST, T.SEND, T.SUB, T.RECEIPT}
-    assert RELAY_TYPES == set(FRAME_TYPES) - CLIENT_TYPES
+    assert RELAY_TYPES == set(FRAME_TYPES) - CLIENT_TYPES - {T.EARLY}  # early: in upgrade headers only
     assert all(t >= 10 for t in RELAY_TYPES)
 
 
@@ -112,6 +114,8 @@ def test_round_trip(frame):
 @pytest.mark.parametrize("frame", list(SAMPLES.values()), ids=_name)
 def test_round_trip_with_allowed_set_and_buffers(frame):
     allowed = CLIENT_TYPES if frame.TYPE < 10 else RELAY_TYPES
+    if frame.TYPE == T.EARLY:
+        allowed = frozenset({T.EARLY})
     data = encode(frame)
     assert decode(data, allowed) == frame
     assert decode(bytearray(data)) == frame
@@ -131,7 +135,7 @@ def test_every_kind_round_trips(kind):
 
 @pytest.mark.parametrize("role", wire.ROLES)
 def test_every_role_round_trips(role):
-    assert decode(encode(Welcome("x", role))).role == role
+    assert decode(encode(Welcome("x", role, 0))).role == role
 
 
 def test_uint_extremes_round_trip():
@@ -251,7 +255,7 @@ def test_malformed_is_wire_error(data):
         decode(data)
 
 
-@pytest.mark.parametrize("code", [0, 7, 8, 9, 20, 99, 2**32, -1, -13])
+@pytest.mark.parametrize("code", [0, 8, 9, 20, 99, 2**32, -1, -13])
 def test_unknown_type_codes_are_refused(code):
     with pytest.raises(WireError, match="type"):
         decode(raw(code, 1, 2))
@@ -495,3 +499,29 @@ def test_corrupted_valid_frames_never_raise_anything_but_wire_error(frame, data)
     cut = data.draw(st.integers(0, len(encoded)))
     _decode_or_wire_error(bytes(encoded))
     _decode_or_wire_error(bytes(encoded[:cut]))
+
+
+def test_early_auth_travels_as_a_header_value_and_back():
+    proof = EarlyAuth(b"\x01" * 32, T_MS, b"\x06" * 16, b"\x02" * 64)
+    value = wire.header_value(proof)
+    assert value.isascii() and "=" not in value and "\n" not in value
+    assert wire.from_header(value, frozenset({T.EARLY})) == proof
+    with pytest.raises(WireError):  # a Sub is not accepted where a proof is expected
+        wire.from_header(wire.header_value(Sub({"abc123": 1}, True)), frozenset({T.EARLY}))
+    with pytest.raises(WireError):
+        wire.from_header("not base64!", frozenset({T.EARLY}))
+    with pytest.raises(LimitExceeded):
+        wire.from_header("A" * (wire.MAX_EARLY_HEADER + 1), frozenset({T.EARLY}))
+
+
+def test_early_auth_is_never_an_ordinary_client_frame():
+    data = encode(EarlyAuth(b"\x01" * 32, T_MS, b"\x06" * 16, b"\x02" * 64))
+    with pytest.raises(WireError):
+        decode(data, CLIENT_TYPES)
+
+
+def test_early_challenge_binds_time_nonce_and_resume_request():
+    base = wire.early_challenge(T_MS, b"\x06" * 16, "abc")
+    assert wire.early_challenge(T_MS + 1, b"\x06" * 16, "abc") != base
+    assert wire.early_challenge(T_MS, b"\x07" * 16, "abc") != base
+    assert wire.early_challenge(T_MS, b"\x06" * 16, "abd") != base

@@ -197,3 +197,20 @@ def test_known_address_is_not_evicted_when_full():
     t.failed("a", 1.0)  # already tracked: no eviction needed
     assert t.delay("a", 1.0) == 0.5
     assert t.delay("b", 1.0) == 0.25
+
+
+def test_replay_cache_admits_a_nonce_once_and_forgets_it_after_its_lifetime():
+    from medcomm.server.auth import ReplayCache
+
+    cache = ReplayCache(window=300.0, capacity=3)
+    assert cache.fresh(1000.0, 1299.0) and cache.fresh(1000.0, 701.0)
+    assert not cache.fresh(1000.0, 1301.0) and not cache.fresh(1000.0, 699.0)
+    assert cache.admit(b"a", 0.0)
+    assert not cache.admit(b"a", 10.0)  # replay
+    assert cache.admit(b"b", 1.0) and cache.admit(b"c", 2.0)
+    assert not cache.admit(b"d", 3.0)  # full: refuse (the device takes a challenge instead)
+    assert len(cache) == 3
+    assert cache.admit(b"d", 600.5)  # a's lifetime (2 windows) is over: room again
+    assert len(cache) == 3
+    assert not cache.admit(b"b", 600.5)  # b still remembered until 601
+    assert cache.admit(b"b", 601.5)

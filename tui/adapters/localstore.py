@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS consults (
     id TEXT PRIMARY KEY, title TEXT NOT NULL DEFAULT '', members TEXT NOT NULL DEFAULT '',
     cursor INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY, value BLOB
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS marks (
     consult TEXT NOT NULL, member TEXT NOT NULL, delivered INTEGER NOT NULL, read INTEGER NOT NULL,
     PRIMARY KEY (consult, member)
@@ -98,6 +101,17 @@ class LocalStore:
         self.db.close()
 
     # --- outbox ---------------------------------------------------------------------------
+
+    def meta(self, key: str) -> object | None:
+        """A small remembered value (e.g. the relay's clock offset), None when unset."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else msgpack.unpackb(row[0])
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, msgpack.packb(value))
+            )
 
     def enqueue(self, item: OutItem) -> None:
         """Durably queue an outgoing message (fsync) before it is shown or sent."""

@@ -171,15 +171,23 @@ class Delivery:
 
     # --- connection -----------------------------------------------------------------------
 
-    def connected(self, now: float) -> list[Frame]:
-        """The link is up and authenticated: resume every consult, then resend the outbox."""
+    def resume_frame(self) -> Sub | None:
+        """The resume request for the next connection; it may travel in the upgrade
+        request itself (see ``connected(resumed=True)``)."""
+        return Sub(dict(self.cursors), True) if self.subscribe else None
+
+    def connected(self, now: float, resumed: bool = False) -> list[Frame]:
+        """The link is up and authenticated: resume every consult (unless the resume
+        request already went with the upgrade: ``resumed``), then resend the outbox."""
         self.online = True
         self.resuming.clear()
         self.synced.clear()
         self.full_sync_done = not self.subscribe
         frames: list[Frame] = []
         if self.subscribe:
-            frames.append(Sub(dict(self.cursors), True))
+            sub = self.resume_frame()
+            if not resumed:
+                frames.append(sub)  # type: ignore[arg-type]
             self.resuming.update(self.cursors)
         return frames + self._fill()
 

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class LinkStatus:
     connect_started: float | None = None
     opened: float | None = None
     caught_up: float | None = None
+    early: bool = False  # the last connection's proof went in its upgrade request
 
 
 def sign_challenge(seed: bytes, nonce: bytes, purpose: bytes) -> tuple[bytes, bytes]:
@@ -80,6 +82,7 @@ class Link:
         self._changed = asyncio.Event()
         self._timer_wake = asyncio.Event()
         self._fatal: MedcommError | None = None
+        self._offset_ms: int | None = None  # relay clock minus ours, learned at each connect
 
     # --- public API -----------------------------------------------------------------------
 
@@ -169,6 +172,10 @@ class Link:
 
         started = time.monotonic()
         self.status.connect_started, self.status.opened, self.status.caught_up = started, None, None
+        sub = self.core.resume_frame()
+        sub_value = wire.header_value(sub) if sub is not None else ""
+        if len(sub_value) > wire.MAX_EARLY_HEADER:
+            sub_value = ""  # too many consults for a header: resume after the welcome instead
         ws = await asyncio.wait_for(
             connect(
                 self.profile.relay,
@@ -181,34 +188,70 @@ class Link:
                 open_timeout=self.limits.connect_timeout,
                 close_timeout=2,
                 user_agent_header=None,
+                additional_headers=self._early_headers(sub_value),
             ),
             self.limits.connect_timeout,
         )
         try:
             self.status.opened = time.monotonic()
-            challenge = await self._recv(ws, self.limits.connect_timeout)
-            if not isinstance(challenge, wire.Challenge):
-                raise WireError("relay did not start with a challenge")
-            self.status.rtt = time.monotonic() - started  # TCP+upgrade ~ 2 RTT; refined below
-            pubkey, sig = sign_challenge(self.profile.seed, challenge.nonce, b"auth")
-            sent_auth = time.monotonic()
-            # Pipelined: resume and outbox go right behind the proof, saving a round trip.
-            await ws.send(wire.encode(wire.Auth(pubkey, sig)))  # type: ignore[attr-defined]
-            self._ws = ws
-            await self._send_frames(self.core.connected(time.monotonic()))
-            welcome = await self._recv(ws, self.limits.connect_timeout)
+            first = await self._recv(ws, self.limits.connect_timeout)
+            resumed = bool(sub_value)
+            if isinstance(first, wire.Challenge):  # early proof not taken (clock, reuse): sign
+                self._learn_clock(first.time)
+                self.status.rtt = time.monotonic() - started  # TCP+upgrade ~ 2 RTT; refined below
+                pubkey, sig = sign_challenge(self.profile.seed, first.nonce, b"auth")
+                sent_auth = time.monotonic()
+                await ws.send(wire.encode(wire.Auth(pubkey, sig)))  # type: ignore[attr-defined]
+                # Pipelined: resume and outbox go right behind the proof, saving a round trip.
+                self._ws = ws
+                resumed = False
+                await self._send_frames(self.core.connected(time.monotonic()))
+                welcome = await self._recv(ws, self.limits.connect_timeout)
+                rtt = time.monotonic() - sent_auth
+            else:  # the upgrade request's proof was accepted: the backlog follows the welcome
+                welcome = first
+                rtt = (self.status.opened - started) / 2  # TCP handshake + upgrade
             if isinstance(welcome, wire.Err):
                 raise remote_error(welcome.code, welcome.reason)
             if not isinstance(welcome, wire.Welcome):
                 raise WireError("relay did not welcome us")
-            self.status.rtt = time.monotonic() - sent_auth
+            self._learn_clock(welcome.time)
+            self.status.rtt = rtt
+            self.status.early = first is welcome
+            if self._ws is None:
+                self._ws = ws
+                await self._send_frames(self.core.connected(time.monotonic(), resumed=resumed))
             self.status.connects += 1
             self._set_state("online")
-            log.info("online as %s (rtt %.0f ms)", welcome.name, self.status.rtt * 1000)
+            log.info("online as %s (rtt %.0f ms, early %s)", welcome.name, rtt * 1000, first is welcome)
             await self._pump(ws, stop)
         finally:
             self._ws = None
             await ws.close()  # type: ignore[attr-defined]
+
+    def _early_headers(self, sub_value: str) -> dict[str, str]:
+        """The signed proof (and resume request) that lets the relay skip its challenge;
+        signed in the relay's time as last learned, so a wrong local clock still works."""
+        nonce = secrets.token_bytes(16)
+        relay_ms = int(time.time() * 1000) + self._clock_offset_ms()
+        challenge = wire.early_challenge(relay_ms, nonce, sub_value)
+        pubkey, sig = sign_challenge(self.profile.seed, challenge, b"early")
+        headers = {wire.EARLY_AUTH_HEADER: wire.header_value(wire.EarlyAuth(pubkey, relay_ms, nonce, sig))}
+        if sub_value:
+            headers[wire.EARLY_SUB_HEADER] = sub_value
+        return headers
+
+    def _clock_offset_ms(self) -> int:
+        if self._offset_ms is None:
+            stored = self.store.meta("relay_clock_offset_ms")
+            self._offset_ms = stored if isinstance(stored, int) else 0
+        return self._offset_ms
+
+    def _learn_clock(self, relay_ms: int) -> None:
+        offset = relay_ms - int(time.time() * 1000)
+        if self._offset_ms is None or abs(offset - self._offset_ms) > 1000:
+            self.store.set_meta("relay_clock_offset_ms", offset)  # only when it moved: no write per connect
+        self._offset_ms = offset
 
     async def _recv(self, ws: object, timeout: float | None) -> wire.Frame:
         """One frame from the relay (no timeout: the reader; keepalive notices a dead link)."""
