@@ -164,7 +164,8 @@ def illegible_cells(app: App[Any]) -> list[tuple[int, int, str]]:
                 fg, bg = style.color, style.bgcolor
                 if style.reverse:
                     fg, bg = bg, fg
-                if fg.get_truecolor() == bg.get_truecolor():
+                # "default" is the terminal's own foreground or background: compare as such
+                if fg.get_truecolor(foreground=True) == bg.get_truecolor(foreground=False):
                     bad.extend((x + i, y, ch) for i, ch in enumerate(text) if _is_text(ch))
             x += Segment(text, style).cell_length
         if len(bad) > 50:

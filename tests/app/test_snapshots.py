@@ -35,7 +35,7 @@ def snapshot_app(colours: str, colour_system: Callable[[str], None]) -> MedcommA
     colour_system(COLOURS[colours])
     app = build_app(clinic().opener)
     assert app.console.color_system == COLOURS[colours]
-    app.theme = "textual-dark"  # whatever TEXTUAL_THEME says
+    app.theme = "ansi-dark"  # the desk's own look, whatever TEXTUAL_THEME says
     app.export_screenshot = partial(export_as_terminal, app)  # type: ignore[method-assign]
     return app
 

@@ -15,6 +15,7 @@ from typing import Any
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.driver import Driver
 from textual.screen import ModalScreen
 
 from medcomm.app.ports import DeskSession, consult_of
@@ -38,6 +39,7 @@ class MedcommApp(App[None]):
     ]
 
     def __init__(self, open_session: SessionOpener, *, frugal: bool = True) -> None:
+        self._frugal = frugal  # read by get_driver_class, which the base __init__ calls
         super().__init__()
         self._open_session = open_session
         self.session: DeskSession | None = None
@@ -48,6 +50,19 @@ class MedcommApp(App[None]):
         self._read_timer: Any = None
         if frugal:
             self.animation_level = "none"
+            # The terminal's own colours: no background or foreground escape on every
+            # span of every line (about a third of a repaint's bytes), and it reads on the
+            # light and the dark terminals people really have.
+            self.theme = "ansi-dark"
+
+    def get_driver_class(self) -> type[Driver]:
+        """In a real terminal (not tests, not the web), frugal mode filters every write."""
+        base = super().get_driver_class()
+        if self._frugal and base.__name__ == "LinuxDriver":
+            from medcomm.app.diet import frugal_driver
+
+            return frugal_driver(base)
+        return base
 
     def on_mount(self) -> None:
         self.hold_session()
