@@ -1,0 +1,421 @@
+"""The jitter buffer on a hand-advanced clock: a TCP-like link (in order, delayed) feeds
+pushes, and a 'sound card' pulls each piece exactly when the previous one has played."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Piece, Play, Silence
+from medcomm.errors import LimitExceeded, UsageError
+
+LIM = JitterLimits()
+PATH = 150.0  # one-way delay of the fake link, ms
+VOICED = 0x80 | 100  # talking, -27 dBov
+QUIET = 30  # no voice activity, -97 dBov
+
+
+@dataclass(frozen=True)
+class Pkt:
+    ts: int
+    dur: int
+    level: int
+    arrival: float  # ms
+
+
+@dataclass(frozen=True)
+class Out:
+    start: float  # ms
+    piece: Piece
+    ts: int | None  # of a played packet
+    st: JitterStats
+
+
+def speech(ts: int) -> int:
+    """1.1 s of talk, 0.4 s of pause: pauses are where the buffer may drop audio."""
+    return VOICED if ts % 1500 < 1100 else QUIET
+
+
+def stream(
+    durs: Iterable[int],
+    jitter: Callable[[int], float] = lambda ts: 0.0,
+    level: Callable[[int], int] = speech,
+    skip: Callable[[int], bool] = lambda ts: False,
+) -> list[Pkt]:
+    """Packets leave when their last sample is captured; TCP keeps them in order, so a
+    delayed packet holds back every packet behind it."""
+    out: list[Pkt] = []
+    ts, last = 0, -1e18
+    for d in durs:
+        if not skip(ts):
+            last = max(ts + d + PATH + jitter(ts), last)
+            out.append(Pkt(ts, d, level(ts), last))
+        ts += d
+    return out
+
+
+def payload(ts: int, dur: int) -> bytes:
+    return struct.pack(">qH", ts, dur)
+
+
+def run(
+    jb: JitterBuffer, pkts: list[Pkt], until: float, t0: float = 0.0, pause: tuple[float, float] | None = None
+) -> list[Out]:
+    i, clock, outs = 0, t0, []
+    while clock < until:
+        if pause and pause[0] <= clock < pause[1]:
+            clock = pause[1]  # the output stopped pulling (a device hiccup)
+        while i < len(pkts) and pkts[i].arrival <= clock:
+            p = pkts[i]
+            jb.push(p.ts, p.dur, payload(p.ts, p.dur), p.level, p.arrival / 1000)
+            i += 1
+        piece = jb.pull(clock / 1000)
+        assert piece.duration_ms > 0, "a piece must move the play clock"
+        ts = struct.unpack(">qH", piece.payload)[0] if isinstance(piece, Play) else None
+        outs.append(Out(clock, piece, ts, jb.stats(reset=False)))
+        clock += piece.duration_ms
+    return outs
+
+
+def plays(outs: list[Out], lo: float = 0, hi: float = 1e18) -> list[Out]:
+    return [o for o in outs if o.ts is not None and lo <= o.start < hi]
+
+
+def latency(o: Out) -> float:
+    """Slack beyond the link's fastest arrival, seen from outside the buffer."""
+    assert o.ts is not None
+    return o.start - (o.ts + o.piece.duration_ms + PATH)
+
+
+def total(outs: list[Out], kind: type, lo: float = 0, hi: float = 1e18) -> int:
+    return sum(o.piece.duration_ms for o in outs if isinstance(o.piece, kind) and lo <= o.start < hi)
+
+
+def assert_in_order(outs: list[Out]) -> None:
+    played = plays(outs)
+    for a, b in zip(played, played[1:], strict=False):
+        assert a.ts is not None and b.ts is not None
+        assert b.ts >= a.ts + a.piece.duration_ms, "played twice, overlapping or out of order"
+
+
+# --- start and steady state ---------------------------------------------------------------
+
+
+def test_silence_until_first_packet_then_prebuffers_the_initial_target() -> None:
+    jb = JitterBuffer()
+    assert jb.pull(0.0) == Silence(LIM.grain_ms)
+    pkts = stream([60] * 50)
+    outs = run(jb, pkts, 3000, t0=20)
+    first = plays(outs)[0]
+    assert first.ts == 0
+    assert first.start - pkts[0].arrival >= LIM.initial_ms
+    assert all(isinstance(o.piece, Silence) for o in outs if o.start < first.start)
+
+
+def test_steady_stream_settles_at_the_floor_without_concealment() -> None:
+    jb = JitterBuffer()
+    pkts = stream([60] * 500)
+    outs = run(jb, pkts, 30_000)
+    assert_in_order(outs)
+    st_ = jb.stats()
+    assert st_.target_ms == LIM.floor_ms and st_.stale_dropped == 0 and st_.concealed_pm_total == 0
+    # everything was played except a few silent packets dropped to come down from initial_ms
+    played = {o.ts for o in plays(outs)}
+    dropped = [p for p in pkts if p.ts not in played and p.arrival < 29_000]
+    assert len(dropped) == st_.shrink_dropped and all(p.level == QUIET for p in dropped)
+    for o in plays(outs, 5000):
+        assert LIM.floor_ms - LIM.hysteresis_ms <= latency(o) <= LIM.floor_ms + 60 + LIM.hysteresis_ms
+
+
+def test_target_follows_random_jitter_up_and_comes_back_down_when_calm() -> None:
+    rng = random.Random(7)
+
+    def jitter(ts: int) -> float:
+        return rng.uniform(0, 200) if 10_000 <= ts < 30_000 else rng.uniform(0, 10)
+
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 1500, jitter), 60_000)
+    assert_in_order(outs)
+    calm_before = [o.st.target_ms for o in outs if 5000 <= o.start < 10_000]
+    assert max(calm_before) <= LIM.floor_ms + 10
+    adapted = [o for o in outs if 18_000 <= o.start < 30_000]
+    assert min(o.st.target_ms for o in adapted) >= 150
+    assert max(o.st.delay_ms for o in adapted) <= LIM.cap_ms
+    concealed, played = total(adapted, Conceal), total(adapted, Play)
+    assert concealed / (concealed + played) < 0.03  # once adapted, late packets are rare
+    calm_after = [o for o in outs if 45_000 <= o.start]
+    assert max(o.st.target_ms for o in calm_after) <= LIM.floor_ms + 10
+    assert max(latency(o) for o in plays(calm_after)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+# --- late, duplicate, reordered ------------------------------------------------------------
+
+
+def test_late_packet_is_dropped_as_stale_and_concealed_never_played_late() -> None:
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 250, lambda ts: 300.0 if ts == 4000 else 0.0), 10_000)
+    assert_in_order(outs)
+    assert 4000 not in {o.ts for o in plays(outs)}
+    assert jb.stats().stale_dropped >= 1
+    assert total(outs, Conceal, 4000, 4600) > 0
+    # the burst behind it is real jitter: the target may rise, but nothing plays beyond it
+    # (when the target falls again the delay follows as silent packets allow)
+    for o in plays(outs, 4000):
+        highest = max(x.st.target_ms for x in outs if x.start <= o.start)
+        assert latency(o) <= min(highest + LIM.hysteresis_ms, LIM.cap_ms)
+    assert max(o.st.target_ms for o in outs) > LIM.floor_ms
+    assert max(latency(o) for o in plays(outs, 9000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+def test_duplicates_are_ignored() -> None:
+    jb = JitterBuffer()
+    pkts = stream([40] * 100)
+    twice = [p for p in pkts for _ in range(2)]
+    outs = run(jb, twice, 1000)
+    old = pkts[5]  # played by now: a late repeat must not play again
+    jb.push(old.ts, old.dur, payload(old.ts, old.dur), old.level, 1.0)
+    outs += run(jb, twice[2 * 30 :], 4500, t0=outs[-1].start + outs[-1].piece.duration_ms)
+    assert_in_order(outs)
+    played = [o.ts for o in plays(outs)]
+    assert len(played) == len(set(played)) and len(played) >= 80
+    assert jb.stats().stale_dropped == 0
+
+
+def test_reordering_does_not_crash_or_play_out_of_order() -> None:
+    pkts = stream([40] * 200)
+    swapped: list[Pkt] = []
+    for a, b in zip(pkts[::2], pkts[1::2], strict=True):
+        swapped += [Pkt(b.ts, b.dur, b.level, b.arrival), Pkt(a.ts, a.dur, a.level, b.arrival)]
+    jb = JitterBuffer()
+    outs = run(jb, swapped, 9000)
+    assert_in_order(outs)
+    assert len(plays(outs)) >= 150
+
+
+def test_overlapping_packet_after_a_play_is_never_played() -> None:
+    """[110, 220) arrives in time to be within target, but it starts inside [0, 120), which
+    already played: playing it would repeat 10 ms (and break the decoder's order)."""
+    jb = JitterBuffer(JitterLimits(initial_ms=40))
+    jb.push(0, 120, payload(0, 120), VOICED, 0.0)
+    pieces = [jb.pull(k * 0.02) for k in range(3)]
+    assert isinstance(pieces[-1], Play)
+    jb.push(110, 110, payload(110, 110), VOICED, 0.1)
+    jb.push(220, 40, payload(220, 40), VOICED, 0.1)
+    later = [jb.pull(0.16 + k * 0.02) for k in range(10)]
+    got = [struct.unpack(">qH", p.payload)[0] for p in later if isinstance(p, Play)]
+    assert 110 not in got and got[:1] == [220]
+
+
+def test_a_lasting_path_delay_change_is_learnt_not_kept_as_jitter() -> None:
+    """A route that gets 250 ms slower for good costs a short transient (the quantile needs
+    a few percent of the window late before it moves: a lone hiccup must not move it), then
+    the delay follows; after the window the new path is the base and the delay comes back."""
+    step = 250.0
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 1000, lambda ts: step if ts >= 10_000 else 0.0), 39_000)
+    assert_in_order(outs)
+    lost = [o for o in outs if o.st.stale_dropped]
+    assert lost and jb.stats().stale_dropped <= 20  # under 1 s of audio
+    settled = next(o.start for o in outs if o.st.stale_dropped == jb.stats().stale_dropped)
+    assert settled < 12_000
+    assert max(o.st.target_ms for o in outs if 12_000 <= o.start < 20_000) >= step
+    assert max(o.st.target_ms for o in outs if o.start >= 30_000) <= LIM.floor_ms + 10
+    assert max(latency(o) - step for o in plays(outs, 35_000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+# --- stalls --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("drain_ms", [0.0, 1500.0], ids=["one-burst", "slow-drain"])
+def test_five_second_stall_recovers_the_delay_and_plays_nothing_stale(drain_ms: float) -> None:
+    """No packet for 5 s, then the 5 s of audio arrives in one TCP burst (or drains over
+    1.5 s on a slow link). The stall must neither be played late nor read as jitter."""
+    rng = random.Random(2)
+    s0, s1 = 10_000.0, 15_000.0
+
+    def jitter(ts: int) -> float:
+        sent = ts + 60 + PATH
+        if s0 <= sent < s1:
+            return (s1 - sent) + drain_ms * (sent - s0) / (s1 - s0)
+        return rng.uniform(0, 30)
+
+    jb = JitterBuffer()
+    outs = run(jb, stream([60] * 500, jitter), 30_000)
+    assert_in_order(outs)
+    pre_delay = statistics.median(latency(o) for o in plays(outs, 6000, s0))
+    pre_target = max(o.st.target_ms for o in outs if 6000 <= o.start < s0)
+    recovered = plays(outs, s1 + drain_ms, s1 + drain_ms + 2000)
+    assert recovered, "playing again within 2 s of the burst"
+    for o in plays(outs, s0):
+        assert abs(latency(o) - pre_delay) <= 100, "stale audio played after the stall"
+    assert max(o.st.target_ms for o in outs if o.start >= s1) <= pre_target + 20
+    st_ = jb.stats()
+    assert st_.stalls == 1 and st_.stale_dropped >= (s1 - s0 - 500) / 60
+    assert total(outs, Conceal, s0, s1) <= LIM.long_gap_ms  # then silence, not 5 s of PLC
+
+
+# --- shrinking and the hard cap ---------------------------------------------------------------
+
+
+def test_shrinking_drops_only_silent_packets_while_there_are_some() -> None:
+    jb = JitterBuffer(JitterLimits(initial_ms=300))
+    pkts = stream([40] * 250)
+    outs = run(jb, pkts, 10_000)
+    assert_in_order(outs)
+    played = {o.ts for o in plays(outs)}
+    dropped = [p for p in pkts if p.ts not in played and p.arrival < 9800]
+    assert jb.stats().shrink_dropped == len(dropped) >= 5
+    assert all(p.level == QUIET for p in dropped)
+    assert jb.stats().stale_dropped == 0 and total(outs, Conceal) == 0
+    assert max(latency(o) for o in plays(outs, 6000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+def test_continuous_speech_is_dropped_only_after_patience() -> None:
+    jb = JitterBuffer(JitterLimits(initial_ms=300))
+    outs = run(jb, stream([40] * 250, level=lambda ts: VOICED), 10_000)
+    over = next(o for o in outs if o.st.delay_ms > o.st.target_ms + LIM.hysteresis_ms)
+    first_drop = next(o for o in outs if o.st.shrink_dropped)
+    assert first_drop.start - over.start >= LIM.shrink_patience_ms - LIM.grain_ms
+    assert max(latency(o) for o in plays(outs, 8000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+def test_hard_cap_holds_after_the_output_stops_pulling() -> None:
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 500), 15_000, pause=(5000, 7000))
+    assert_in_order(outs)
+    assert jb.stats().overflow_dropped > 0
+    for o in outs:
+        assert o.st.delay_ms <= LIM.cap_ms
+    for o in plays(outs, 7000):
+        assert latency(o) <= LIM.cap_ms
+    assert max(latency(o) for o in plays(outs, 9000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+def test_hard_cap_holds_under_jitter_beyond_it() -> None:
+    rng = random.Random(3)
+    jb = JitterBuffer()
+    outs = run(jb, stream([60] * 500, lambda ts: rng.uniform(0, 1000)), 30_000)
+    assert_in_order(outs)
+    assert all(o.st.delay_ms <= LIM.cap_ms and o.st.target_ms <= LIM.cap_ms for o in outs)
+    assert max(o.st.target_ms for o in outs) >= LIM.cap_ms - LIM.hysteresis_ms - 10
+
+
+# --- packet length, gaps ---------------------------------------------------------------------
+
+
+def test_packet_length_changes_mid_stream() -> None:
+    jb = JitterBuffer()
+    pkts = stream([40] * 100 + [120] * 50 + [60] * 150)
+    outs = run(jb, pkts, 19_000)
+    assert_in_order(outs)
+    played = {o.ts: o.piece.duration_ms for o in plays(outs)}
+    assert played[4000] == 120, "the first long packet is late only by its length: keep it"
+    assert {40, 60, 120} <= set(played.values())
+    lost = [p for p in pkts if p.ts not in played and p.arrival < 18_500]
+    assert all(p.level == QUIET for p in lost) and jb.stats().stale_dropped == 0
+    # lengthening packets delays their arrival by 80 ms: that much concealment, once
+    assert 0 < total(outs, Conceal) <= 80 + LIM.grain_ms
+    for o in plays(outs, 12_000):
+        assert LIM.floor_ms - LIM.hysteresis_ms <= latency(o) <= LIM.floor_ms + 60 + LIM.hysteresis_ms
+
+
+def test_short_gap_is_concealed() -> None:
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 100, skip=lambda ts: ts in (2000, 2040)), 3900)
+    assert_in_order(outs)
+    assert total(outs, Conceal) == 80 and total(outs, Silence, 1000) == 0
+    assert {o.ts for o in plays(outs)} >= {1960, 2080}
+
+
+def test_long_gap_turns_into_silence_after_the_concealment_limit() -> None:
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 100, skip=lambda ts: 2000 <= ts < 3000), 3900)
+    assert_in_order(outs)
+    gap = [o for o in outs if not isinstance(o.piece, Play) and 1000 <= o.start]
+    kinds = [type(o.piece) for o in gap]
+    assert kinds.index(Silence) > 0 and Conceal not in kinds[kinds.index(Silence) :]
+    assert total(gap, Conceal) == LIM.long_gap_ms
+    assert total(gap, Conceal) + total(gap, Silence) == 1000  # the media timeline kept its place
+    assert 3000 in {o.ts for o in plays(outs)}
+
+
+# --- bounds, stats, limits -------------------------------------------------------------------
+
+
+def test_memory_is_bounded_under_a_flood_without_pulls() -> None:
+    jb = JitterBuffer()
+    for n in range(10_000):
+        jb.push(n * 40, 40, b"x" * 100, VOICED, n * 0.001)
+    assert len(jb) <= LIM.max_packets
+    st_ = jb.stats()
+    assert st_.buffered_ms <= LIM.max_buffered_ms
+    assert st_.overflow_dropped == 10_000 - len(jb)
+    pieces = [jb.pull(10.0 + k * 0.04) for k in range(200)]
+    assert any(isinstance(p, Play) for p in pieces)
+    assert len(jb) <= LIM.max_packets
+
+
+def test_concealed_permille_is_per_read_and_cumulative() -> None:
+    jb = JitterBuffer()
+    run(jb, stream([40] * 100, skip=lambda ts: ts == 2000), 2500)
+    first = jb.stats()
+    assert first.concealed_pm > 0 and first.concealed_pm == first.concealed_pm_total
+    again = jb.stats()
+    assert again.concealed_pm == 0 and again.concealed_pm_total == first.concealed_pm_total
+    assert again.played == first.played > 0
+
+
+def test_limits_and_bad_packets_are_refused() -> None:
+    with pytest.raises(UsageError):
+        JitterLimits(floor_ms=500)
+    with pytest.raises(UsageError):
+        JitterLimits(quantile=1.0)
+    jb = JitterBuffer()
+    with pytest.raises(LimitExceeded):
+        jb.push(0, 0, b"x", VOICED, 0.0)
+    with pytest.raises(LimitExceeded):
+        jb.push(0, 240, b"x", VOICED, 0.0)
+    with pytest.raises(LimitExceeded):
+        jb.push(0, 40, b"x", 256, 0.0)
+    assert len(jb) == 0
+
+
+# --- property --------------------------------------------------------------------------------
+
+_op = st.one_of(
+    st.tuples(
+        st.just("push"), st.integers(-300, 400), st.integers(1, 120), st.integers(0, 255), st.floats(0, 300)
+    ),
+    st.tuples(st.just("pull"), st.floats(0, 300)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_op, max_size=120))
+def test_arbitrary_sequences_never_replay_or_reorder(ops: list[tuple]) -> None:
+    lim = JitterLimits(max_packets=16, max_buffered_ms=500)
+    jb = JitterBuffer(lim)
+    now, ts, last_end = 0.0, 0, None
+    pushed: set[tuple[int, int]] = set()
+    for op in ops:
+        now += op[-1] / 1000
+        if op[0] == "push":
+            ts = max(0, ts + op[1])
+            jb.push(ts, op[2], payload(ts, op[2]), op[3], now)
+            pushed.add((ts, op[2]))
+        else:
+            piece = jb.pull(now)
+            assert piece.duration_ms > 0
+            if isinstance(piece, Play):
+                got = struct.unpack(">qH", piece.payload)
+                assert got in pushed and got[1] == piece.duration_ms
+                assert last_end is None or got[0] >= last_end
+                last_end = got[0] + got[1]
+        assert len(jb) <= lim.max_packets and jb.stats(reset=False).buffered_ms <= lim.max_buffered_ms
