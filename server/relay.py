@@ -19,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ from medcomm.errors import (
 )
 from medcomm.limits import RELAY, WIRE, RelayLimits
 from medcomm.server.auth import FailureThrottle, ReplayCache, new_nonce, verify
+from medcomm.server.calls import Call, CallRegistry
 from medcomm.server.store import RelayStore, StoredMessage
 
 log = logging.getLogger("medcomm.relay")
@@ -62,6 +63,7 @@ log = logging.getLogger("medcomm.relay")
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 MAX_BAD_FRAMES = 10
+MAX_STRAY_VOICE = 200  # unroutable voice frames in a row (a call's last frames are a handful)
 
 
 def reason(exc: MedcommError) -> str:
@@ -95,6 +97,11 @@ class Conn:
     bad_frames: int = 0
     closing: bool = False
     early_sub: Sub | None = None  # resume request that came with the upgrade request
+    # Voice goes ahead of everything else and is never queued long: drop-oldest, bounded.
+    voice: deque[bytes] = field(default_factory=lambda: deque(maxlen=RELAY.voice_queue))
+    voice_dropped: int = 0
+    stray_voice: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def close_after(self, code: int, reason: str) -> None:
         """Close once everything queued before (e.g. the error that explains why) is sent."""
@@ -103,14 +110,24 @@ class Conn:
         self.closing = True
         try:
             self.out.put_nowait((code, reason))
+            self.wake.set()
         except asyncio.QueueFull:
             asyncio.ensure_future(self.ws.close(code, reason))  # type: ignore[attr-defined]
+
+    def enqueue_voice(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if len(self.voice) == self.voice.maxlen:
+            self.voice_dropped += 1  # the oldest goes: stale audio is worth nothing
+        self.voice.append(data)
+        self.wake.set()
 
     def enqueue(self, data: bytes) -> None:
         if self.closing:
             return
         try:
             self.out.put_nowait(data)
+            self.wake.set()
         except asyncio.QueueFull:
             self.closing = True
             log.info("closing slow client user=%s addr=%s (send queue full)", self.user, self.addr)
@@ -128,6 +145,8 @@ class Relay:
         self.conns: dict[str, set[Conn]] = defaultdict(set)
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
         self.replays = ReplayCache(limits.early_auth_window, limits.early_auth_nonces)
+        self.calls = CallRegistry()
+        self._call_timer: asyncio.TimerHandle | None = None
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._writing = False  # one batch at a time: seqs follow arrival order
@@ -233,8 +252,20 @@ class Relay:
         writer = asyncio.ensure_future(self._writer(conn))
         if conn.early_sub is not None:
             self._on_sub(conn, conn.early_sub)
+        for call in list(self.calls.calls.values()):  # a call ringing (or on) while we were away
+            if conn.user in call.members and call.state != "ended":
+                conn.enqueue(self._call_frame(call, call.caller))
         try:
             async for data in conn.ws:  # type: ignore[attr-defined]
+                if type(data) is bytes and data and data[0] < 0x80:  # voice plane: never paced
+                    dropped = self.calls.dropped
+                    for target, out in self.calls.route(conn, data, time.monotonic()):
+                        target.enqueue_voice(out)  # type: ignore[attr-defined]
+                    conn.stray_voice = conn.stray_voice + 1 if self.calls.dropped > dropped else 0
+                    if conn.stray_voice >= MAX_STRAY_VOICE:  # not a late frame or two: garbage
+                        conn.close_after(CLOSE_POLICY, "voice frames outside a call")
+                        break
+                    continue
                 await self._pace(conn)
                 try:
                     frame = wire.decode(data, wire.CLIENT_TYPES)
@@ -251,6 +282,7 @@ class Relay:
                     continue
                 self._dispatch(conn, frame)
         finally:
+            self._announce(self.calls.detached(conn, time.monotonic()))
             self.conns[conn.user].discard(conn)
             if not self.conns[conn.user]:
                 del self.conns[conn.user]
@@ -258,8 +290,20 @@ class Relay:
             writer.cancel()
 
     async def _writer(self, conn: Conn) -> None:
+        """One writer per connection: voice first, then the reliable queue in order."""
         while True:
-            data = await conn.out.get()
+            if conn.voice:
+                data: bytes | tuple[int, str] = conn.voice.popleft()
+                transport = getattr(conn.ws, "transport", None)
+                if transport is not None and transport.get_write_buffer_size() > self.limits.voice_backlog:
+                    conn.voice_dropped += 1  # the link is behind: this audio would play late
+                    continue
+            elif not conn.out.empty():
+                data = conn.out.get_nowait()
+            else:
+                conn.wake.clear()
+                await conn.wake.wait()
+                continue
             if isinstance(data, tuple):
                 await conn.ws.close(*data)  # type: ignore[attr-defined]
                 return
@@ -444,7 +488,67 @@ class Relay:
                 self._members.pop(consult, None)
                 self._system(consult, conn.user, {"event": "add", "member": name})
             return {"id": consult, "members": self.store.members(consult)}
+        if op in ("call", "answer", "decline", "hangup"):
+            return self._call_request(conn, op, args)
         raise UsageError(f"unknown request {op!r}")
+
+    # --- calls ------------------------------------------------------------------------------
+
+    def _call_request(self, conn: Conn, op: str, args: dict[str, object]) -> object:
+        now = time.monotonic()
+        if op == "call":
+            consult = wire.consult_id(args.get("consult"))
+            if conn.user not in self.members(consult):
+                raise AccessDenied("denied", "not a member of this consult")
+            members = self.members(consult)
+            call = self.calls.start(consult, conn.user, conn, members, now, int(time.time() * 1000))
+        else:
+            call_id = wire.call_id(args.get("call"))
+            known = self.calls.calls.get(call_id)
+            if known is not None and conn.user not in known.members:
+                raise AccessDenied("denied", "not a member of this consult")
+            if op == "answer":
+                call = self.calls.answer(call_id, conn.user, conn, now)
+            elif op == "decline":
+                call = self.calls.decline(call_id, conn.user, now)
+            else:
+                call = self.calls.hangup(call_id, conn.user, now)
+        self._announce([call], conn.user)
+        return {"call": call.id, "state": call.state, "slots": call.slots()}
+
+    def _announce(self, calls: list[Call], by: str = "") -> None:
+        """Tell every member of each changed call's consult, wherever they are; an ended
+        call goes into the consult's history."""
+        for call in calls:
+            frame = self._call_frame(call, by or call.caller)
+            for member in call.members:
+                for conn in self.conns.get(member, ()):
+                    conn.enqueue(frame)
+            if call.state == "ended":
+                body = msgpack.packb(call.summary(), use_bin_type=True)
+                self._fanout(self._log_event(call.consult, call.caller, wire.KINDS["call"], body), wake=True)
+                log.info("call ended call=%s consult=%s outcome=%s", call.id, call.consult, call.outcome)
+        self.calls.forget_ended()
+        self._schedule_call_timer()
+
+    def _call_frame(self, call: Call, by: str) -> bytes:
+        return wire.encode(
+            wire.CallState(call.id, call.consult, call.state, by, call.slots(), call.created_ms, call.outcome)
+        )
+
+    def _schedule_call_timer(self) -> None:
+        if self._call_timer is not None:
+            self._call_timer.cancel()
+            self._call_timer = None
+        deadline = self.calls.next_deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - time.monotonic())
+            self._call_timer = loop.call_later(delay, self._call_tick)
+
+    def _call_tick(self) -> None:
+        self._call_timer = None
+        self._announce(self.calls.tick(time.monotonic()))
 
     def _system(self, consult: str, actor: str, event: dict[str, object]) -> None:
         """Record a membership event in the consult's log, so it syncs like any message.
@@ -453,15 +557,18 @@ class Relay:
         on it from here; a member added later gets the event as a wake-up, sees a gap and
         asks for the backlog, and goes live when caught up.
         """
-        body = msgpack.packb(event, use_bin_type=True)
-        ((msg, _new),) = self.store.store_batch(
-            [(consult, secrets.token_bytes(wire.CID_LEN), actor, wire.KINDS["system"], body)]
-        )
+        msg = self._log_event(consult, actor, wire.KINDS["system"], msgpack.packb(event, use_bin_type=True))
         if msg.seq == 1:
             for member in self.members(consult):
                 for conn in self.conns.get(member, ()):
                     conn.live.add(consult)
         self._fanout(msg, wake=True)
+
+    def _log_event(self, consult: str, actor: str, kind: int, body: bytes) -> StoredMessage:
+        """An entry the relay itself writes into a consult's log (membership, calls)."""
+        entry = (consult, secrets.token_bytes(wire.CID_LEN), actor, kind, body)
+        ((msg, _new),) = self.store.store_batch([entry])
+        return msg
 
 
 def _arg_text(args: dict[str, object], key: str, limit: int) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medcomm.errors import MedcommError
+from medcomm.errors import MedcommError, UsageError
 from medcomm.limits import RELAY
 
 app = typer.Typer(
@@ -420,6 +420,102 @@ def tail(
         _run(main())
     except MedcommError as exc:
         raise _fail(exc) from None
+
+
+@app.command()
+def call(
+    consult: str,
+    mic: Annotated[
+        str, typer.Option("--mic", help="Microphone: device name or index, or a WAV file read in real time.")
+    ] = "",
+    speaker: Annotated[
+        str, typer.Option("--speaker", help="Speaker: device name or index, or a WAV file to record into.")
+    ] = "",
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="auto (adapts to the link), thin (~6 kbit/s), standard (~16 kbit/s) or auscultation "
+            "(stethoscope at the microphone: flat 20 Hz-1 kHz, ~28 kbit/s); naive (20 ms packets, "
+            "no adaptation, no dropping: only for comparison).",
+        ),
+    ] = "auto",
+    seconds: Annotated[float, typer.Option("--seconds", help="Hang up after this long (0: Ctrl-C).")] = 0,
+    answer: Annotated[
+        bool, typer.Option("--answer", help="Wait for the next call in this consult and answer it.")
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write the call's figures as JSON here (no audio).")
+    ] = None,
+) -> None:
+    """Call the other members of a consult (or answer with --answer) and talk until Ctrl-C.
+
+    The status line shows state, time, kbit/s up and down, round trip, jitter-buffer delay and
+    concealed audio, once a second. With --mic/--speaker WAV files the call runs headless."""
+    import asyncio
+    import signal
+
+    from medcomm.core.ratecontrol import PROFILES
+
+    if profile not in PROFILES:
+        raise _fail(UsageError(f"unknown profile {profile!r}: choose {', '.join(PROFILES)}"))
+
+    async def main() -> Any:
+        from medcomm.adapters.audio import open_sink, open_source
+        from medcomm.session.call import run_call
+        from medcomm.session.service import Session
+
+        source, sink = open_source(mic), open_sink(speaker)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        tty = sys.stderr.isatty()
+
+        def status(line: str) -> None:
+            if tty:
+                sys.stderr.write("\r\x1b[K" + line)
+            else:
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+        async with Session.open() as s:
+            await s.link.wait_until(lambda: s.status.state == "online", 30.0)
+            out = await run_call(
+                s.link, s.me, consult, source, sink, profile=profile, seconds=seconds or None,
+                answer=answer, stop=stop, on_status=status,
+            )
+        if tty:
+            sys.stderr.write("\n")
+        return out
+
+    try:
+        out = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if report is not None:
+        report.write_text(json.dumps({"call": out.call, "outcome": out.outcome, "seconds": out.seconds,
+                                      "profile": profile, **out.report}, indent=1))
+    minutes, secs = divmod(int(out.seconds), 60)
+    typer.echo(f"call {out.call}: {out.outcome}, {minutes}:{secs:02d}")
+    if out.outcome in ("declined", "missed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def devices() -> None:
+    """List the sound devices PortAudio sees (for --mic and --speaker)."""
+    from medcomm.adapters.audio import list_devices
+
+    try:
+        found = list_devices()
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if not found:
+        typer.echo("no sound devices (use --mic FILE.wav --speaker FILE.wav for calls)")
+    for d in found:
+        marks = ("*in " if d.is_default_in else "") + ("*out" if d.is_default_out else "")
+        typer.echo(f"{d.index:3d}  {d.name}  in {d.inputs} out {d.outputs}  {marks}".rstrip())
 
 
 @app.command()

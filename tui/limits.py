@@ -40,6 +40,8 @@ class RelayLimits:
     max_connections: int = 10000  # concurrent connections before new ones are refused
     early_auth_window: float = 300.0  # seconds an upgrade-request proof may be off the relay's clock
     early_auth_nonces: int = 100_000  # used early-proof nonces remembered (full: challenge instead)
+    voice_queue: int = 6  # voice frames waiting per connection (drop-oldest; ~0.4-0.7 s of audio)
+    voice_backlog: int = 2048  # bytes unsent in the transport above which a voice frame is dropped
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from medcomm.core.wire import (
     KINDS,
     RELAY_TYPES,
     Auth,
+    CallState,
     CaughtUp,
     Challenge,
     EarlyAuth,
@@ -68,6 +69,7 @@ SAMPLES: dict[type[Frame], Frame] = {
     Receipts: Receipts("abc123", "bo", 41, 40),
     Reject: Reject(CID, "denied", "not a member"),
     Ready: Ready(3),
+    CallState: CallState("abcd2345", "abc123", "active", "ana", {"ana": 1, "bo": 2}, T_MS),
 }
 
 
@@ -255,7 +257,7 @@ def test_malformed_is_wire_error(data):
         decode(data)
 
 
-@pytest.mark.parametrize("code", [0, 8, 9, 20, 99, 2**32, -1, -13])
+@pytest.mark.parametrize("code", [0, 8, 9, 21, 99, 2**32, -1, -13])
 def test_unknown_type_codes_are_refused(code):
     with pytest.raises(WireError, match="type"):
         decode(raw(code, 1, 2))

@@ -236,7 +236,8 @@ def msgs(frames: Iterable[wire.Frame], consult: str | None = None) -> list[Msg]:
 
 
 def _bad_frames() -> list[bytes | str]:
-    junk = random.Random(20240607).randbytes(200)
+    # 0xc1 is never valid msgpack; a first byte under 0x80 would be the voice plane instead
+    junk = b"\xc1" + random.Random(20240607).randbytes(199)
     cid = bytes(wire.CID_LEN)
     return [
         junk,  # random bytes

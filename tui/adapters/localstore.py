@@ -85,7 +85,25 @@ def body_text(kind: int, body: bytes) -> str:
         if isinstance(ev, dict) and ev.get("event") == "add":
             return f"added {ev.get('member', '?')}"
         return "(system event)"
+    if kind == wire.KINDS["call"]:
+        return call_text(body)
     return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
+
+
+def call_text(body: bytes) -> str:
+    """A call as the history shows it: who, how it went, how long, how thick per person."""
+    try:
+        ev = msgpack.unpackb(body, raw=False)
+        members = ", ".join(str(m) for m in ev.get("members", []))
+        outcome = str(ev.get("outcome", ""))
+        secs = int(float(ev.get("duration_s", 0)))
+        kbps = ev.get("kbps_up", {}) or {}
+    except Exception:
+        return "(unreadable call record)"
+    if outcome in ("missed", "declined", "cancelled"):
+        return f"call from {ev.get('caller', '?')} {outcome}"
+    rates = ", ".join(f"{u} {float(v):.1f}" for u, v in kbps.items())
+    return f"call {secs // 60}:{secs % 60:02d} with {members}" + (f" (kbit/s up: {rates})" if rates else "")
 
 
 class LocalStore:

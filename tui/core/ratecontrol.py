@@ -88,6 +88,9 @@ PROFILES: dict[str, tuple[tuple[Rung, ...], int]] = {
     "thin": ((LADDER[0],), 0),
     "standard": ((LADDER[-1],), 0),
     "auscultation": ((AUSCULTATION,), 0),
+    # What a user would otherwise pick (a typical VoIP default), kept for the benchmark's
+    # comparison: 20 ms packets, fixed rate; the engine also skips its sender-side drops.
+    "naive": ((Rung("naive", 16000, 20),), 0),
 }
 
 

@@ -58,6 +58,7 @@ class T(IntEnum):
     RECEIPTS = 17
     REJECT = 18
     READY = 19
+    CALL = 20
 
 
 # --- field checkers ---------------------------------------------------------------------
@@ -373,6 +374,44 @@ class Ready(Frame):
     CHECKS: ClassVar[tuple] = (_uint, _start)
 
 
+CALL_STATES = ("ringing", "active", "ended")
+_CALL_RE = re.compile(rf"^[{CONSULT_ALPHABET}]{{8}}$")
+
+
+def call_id(v: object) -> str:
+    _check(type(v) is str and bool(_CALL_RE.fullmatch(v)), "bad call id")  # type: ignore[arg-type]
+    return v  # type: ignore[return-value]
+
+
+def _call_state(v: object) -> str:
+    _check(v in CALL_STATES, "unknown call state")
+    return v  # type: ignore[return-value]
+
+
+def _slots(v: object) -> dict[str, int]:
+    _check(type(v) is dict and len(v) <= WIRE.max_members, "expected a slot map")  # type: ignore[arg-type]
+    out = {user_name(k): _uint(s) for k, s in v.items()}  # type: ignore[union-attr]
+    _check(all(1 <= s <= 15 for s in out.values()), "slot out of range")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CallState(Frame):
+    """A call changed: sent to every member of the consult wherever they are (the desk
+    announces an incoming call on any screen). ``slots`` maps who is in to the slot their
+    voice frames carry; ``by`` is who caused the change; ``outcome`` is set once ended."""
+
+    call: str
+    consult: str
+    state: str
+    by: str
+    slots: dict[str, int]
+    since: int  # ms, relay clock: when the call was placed
+    outcome: str = ""
+    TYPE: ClassVar[T] = T.CALL
+    CHECKS: ClassVar[tuple] = (call_id, consult_id, _call_state, user_name, _slots, _uint, _text(16))
+
+
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
@@ -393,6 +432,7 @@ FRAME_TYPES: dict[int, type[Frame]] = {
         Receipts,
         Reject,
         Ready,
+        CallState,
     )
 }
 CLIENT_TYPES = frozenset(t for t in FRAME_TYPES if t < 10 and t != T.EARLY)  # early: headers only

@@ -52,6 +52,9 @@ class LinkStatus:
     early: bool = False  # the last connection's proof went in its upgrade request
 
 
+LinkEvent = Event | LinkStatus | wire.CallState  # what listeners hear
+
+
 def sign_challenge(seed: bytes, nonce: bytes, purpose: bytes) -> tuple[bytes, bytes]:
     from nacl.signing import SigningKey
 
@@ -75,7 +78,7 @@ class Link:
         for item in store.outbox():
             self.core.queue(item)
         self.status = LinkStatus()
-        self.listeners: list[Callable[[Event | LinkStatus], None]] = []
+        self.listeners: list[Callable[[LinkEvent], None]] = []
         self._ws: object | None = None
         self._rids = itertools.count(1)
         self._requests: dict[int, asyncio.Future[object]] = {}
@@ -83,6 +86,8 @@ class Link:
         self._timer_wake = asyncio.Event()
         self._fatal: MedcommError | None = None
         self._offset_ms: int | None = None  # relay clock minus ours, learned at each connect
+        self.voice_listener: Callable[[bytes], None] | None = None  # the call in progress
+        self.voice_dropped = 0
 
     # --- public API -----------------------------------------------------------------------
 
@@ -105,6 +110,24 @@ class Link:
             raise LinkDown(f"no answer from the relay within {timeout:.0f} s") from None
         finally:
             self._requests.pop(rid, None)
+
+    def send_voice(self, data: bytes, backlog_limit: int) -> int | None:
+        """Write one voice frame now, ahead of anything queued in our own code; None if it
+        was dropped (no link, or more than ``backlog_limit`` bytes still unsent: that audio
+        would only play late). Returns the bytes still unsent before this frame, which the
+        rate control reads as the sender-side queue."""
+        ws = self._ws
+        transport = getattr(ws, "transport", None)
+        if ws is None or transport is None or self.status.state != "online":
+            self.voice_dropped += 1
+            return None
+        backlog = int(transport.get_write_buffer_size())
+        if backlog > backlog_limit:
+            self.voice_dropped += 1
+            return None
+        task = asyncio.ensure_future(ws.send(data))  # type: ignore[attr-defined]
+        task.add_done_callback(_quiet)
+        return backlog
 
     async def mark_read(self, consult: str, seq: int) -> None:
         await self._send_frames(self.core.mark_read(consult, seq))
@@ -275,7 +298,16 @@ class Link:
 
     async def _reader(self, ws: object) -> None:
         while True:
-            frame = await self._recv(ws, None)
+            data = await ws.recv()  # type: ignore[attr-defined]
+            self.status.last_contact = time.time()
+            if type(data) is bytes and data and data[0] < 0x80:  # voice plane: straight to the call
+                if self.voice_listener is not None:
+                    self.voice_listener(data)
+                continue
+            frame = wire.decode(data, wire.RELAY_TYPES)
+            if isinstance(frame, wire.CallState):
+                self._notify(frame)
+                continue
             if isinstance(frame, (wire.Ok, wire.Err)) and frame.rid:
                 fut = self._requests.get(frame.rid)
                 if fut is not None and not fut.done():
@@ -331,7 +363,7 @@ class Link:
                 raise
             log.info("link dropped while sending: %s", _describe(exc))
 
-    def _notify(self, event: Event | LinkStatus) -> None:
+    def _notify(self, event: LinkEvent) -> None:
         for listener in list(self.listeners):
             listener(event)
 
@@ -342,6 +374,12 @@ class Link:
             log.info("link %s: %s", state, error)
         self._changed.set()
         self._notify(self.status)
+
+
+def _quiet(task: asyncio.Future[object]) -> None:
+    """A voice send that failed with the link: the reader sees the close and reconnects."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_link_error(exc: BaseException) -> bool:

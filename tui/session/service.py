@@ -20,7 +20,7 @@ from medcomm.core import wire
 from medcomm.core.delivery import Accepted, Acked, Event, OutItem, Rejected
 from medcomm.errors import LimitExceeded, LinkDown, NotFound, RemoteError, UsageError
 from medcomm.limits import WIRE, ClientLimits, client_limits
-from medcomm.session.link import Link, LinkStatus
+from medcomm.session.link import Link, LinkEvent, LinkStatus
 
 
 class Session:
@@ -139,7 +139,7 @@ class Session:
     async def mark_read(self, consult: str) -> None:
         await self.link.mark_read(consult, self.store.last_seq(consult))
 
-    def on_event(self, callback: Callable[[Event | LinkStatus], None]) -> None:
+    def on_event(self, callback: Callable[[LinkEvent], None]) -> None:
         self.link.listeners.append(callback)
 
     async def tail(self, consult: str) -> AsyncIterator[Line]:

@@ -1,0 +1,444 @@
+"""A live call on the session's one connection: signalling, and the media engine between
+the sound edge (a device or a WAV file, in real time) and the link.
+
+Sending: every packet length of audio the source holds is encoded at the rung the rate
+control chose and written *now*, ahead of anything our own code has queued; when more than a
+packet is still unsent in the transport, the packet is dropped instead (stale audio is
+worth nothing, and the rate control steps down). Receiving: each stream (slot) has its own
+jitter buffer and decoder; the playout keeps about two output blocks in the sink and mixes
+the streams 20 ms at a time. Every 250 ms each stream heard gets a feedback report (echoed
+timestamp, hold time, jitter-buffer delay, concealment) that its sender's rate control
+reads. A dropped connection does not end the call: when the link is back the engine answers
+again and keeps its slot.
+
+The timing decisions live in the sans-I/O cores (``core.jitter``, ``core.ratecontrol``);
+this module only drives them with the clock, the link and the sound edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medcomm.core import voiceframe, wire
+from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
+from medcomm.core.ratecontrol import RateControl
+from medcomm.errors import LinkDown, MedcommError, UsageError, WireError
+from medcomm.session.link import Link, LinkStatus
+
+log = logging.getLogger("medcomm.call")
+
+RATE = 48_000
+BLOCK = 960  # 20 ms: the playout and mixing grain
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Paces of the engine; each is a trade between delay and work per second."""
+
+    tick: float = 0.01  # s between looks at the source and the sink
+    playout_blocks: int = 3  # 20 ms blocks kept queued in the sink (60 ms)
+    feedback_every: float = 0.25  # s between feedback reports per stream heard
+    backlog_packets: float = 1.0  # unsent transport bytes (in packets) above which voice is dropped
+    ring_timeout: float = 60.0  # s to wait for an answer
+    answer_wait: float = 120.0  # s `--answer` waits for a call to ring
+    request_timeout: float = 20.0
+
+
+@dataclass
+class CallStats:
+    """What the status line shows, refreshed at most once a second."""
+
+    state: str = "starting"
+    seconds: float = 0.0
+    up_kbps: float = 0.0  # voice bytes written, incl. our 5-byte header and WebSocket framing
+    down_kbps: float = 0.0
+    rtt_ms: float | None = None
+    jitter_ms: int = 0  # jitter-buffer delay (worst stream)
+    concealed_pct: float = 0.0
+    rung: str = ""
+    dropped: int = 0  # our packets dropped before the wire (link behind or down)
+    muted: bool = False
+    slots: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        rtt = f"{self.rtt_ms:.0f} ms" if self.rtt_ms is not None else "-"
+        mute = " · muted" if self.muted else ""
+        return (
+            f"{self.state} {int(self.seconds) // 60}:{int(self.seconds) % 60:02d} · "
+            f"up {self.up_kbps:.1f} kbit/s · down {self.down_kbps:.1f} kbit/s · rtt {rtt} · "
+            f"buffer {self.jitter_ms} ms · concealed {self.concealed_pct:.1f}% · {self.rung}{mute}"
+        )
+
+
+@dataclass
+class _Stream:
+    """One far-end speaker as heard here."""
+
+    jitter: JitterBuffer
+    decoder: Any
+    ts: voiceframe.Unwrapper = field(default_factory=lambda: voiceframe.Unwrapper(16))
+    pcm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    last_ts16: int | None = None
+    last_arrival: float = 0.0
+    reported: float = 0.0
+    stats: JitterStats | None = None
+
+
+class CallEngine:
+    """Media for one call. ``run`` returns when ``stop`` is set or the source ends."""
+
+    def __init__(
+        self,
+        link: Link,
+        source: Any,
+        sink: Any,
+        profile: str = "auto",
+        limits: CallLimits = CallLimits(),
+    ) -> None:
+        from medcomm.adapters import opus
+
+        self.link, self.source, self.sink, self.limits = link, source, sink, limits
+        self.rate = RateControl(profile)
+        rung = self.rate.rung
+        self._opus = opus
+        self.encoder = opus.Encoder(
+            rung.application, rung.bitrate_bps, rung.frame_ms, rung.bandwidth, dtx=rung.application == "voip"
+        )
+        self.streams: dict[int, _Stream] = {}
+        self.muted = False
+        self.stats = CallStats(rung=rung.name)
+        self._seq = 0
+        self._ts = 0  # our media clock, ms since the stream began (runs through DTX and mute)
+        self._bytes_up = self._bytes_down = 0
+        self._bad_frames = 0
+        self._started = time.monotonic()
+        self.source_started = self.sink_started = 0.0  # wall clock: the benchmark aligns WAVs with them
+        self.history: list[dict[str, object]] = []  # one entry per second, for --report
+
+    # --- receive (called from the link's reader) --------------------------------------------
+
+    def on_voice(self, data: bytes) -> None:
+        now = time.monotonic()
+        self._bytes_down += len(data)
+        try:
+            frame = voiceframe.parse(data)
+            if isinstance(frame, voiceframe.Feedback):
+                self.rate.on_feedback(frame.echo_ts, frame.hold_ms, now, source=frame.slot)
+                return
+            stream = self.streams.get(frame.slot)
+            if stream is None:
+                stream = self.streams[frame.slot] = _Stream(JitterBuffer(), self._opus.Decoder())
+            duration = self._opus.packet_duration_ms(frame.payload)
+            ts = stream.ts.unwrap(frame.ts)
+            stream.jitter.push(ts, duration, frame.payload, frame.level, now)
+            stream.last_ts16, stream.last_arrival = frame.ts, now
+        except (WireError, MedcommError, ValueError):
+            self._bad_frames += 1  # a malformed frame from a peer never harms the call
+
+    # --- the loops --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, on_stats: Callable[[CallStats], None] | None = None) -> None:
+        self.link.voice_listener = self.on_voice
+        self.source.start()
+        self.source_started = time.time()
+        self.sink.start()
+        self.sink_started = time.time()
+        self.stats.state = "in call"
+        next_stats = time.monotonic() + 1.0
+        last_up = last_down = 0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                self._send_ready(now)
+                self._play(now)
+                self._feedback(now)
+                self._adapt(now)
+                if now >= next_stats:
+                    span = 1.0 + (now - next_stats)
+                    self._refresh_stats(now, (self._bytes_up - last_up) * 8 / span / 1000,
+                                        (self._bytes_down - last_down) * 8 / span / 1000)
+                    last_up, last_down, next_stats = self._bytes_up, self._bytes_down, now + 1.0
+                    self.history.append({"t": round(time.time(), 3), **self._snapshot()})
+                    if on_stats is not None:
+                        on_stats(self.stats)
+                if self.source.ended and self.source.buffered < self.encoder.frame_samples:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.limits.tick)
+        finally:
+            self.link.voice_listener = None
+            self.source.stop()
+            await self._drain_sink()
+            self.sink.stop()
+
+    def _send_ready(self, now: float) -> None:
+        while True:
+            n = self.encoder.frame_samples
+            pcm = self.source.read(n)
+            if pcm is None:
+                return
+            ts, self._ts = self._ts, self._ts + n // (RATE // 1000)
+            if self.muted:
+                continue
+            enc = self.encoder.encode(pcm)
+            if not enc.packet:
+                continue  # DTX: nothing worth 60+ bytes of headers
+            level = voiceframe.level_byte(enc.level_dbov, enc.talking)
+            data = voiceframe.MediaFrame.outgoing(self._seq, ts, level, enc.packet).pack()
+            self._seq += 1
+            backlog_limit = int(self.rate.rung.packet_bytes(60) * self.limits.backlog_packets)
+            if self.rate.profile == "naive":
+                backlog_limit = 1 << 30  # the comparison queues everything, as plain VoIP over TCP does
+            backlog = self.link.send_voice(data, backlog_limit)
+            if backlog is None:
+                self.stats.dropped += 1
+                self.rate.on_backlog(backlog_limit + len(data), now)
+                continue
+            self._bytes_up += len(data) + 2
+            self.rate.on_sent(ts, now)
+            self.rate.on_backlog(backlog, now)
+
+    def _adapt(self, now: float) -> None:
+        deadline = self.rate.next_deadline()
+        if deadline is not None and deadline > now:
+            return
+        rung = self.rate.poll(now)
+        if rung is not None:
+            self.encoder.reconfigure(rung.bitrate_bps, rung.frame_ms, rung.bandwidth)
+            self.stats.rung = rung.name
+            log.info("voice rung %s (%d bit/s, %d ms)", rung.name, rung.bitrate_bps, rung.frame_ms)
+
+    def _play(self, now: float) -> None:
+        want = self.limits.playout_blocks * BLOCK
+        while self.sink.buffered < want:
+            mix = np.zeros(BLOCK, np.int32)
+            for stream in self.streams.values():
+                while stream.pcm.size < BLOCK:
+                    stream.pcm = np.concatenate([stream.pcm, self._piece(stream, now)])
+                mix += stream.pcm[:BLOCK]
+                stream.pcm = stream.pcm[BLOCK:]
+            self.sink.write(np.clip(mix, -32768, 32767).astype(np.int16))
+
+    def _piece(self, stream: _Stream, now: float) -> np.ndarray:
+        piece = stream.jitter.pull(now)
+        try:
+            if isinstance(piece, Play):
+                return stream.decoder.decode(piece.payload)
+            if isinstance(piece, Conceal):
+                return stream.decoder.conceal(piece.duration_ms)
+        except (WireError, MedcommError):
+            self._bad_frames += 1
+            return stream.decoder.conceal(piece.duration_ms)
+        return np.zeros(piece.duration_ms * (RATE // 1000), np.int16)
+
+    def _feedback(self, now: float) -> None:
+        for slot, stream in self.streams.items():
+            if stream.last_ts16 is None or now - stream.reported < self.limits.feedback_every:
+                continue
+            if now - stream.last_arrival > 5.0:
+                continue  # nothing heard lately: no news to report
+            stream.reported = now
+            stream.stats = stats = stream.jitter.stats(reset=True)
+            report = voiceframe.Feedback.report(
+                slot, stream.last_ts16, (now - stream.last_arrival) * 1000, stats.delay_ms, stats.concealed_pm
+            )
+            data = report.pack()
+            if self.link.send_voice(data, 64 * 1024) is not None:
+                self._bytes_up += len(data) + 2
+
+    def _refresh_stats(self, now: float, up: float, down: float) -> None:
+        s = self.stats
+        s.seconds = now - self._started
+        s.up_kbps, s.down_kbps = round(up, 1), round(down, 1)
+        rs = self.rate.stats()
+        rtt = rs.last_rtt_ms
+        s.rtt_ms = rtt if rtt is not None else (self.link.status.rtt or 0) * 1000 or None
+        heard = [st.stats for st in self.streams.values() if st.stats is not None]
+        s.jitter_ms = max((h.delay_ms for h in heard), default=0)
+        s.concealed_pct = round(max((h.concealed_pm_total for h in heard), default=0) / 10, 1)
+        s.muted = self.muted
+
+    def _snapshot(self) -> dict[str, object]:
+        s = self.stats
+        per_stream = {
+            str(slot): {"delay_ms": st.stats.delay_ms, "target_ms": st.stats.target_ms,
+                        "stale": st.stats.stale_dropped, "shrunk": st.stats.shrink_dropped}
+            for slot, st in self.streams.items() if st.stats is not None
+        }
+        rs = self.rate.stats()
+        return {
+            "qdelay_ms": rs.qdelay_ms, "up_kbps": s.up_kbps, "down_kbps": s.down_kbps, "rtt_ms": s.rtt_ms,
+            "jb_ms": s.jitter_ms, "concealed_pct": s.concealed_pct, "rung": s.rung, "dropped": s.dropped,
+            "streams": per_stream,
+        }
+
+    def report(self) -> dict[str, object]:
+        """Everything the benchmark needs to align and judge a call (no audio content)."""
+        return {"source_started": self.source_started, "sink_started": self.sink_started,
+                "bad_frames": self._bad_frames, "seconds": self.history, "final": self._snapshot(),
+                "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
+                                 for c in self.rate.stats().recent]}
+
+    async def _drain_sink(self) -> None:
+        """Let what is queued for the speaker play out (bounded): the far end's last words."""
+        deadline = time.monotonic() + 0.5
+        while self.sink.buffered > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+# --- signalling -------------------------------------------------------------------------------
+
+
+class CallSignals:
+    """The call's control plane over the link's requests and CallState events."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.states: asyncio.Queue[wire.CallState] = asyncio.Queue(maxsize=256)
+        self.current: wire.CallState | None = None
+        self.online = asyncio.Event()
+        link.listeners.append(self._on_event)
+
+    def close(self) -> None:
+        if self._on_event in self.link.listeners:
+            self.link.listeners.remove(self._on_event)
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, wire.CallState):
+            if self.states.full():
+                self.states.get_nowait()
+            self.states.put_nowait(event)
+        elif isinstance(event, LinkStatus):
+            if event.state == "online":
+                self.online.set()
+            else:
+                self.online.clear()
+
+    async def request(self, op: str, args: dict[str, object], timeout: float) -> dict[str, Any]:
+        result = await self.link.request(op, args, timeout)
+        if not isinstance(result, dict):
+            raise UsageError(f"unexpected answer to {op}")
+        return result
+
+    async def next_state(self, match: Callable[[wire.CallState], bool], timeout: float) -> wire.CallState:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkDown("no answer to the call in time")
+            try:
+                state = await asyncio.wait_for(self.states.get(), remaining)
+            except TimeoutError:
+                raise LinkDown("no answer to the call in time") from None
+            if match(state):
+                return state
+
+
+@dataclass
+class CallOutcome:
+    call: str = ""
+    outcome: str = ""  # completed | declined | missed | cancelled | hung up
+    seconds: float = 0.0
+    stats: CallStats | None = None
+    report: dict[str, object] = field(default_factory=dict)
+
+
+async def run_call(
+    link: Link,
+    me: str,
+    consult: str,
+    source: Any,
+    sink: Any,
+    *,
+    profile: str = "auto",
+    seconds: float | None = None,
+    answer: bool = False,
+    stop: asyncio.Event | None = None,
+    on_status: Callable[[str], None] = lambda _line: None,
+    limits: CallLimits = CallLimits(),
+) -> CallOutcome:
+    """Place (or, with ``answer``, wait for and answer) a call in ``consult`` and carry it
+    until ``stop`` is set, ``seconds`` pass, the source ends or the others hang up."""
+    stop = stop or asyncio.Event()
+    signals = CallSignals(link)
+    outcome = CallOutcome()
+    call_id = ""
+    ended = False
+    try:
+        if answer:
+            on_status("waiting for a call in this consult")
+            state = await signals.next_state(
+                lambda s: s.consult == consult and s.state != "ended" and me not in s.slots,
+                limits.answer_wait,
+            )
+            call_id = state.call
+            await signals.request("answer", {"call": call_id}, limits.request_timeout)
+        else:
+            result = await signals.request("call", {"consult": consult}, limits.request_timeout)
+            call_id = str(result["call"])
+            if result.get("state") == "ringing":
+                on_status("ringing")
+                state = await signals.next_state(
+                    lambda s: s.call == call_id and s.state != "ringing", limits.ring_timeout + 10
+                )
+                if state.state == "ended":
+                    ended = True
+                    outcome.call, outcome.outcome = call_id, state.outcome
+                    return outcome
+        outcome.call = call_id
+        engine = CallEngine(link, source, sink, profile, limits)
+        watcher = asyncio.ensure_future(_watch(signals, call_id, stop, limits))
+        timer = asyncio.get_running_loop().call_later(seconds, stop.set) if seconds else None
+        started = time.monotonic()
+        try:
+            await engine.run(stop, lambda s: on_status(s.line()))
+        finally:
+            if timer is not None:
+                timer.cancel()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        ended = watcher.done() and not watcher.cancelled() and watcher.result() is True
+        outcome.seconds = time.monotonic() - started
+        outcome.stats = engine.stats
+        outcome.report = engine.report()
+        outcome.outcome = "completed" if ended else "hung up"
+        return outcome
+    finally:
+        if call_id and not ended:
+            with contextlib.suppress(MedcommError, TimeoutError):
+                await signals.request("hangup", {"call": call_id}, 5.0)
+        signals.close()
+
+
+async def _watch(signals: CallSignals, call_id: str, stop: asyncio.Event, limits: CallLimits) -> bool:
+    """End with the call when the others hang up; answer again after a reconnect (the relay
+    keeps our slot for a while). True when the call ended at the far end."""
+    was_online = signals.link.status.state == "online"
+    while not stop.is_set():
+        getter = asyncio.ensure_future(signals.states.get())
+        online = asyncio.ensure_future(signals.online.wait()) if not was_online else None
+        waits = {getter} | ({online} if online else set())
+        done, _ = await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        for task in waits - done:
+            task.cancel()
+        if getter in done:
+            state = getter.result()
+            if state.call == call_id and state.state == "ended":
+                stop.set()
+                return True
+        now_online = signals.link.status.state == "online"
+        if now_online and not was_online:
+            with contextlib.suppress(MedcommError, TimeoutError):
+                await signals.request("answer", {"call": call_id}, limits.request_timeout)
+                log.info("call %s: answered again after a reconnect", call_id)
+        was_online = now_online
+    return False
