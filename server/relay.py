@@ -140,7 +140,10 @@ class Relay:
     """The relay's logic around a store; ``handler`` is the websockets connection handler."""
 
     def __init__(self, store: RelayStore, limits: RelayLimits = RELAY) -> None:
+        from medcomm.server.blobs import BlobStore
+
         self.store = store
+        self.blobs = BlobStore(store.data_dir)
         self.limits = limits
         self.conns: dict[str, set[Conn]] = defaultdict(set)
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
@@ -490,6 +493,8 @@ class Relay:
             return {"id": consult, "members": self.store.members(consult)}
         if op in ("call", "answer", "decline", "hangup"):
             return self._call_request(conn, op, args)
+        if op.startswith("blob."):  # voice notes (and later images): chunked, resumable
+            return self.blobs.request(conn.user, op, args, self.members)
         raise UsageError(f"unknown request {op!r}")
 
     # --- calls ------------------------------------------------------------------------------
@@ -629,4 +634,5 @@ async def run_relay(
             log.info("shutdown: gave up waiting for connections still opening")
     finally:
         relay.writer.shutdown(wait=True)  # a batch being committed finishes first
+        relay.blobs.close()
         store.close()

@@ -74,6 +74,7 @@ class RelayStore:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "blobs").mkdir(exist_ok=True)
+        self.data_dir = data_dir
         self.path = data_dir / "relay.sqlite3"
         self.db = self._connect("FULL")
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -364,6 +364,7 @@ async def run_call(
     stop: asyncio.Event | None = None,
     on_status: Callable[[str], None] = lambda _line: None,
     limits: CallLimits = CallLimits(),
+    engine_hook: Callable[[CallEngine], None] | None = None,
 ) -> CallOutcome:
     """Place (or, with ``answer``, wait for and answer) a call in ``consult`` and carry it
     until ``stop`` is set, ``seconds`` pass, the source ends or the others hang up."""
@@ -395,6 +396,8 @@ async def run_call(
                     return outcome
         outcome.call = call_id
         engine = CallEngine(link, source, sink, profile, limits)
+        if engine_hook is not None:
+            engine_hook(engine)
         watcher = asyncio.ensure_future(_watch(signals, call_id, stop, limits))
         timer = asyncio.get_running_loop().call_later(seconds, stop.set) if seconds else None
         started = time.monotonic()
@@ -442,3 +445,141 @@ async def _watch(signals: CallSignals, call_id: str, stop: asyncio.Event, limits
                 log.info("call %s: answered again after a reconnect", call_id)
         was_online = now_online
     return False
+
+
+@dataclass
+class CallView:
+    """What the desk's call bar shows: the live call, or the one ringing for us."""
+
+    consult: str
+    call: str
+    state: str  # ringing-in | ringing-out | connecting | in call | ended
+    peers: list[str]
+    line: str = ""  # the engine's one-line meters (refreshed at most once a second)
+    muted: bool = False
+    profile: str = "auto"
+    error: str | None = None
+
+
+class DeskCalls:
+    """One call at a time for the desk, run as a background task beside the desk.
+
+    The desk calls ``start``/``answer``/``decline``/``hangup``/``mute`` and reads ``view``;
+    ``changed`` is called (from the event loop) whenever the view changes, at most once a
+    second for meters, so a call does not flood an SSH link with redraws.
+    """
+
+    def __init__(self, link: Link, me: str, changed: Callable[[], None] = lambda: None) -> None:
+        self.link, self.me, self.changed = link, me, changed
+        self.view: CallView | None = None
+        self.ringing: dict[str, wire.CallState] = {}  # consult -> call ringing for us
+        self._task: asyncio.Task[CallOutcome] | None = None
+        self._stop: asyncio.Event | None = None
+        self._engine_mute: Callable[[bool], None] | None = None
+        link.listeners.append(self._on_event)
+
+    def _on_event(self, event: object) -> None:
+        if not isinstance(event, wire.CallState):
+            return
+        mine = self.me in event.slots
+        if event.state != "ended" and not mine and self.me != event.by:
+            self.ringing[event.consult] = event
+        else:
+            self.ringing.pop(event.consult, None)
+        if self.view is not None and self.view.call in ("", event.call):
+            self.view.call = event.call
+            self.view.peers = [u for u in event.slots if u != self.me]
+            if event.state == "active" and mine:
+                self.view.state = "in call"
+        self.changed()
+
+    def incoming(self) -> wire.CallState | None:
+        """The call ringing for us (the newest), wherever the desk is."""
+        return next(reversed(self.ringing.values()), None)
+
+    def start(self, consult: str, profile: str = "auto", mic: str = "", speaker: str = "") -> None:
+        self._launch(consult, profile, mic, speaker, answer=False)
+
+    def answer(self, consult: str, profile: str = "auto", mic: str = "", speaker: str = "") -> None:
+        self._launch(consult, profile, mic, speaker, answer=True)
+
+    async def decline(self, consult: str) -> None:
+        state = self.ringing.pop(consult, None)
+        if state is not None:
+            with contextlib.suppress(MedcommError):
+                await self.link.request("decline", {"call": state.call}, 10.0)
+        self.changed()
+
+    def hangup(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def mute(self, on: bool | None = None) -> bool:
+        if self.view is None:
+            return False
+        self.view.muted = (not self.view.muted) if on is None else on
+        if self._engine_mute is not None:
+            self._engine_mute(self.view.muted)
+        self.changed()
+        return self.view.muted
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _launch(self, consult: str, profile: str, mic: str, speaker: str, answer: bool) -> None:
+        """Open the sound devices now (a missing PortAudio or device raises here, for the
+        desk to show), then carry the call in the background."""
+        from medcomm.adapters.audio import open_sink, open_source
+
+        if self.active:
+            raise UsageError("already in a call: hang up first")
+        source, sink = open_source(mic), open_sink(speaker)
+        ringing = self.ringing.pop(consult, None) if answer else None
+        self.view = CallView(
+            consult, ringing.call if ringing else "", "connecting" if answer else "ringing-out",
+            [u for u in (ringing.slots if ringing else {}) if u != self.me], profile=profile,
+        )
+        self._stop = asyncio.Event()
+        self._task = asyncio.ensure_future(self._carry(consult, source, sink, profile, answer))
+        self.changed()
+
+    async def _carry(self, consult: str, source: Any, sink: Any, profile: str, answer: bool) -> CallOutcome:
+        def status(line: str) -> None:
+            if self.view is not None:
+                self.view.line = line
+                if line.startswith("in call"):
+                    self.view.state = "in call"
+                self.changed()
+
+        try:
+            out = await run_call(
+                self.link, self.me, consult, source, sink, profile=profile, answer=answer,
+                stop=self._stop, on_status=status, engine_hook=self._hook,
+            )
+            if self.view is not None:
+                self.view.state, self.view.line = "ended", f"call {out.outcome}"
+            return out
+        except MedcommError as exc:
+            if self.view is not None:
+                self.view.state, self.view.error = "ended", str(exc)
+            return CallOutcome(outcome="failed")
+        finally:
+            self._engine_mute = None
+            self.changed()
+
+    def _hook(self, engine: CallEngine) -> None:
+        def set_mute(on: bool) -> None:
+            engine.muted = on
+
+        self._engine_mute = set_mute
+        if self.view is not None:
+            engine.muted = self.view.muted
+
+    async def close(self) -> None:
+        self.hangup()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 6)
+        if self._on_event in self.link.listeners:
+            self.link.listeners.remove(self._on_event)

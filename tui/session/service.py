@@ -13,6 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from medcomm.adapters.localstore import Line, LocalStore
 from medcomm.adapters.profile import Profile, data_dir, load_profile
@@ -30,6 +31,7 @@ class Session:
         self.link = link
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._calls: Any = None
 
     @classmethod
     @asynccontextmanager
@@ -53,7 +55,19 @@ class Session:
         finally:
             await session.close()
 
+    @property
+    def calls(self) -> Any:
+        """The desk's call controller (``session.call.DeskCalls``), made on first use so
+        that text-only commands never import the audio stack."""
+        if self._calls is None:
+            from medcomm.session.call import DeskCalls
+
+            self._calls = DeskCalls(self.link, self.me)
+        return self._calls
+
     async def close(self) -> None:
+        if self._calls is not None:
+            await self._calls.close()
         self._stop.set()
         if self._task is not None:
             try:
