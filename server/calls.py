@@ -107,6 +107,7 @@ class CallRegistry:
         live = self._by_consult.get(consult)
         if live is not None:
             return self.answer(live, user, conn, now)
+        self._one_call_per_connection(conn, consult)
         if len(members) < 2:
             raise UsageError("nobody else is in this consult to call")
         call_id = "".join(secrets.choice(CONSULT_ALPHABET) for _ in range(CALL_ID_LEN))
@@ -127,6 +128,7 @@ class CallRegistry:
             party.conn, party.detached_at = conn, None
             self._by_conn[id(conn)] = (call, party)
             return call
+        self._one_call_per_connection(conn, call.consult)
         if len(call.parties) >= self.limits.max_parties:
             raise UsageError(f"a call holds at most {self.limits.max_parties} people")
         call.declined.discard(user)
@@ -173,6 +175,8 @@ class CallRegistry:
                 if p.detached_at is not None and now - p.detached_at >= self.limits.grace
             ]
             for user in gone:
+                if call.state == "ended":
+                    break  # the first leave ended it: _end already took everyone out
                 self._leave(call, user, now)
             if gone:
                 changed.append(call)
@@ -186,7 +190,9 @@ class CallRegistry:
         for call in self.calls.values():
             if call.state == "ringing":
                 times.append(call.created + self.limits.ring_timeout)
-            times += [p.detached_at + self.limits.grace for p in call.parties.values() if p.detached_at]
+            times += [
+                p.detached_at + self.limits.grace for p in call.parties.values() if p.detached_at is not None
+            ]
         return min(times, default=None)
 
     def forget_ended(self) -> None:
@@ -237,6 +243,13 @@ class CallRegistry:
         return speaker in loudest
 
     # --- internals --------------------------------------------------------------------------
+
+    def _one_call_per_connection(self, conn: object, consult: str) -> None:
+        """A device carries one call: voice frames name no call, so the relay could not
+        tell which one a frame belongs to."""
+        found = self._by_conn.get(id(conn))
+        if found is not None and found[0].state != "ended" and found[0].consult != consult:
+            raise UsageError("already in a call in another consult: hang up there first")
 
     def _live(self, call_id: str) -> Call:
         call = self.calls.get(call_id)

@@ -266,7 +266,7 @@ class Relay:
                         target.enqueue_voice(out)  # type: ignore[attr-defined]
                     conn.stray_voice = conn.stray_voice + 1 if self.calls.dropped > dropped else 0
                     if conn.stray_voice >= MAX_STRAY_VOICE:  # not a late frame or two: garbage
-                        conn.close_after(CLOSE_POLICY, "voice frames outside a call")
+                        await self._close_policy(conn, writer, "voice frames outside a call")
                         break
                     continue
                 await self._pace(conn)
@@ -276,11 +276,7 @@ class Relay:
                     conn.bad_frames += 1
                     conn.enqueue(wire.encode(Err(0, error_code(exc), reason(exc))))
                     if conn.bad_frames >= MAX_BAD_FRAMES:
-                        conn.close_after(CLOSE_POLICY, "too many bad frames")
-                        try:
-                            await asyncio.wait_for(asyncio.shield(writer), 10)
-                        except (TimeoutError, Exception):
-                            await conn.ws.close(CLOSE_POLICY, "too many bad frames")  # type: ignore[attr-defined]
+                        await self._close_policy(conn, writer, "too many bad frames")
                         break
                     continue
                 self._dispatch(conn, frame)
@@ -291,6 +287,14 @@ class Relay:
                 del self.conns[conn.user]
             conn.closing = True
             writer.cancel()
+
+    async def _close_policy(self, conn: Conn, writer: asyncio.Future[None], why: str) -> None:
+        """Close with 1008 after what is queued (the errors that explain it) went out."""
+        conn.close_after(CLOSE_POLICY, why)
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), 10)
+        except (TimeoutError, Exception):
+            await conn.ws.close(CLOSE_POLICY, why)  # type: ignore[attr-defined]
 
     async def _writer(self, conn: Conn) -> None:
         """One writer per connection: voice first, then the reliable queue in order."""
