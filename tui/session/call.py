@@ -50,6 +50,8 @@ class CallLimits:
     ring_timeout: float = 60.0  # s to wait for an answer
     answer_wait: float = 120.0  # s `--answer` waits for a call to ring
     request_timeout: float = 20.0
+    stall_after: float = 1.0  # s (plus two base round trips) without feedback: the link stalled
+    probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
 
 @dataclass
@@ -120,6 +122,9 @@ class CallEngine:
         self._bytes_up = self._bytes_down = 0
         self._bad_frames = 0
         self._started = time.monotonic()
+        self.streams_feedback = False  # a receiver has reported: its silence now means a stall
+        self._unechoed_since: float | None = None  # first packet sent since the last feedback
+        self._last_probe = 0.0
         self.source_started = self.sink_started = 0.0  # wall clock: the benchmark aligns WAVs with them
         self.history: list[dict[str, object]] = []  # one entry per second, for --report
 
@@ -132,6 +137,8 @@ class CallEngine:
             frame = voiceframe.parse(data)
             if isinstance(frame, voiceframe.Feedback):
                 self.rate.on_feedback(frame.echo_ts, frame.hold_ms, now, source=frame.slot)
+                self.streams_feedback = True
+                self._unechoed_since = None
                 return
             stream = self.streams.get(frame.slot)
             if stream is None:
@@ -194,8 +201,12 @@ class CallEngine:
             level = voiceframe.level_byte(enc.level_dbov, enc.talking)
             data = voiceframe.MediaFrame.outgoing(self._seq, ts, level, enc.packet).pack()
             self._seq += 1
+            naive = self.rate.profile == "naive"
+            if not naive and self._stalled(now):
+                self.stats.dropped += 1  # the link has gone quiet: do not fill it with stale audio
+                continue
             backlog_limit = int(self.rate.rung.packet_bytes(60) * self.limits.backlog_packets)
-            if self.rate.profile == "naive":
+            if naive:
                 backlog_limit = 1 << 30  # the comparison queues everything, as plain VoIP over TCP does
             backlog = self.link.send_voice(data, backlog_limit)
             if backlog is None:
@@ -205,7 +216,21 @@ class CallEngine:
             self._bytes_up += len(data) + 2
             self.rate.on_sent(ts, now)
             self.rate.on_backlog(backlog, now)
+            if self._unechoed_since is None:
+                self._unechoed_since = now
+            self._last_probe = now
 
+    def _stalled(self, now: float) -> bool:
+        """True while what we sent long ago is still not echoed: the link (or the far end)
+        has stalled. Over TCP everything sent now would queue behind the stall and arrive
+        late, so only one probe packet goes every ``probe_every`` until feedback returns."""
+        if self._unechoed_since is None or not self.streams_feedback:
+            return False
+        rtt = self.rate.stats().min_rtt_ms or 0.0
+        waited = now - self._unechoed_since
+        if waited <= self.limits.stall_after + 2 * rtt / 1000:
+            return False
+        return now - self._last_probe < self.limits.probe_every
     def _adapt(self, now: float) -> None:
         deadline = self.rate.next_deadline()
         if deadline is not None and deadline > now:
