@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import pytest
 
-from medcomm.app.ports import DeskSession, consult_of
-from medcomm.errors import LinkDown, NotFound, ProfileError, UsageError
+from medcomm.app.ports import CallControls, DeskSession, consult_of
+from medcomm.core.wire import CallState
+from medcomm.errors import LinkDown, NotFound, ProfileError, UsageError, VoiceUnavailable
+from medcomm.session.call import DeskCalls
 from medcomm.session.service import Session
 from tests.app.helpers import FEVER, HEADACHE, STOCK, clinic
-from tests.harness.fake_session import FakeSession
+from tests.harness.fake_session import FakeCalls, FakeSession
 
 
 def protocol_methods() -> list[str]:
@@ -23,6 +26,65 @@ def test_fake_has_every_method_of_the_protocol_with_the_real_signature(name: str
     assert inspect.iscoroutinefunction(fake) == inspect.iscoroutinefunction(wanted)
     assert list(inspect.signature(fake).parameters) == list(inspect.signature(wanted).parameters)
     assert list(inspect.signature(real).parameters) == list(inspect.signature(wanted).parameters)
+
+
+def call_methods() -> list[str]:
+    return [n for n, v in vars(CallControls).items() if not n.startswith("_") and inspect.isfunction(v)]
+
+
+@pytest.mark.parametrize("name", call_methods())
+def test_fake_calls_have_every_call_method_with_the_real_signature(name: str) -> None:
+    """The fake takes what the protocol names; the real ``DeskCalls`` may take more after
+    them (mic, speaker), with defaults."""
+    fake, real, wanted = getattr(FakeCalls, name), getattr(DeskCalls, name), getattr(CallControls, name)
+    assert inspect.iscoroutinefunction(fake) == inspect.iscoroutinefunction(wanted)
+    assert inspect.iscoroutinefunction(real) == inspect.iscoroutinefunction(wanted)
+    params = list(inspect.signature(wanted).parameters)
+    assert list(inspect.signature(fake).parameters) == params
+    real_params = inspect.signature(real).parameters
+    assert list(real_params)[: len(params)] == params
+    assert all(p.default is not inspect.Parameter.empty for p in list(real_params.values())[len(params) :])
+
+
+def test_fake_and_real_calls_have_the_attributes_of_the_protocol() -> None:
+    real = DeskCalls(SimpleNamespace(listeners=[]), "amina")  # type: ignore[arg-type]
+    for calls in (real, clinic().calls):
+        assert calls.view is None and calls.ringing == {} and calls.active is False
+        assert calls.incoming() is None and callable(calls.changed)
+
+
+def test_fake_calls_ring_answer_and_record_what_the_desk_asked() -> None:
+    fake = clinic()
+    seen: list[object] = []
+    changes: list[int] = []
+    fake.on_event(seen.append)
+    fake.calls.changed = lambda: changes.append(1)
+    ring = fake.calls.ring(FEVER, "dr.chen")
+    assert isinstance(ring, CallState) and seen == [ring] and consult_of(ring) == FEVER
+    assert fake.calls.incoming() is ring and (ring.by, ring.slots) == ("dr.chen", {"dr.chen": 1})
+    fake.calls.fail_next_start(VoiceUnavailable("PortAudio is missing: sudo apt-get install libportaudio2"))
+    with pytest.raises(VoiceUnavailable):
+        fake.calls.answer(FEVER, "thin")
+    assert fake.calls.incoming() is ring  # a failed answer leaves it ringing, as DeskCalls does
+    fake.calls.answer(FEVER, "thin")
+    assert fake.calls.incoming() is None and fake.calls.active
+    view = fake.calls.view
+    assert view is not None and (view.consult, view.call, view.state, view.profile) == (
+        FEVER, ring.call, "connecting", "thin",
+    )  # fmt: skip
+    with pytest.raises(UsageError):
+        fake.calls.start(HEADACHE)
+    fake.calls.connect()
+    fake.calls.meters("in call 0:05 · up 9.8 kbit/s")
+    assert (view.state, view.peers, view.line) == ("in call", ["dr.chen"], "in call 0:05 · up 9.8 kbit/s")
+    assert fake.calls.mute() is True and view.muted
+    fake.calls.hangup()
+    assert view.state == "ended" and view.line == "call hung up" and not fake.calls.active
+    assert fake.calls.asked == [
+        ("answer", FEVER, "thin"), ("answer", FEVER, "thin"), ("start", HEADACHE, "auto"), ("mute", True),
+        ("hangup",),
+    ]  # fmt: skip
+    assert len(changes) == 6
 
 
 def test_fake_has_the_attributes_of_the_protocol() -> None:

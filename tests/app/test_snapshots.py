@@ -1,4 +1,5 @@
-"""Snapshots of the consult list and the consult view at 80×24 and 120×40, in 16 and 256 colours.
+"""Snapshots of the consult list and the consult view at 80×24 and 120×40, in 16 and 256 colours,
+and of a consult view with a call up (its call bar) at 80×24 in 16 colours.
 
 The SVGs show the colours the app's console would send (see ``helpers.export_as_terminal``):
 Textual's own export is always truecolor whatever ``TEXTUAL_COLOR_SYSTEM`` says. Everything
@@ -19,9 +20,11 @@ from textual.pilot import Pilot
 
 from medcomm.app.app import MedcommApp, build_app
 from medcomm.app.screens.consults import ConsultList
+from medcomm.app.widgets.callbar import CallBar
 from medcomm.app.widgets.compose import ComposeBox
 from medcomm.app.widgets.conversation import Conversation
 from tests.app.helpers import FEVER, clinic, export_as_terminal, in_consult, wait_for
+from tests.harness.fake_session import FakeSession
 
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 COLOURS = {"16": "standard", "256": "256"}
@@ -31,9 +34,11 @@ parametrize_look = pytest.mark.parametrize(
 )
 
 
-def snapshot_app(colours: str, colour_system: Callable[[str], None]) -> MedcommApp:
+def snapshot_app(
+    colours: str, colour_system: Callable[[str], None], fake: FakeSession | None = None
+) -> MedcommApp:
     colour_system(COLOURS[colours])
-    app = build_app(clinic().opener)
+    app = build_app((fake or clinic()).opener)
     assert app.console.color_system == COLOURS[colours]
     app.theme = "ansi-dark"  # the desk's own look, whatever TEXTUAL_THEME says
     app.export_screenshot = partial(export_as_terminal, app)  # type: ignore[method-assign]
@@ -68,3 +73,25 @@ def test_consult_view(
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZES[size], run_before=opened)
+
+
+def test_consult_view_in_a_call(snap_compare: Any, colour_system: Callable[[str], None]) -> None:
+    fake = clinic()
+    app = snapshot_app("16", colour_system, fake)
+
+    async def calling(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        await pilot.press("enter", "f2")
+        await wait_for(pilot, lambda: in_consult(app, FEVER) and fake.calls.active)
+        fake.calls.connect()
+        fake.calls.meters(
+            "in call 1:42 · up 9.8 kbit/s · down 10.2 kbit/s · rtt 640 ms · buffer 120 ms · "
+            "concealed 0.4% · mid"
+        )
+        bar = app.screen.query_one(CallBar)
+        await wait_for(pilot, lambda: bar.display and "1:42" in bar.text)
+        conv = app.screen.query_one(Conversation)
+        await wait_for(pilot, lambda: conv.is_anchored)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=calling)

@@ -20,6 +20,16 @@ small ``FakeEvent`` whose ``.consult`` names the consult (``None`` for a link st
 and for a refusal, which like the real ``Rejected`` names no consult), so that
 ``medcomm.app.ports.consult_of`` works on it. Times are fixed: each new message is one
 ``tick_ms`` after the previous one, from ``start_ms``; ids come from a seeded generator.
+
+Calls (``fake.calls``, a ``FakeCalls`` in the shape of ``session.call.DeskCalls``) are
+driven the same way, and record what the desk asked::
+
+    fake.calls.ring(k, "dr.chen")      # a call rings for us in k (a CallState reaches on_event)
+    fake.calls.connect()               # the call the desk placed or answered is up
+    fake.calls.meters("in call 0:05 · up 9.8 kbit/s · ...")
+    fake.calls.end("completed")
+    fake.calls.fail_next_start(VoiceUnavailable("PortAudio is missing: ..."))
+    fake.calls.asked                   # [("answer", k, "auto"), ("mute", True), ...]
 """
 
 from __future__ import annotations
@@ -32,7 +42,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medcomm.adapters.localstore import Line
+from medcomm.core.wire import CallState
 from medcomm.errors import MedcommError, NotFound, ProfileError, UsageError
+from medcomm.session.call import CallView
 
 START_MS = 1_709_629_200_000  # 2024-03-05 09:00:00 UTC: never "today", so lists show "05 Mar"
 TICK_MS = 60_000
@@ -72,6 +84,134 @@ class FakeConsult:
         return self.seqs[-1] if self.seqs else 0
 
 
+class FakeCalls:
+    """Satisfies ``medcomm.app.ports.CallControls``: one call at a time, no sound, no relay.
+
+    Like the real ``DeskCalls`` it keeps ``view`` (a real ``CallView``) and ``ringing``,
+    calls ``changed`` whenever either changes, and sends each call state to the session's
+    ``on_event`` callbacks as the link would. Unlike it, everything happens at once: a hang
+    up ends the call before ``hangup`` returns.
+    """
+
+    def __init__(self, session: FakeSession) -> None:
+        self.session = session
+        self.view: CallView | None = None
+        self.ringing: dict[str, CallState] = {}
+        self.changed: Callable[[], None] = lambda: None
+        self.asked: list[tuple[object, ...]] = []  # what the desk asked, in order
+        self._failure: MedcommError | None = None
+        self._active = False
+        self._calls = 0
+
+    # --- the CallControls protocol ----------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def incoming(self) -> CallState | None:
+        return next(reversed(self.ringing.values()), None)
+
+    def start(self, consult: str, profile: str = "auto") -> None:
+        self.asked.append(("start", consult, profile))
+        self._open_devices()
+        self.view = CallView(consult, self._call_id(), "ringing-out", [], line="ringing", profile=profile)
+        self._active = True
+        self.changed()
+
+    def answer(self, consult: str, profile: str = "auto") -> None:
+        self.asked.append(("answer", consult, profile))
+        self._open_devices()
+        ringing = self.ringing.pop(consult, None)
+        call = ringing.call if ringing else ""
+        peers = [u for u in (ringing.slots if ringing else {}) if u != self.session.me]
+        self.view = CallView(consult, call, "connecting", peers, profile=profile)
+        self._active = True
+        self.changed()
+
+    async def decline(self, consult: str) -> None:
+        self.asked.append(("decline", consult))
+        state = self.ringing.pop(consult, None)
+        if state is not None:
+            self._emit(replace(state, state="ended", by=self.session.me, outcome="declined"))
+        self.changed()
+
+    def hangup(self) -> None:
+        self.asked.append(("hangup",))
+        if self._active:
+            self.end("hung up")
+
+    def mute(self, on: bool | None = None) -> bool:
+        if self.view is None:
+            return False
+        self.view.muted = (not self.view.muted) if on is None else on
+        self.asked.append(("mute", self.view.muted))
+        self.changed()
+        return self.view.muted
+
+    # --- the far end and the engine, driven by the test ---------------------------------------
+
+    def ring(self, consult: str, by: str) -> CallState:
+        """``by`` calls ``consult``: the call rings for us."""
+        state = CallState(self._call_id(), consult, "ringing", by, {by: 1}, self.session.now_ms, "")
+        self.ringing[consult] = state
+        self._emit(state)
+        self.changed()
+        return state
+
+    def stop_ringing(self, consult: str, outcome: str = "missed") -> None:
+        """The caller gave up (or nobody answered in time)."""
+        state = self.ringing.pop(consult)
+        self._emit(replace(state, state="ended", outcome=outcome))
+        self.changed()
+
+    def connect(self, *peers: str) -> None:
+        """The placed or answered call is up (``peers``: who else is in; by default the
+        consult's other members)."""
+        view = self._view()
+        others = [m for m in self.session.consults[view.consult].members if m != self.session.me]
+        view.peers = list(peers) or view.peers or others
+        view.state, view.line = "in call", "in call 0:00"
+        self.changed()
+
+    def meters(self, line: str) -> None:
+        """The engine's once-a-second meters line."""
+        self._view().line = line
+        self.changed()
+
+    def end(self, outcome: str = "completed", error: str | None = None) -> None:
+        """The call is over (the far end hung up, or it failed with ``error``)."""
+        view = self._view()
+        view.state, view.line, view.error = "ended", f"call {outcome}", error
+        self._active = False
+        self.changed()
+
+    def fail_next_start(self, error: MedcommError) -> None:
+        """The next ``start`` or ``answer`` raises ``error`` (a missing PortAudio or device)."""
+        self._failure = error
+
+    # --- inside -----------------------------------------------------------------------------
+
+    def _open_devices(self) -> None:
+        if self._failure is not None:
+            error, self._failure = self._failure, None
+            raise error
+        if self._active:
+            raise UsageError("already in a call: hang up first")
+
+    def _view(self) -> CallView:
+        if self.view is None:
+            raise AssertionError("no call: start or answer one first")
+        return self.view
+
+    def _emit(self, state: CallState) -> None:
+        self.session._emit(state)
+
+    def _call_id(self) -> str:
+        self._calls += 1
+        return f"call{self._calls:04d}"
+
+
 class FakeSession:
     """Satisfies ``medcomm.app.ports.DeskSession`` in memory."""
 
@@ -91,7 +231,8 @@ class FakeSession:
         self.consults: dict[str, FakeConsult] = {}
         self.outbox: list[Line] = []  # queued and failed lines, oldest first
         self.callbacks: list[Callable[[Any], None]] = []
-        self.events: list[FakeEvent] = []
+        self.events: list[FakeEvent | CallState] = []
+        self.calls = FakeCalls(self)
         # What the app asked for, in order.
         self.queued: list[tuple[str, str]] = []  # (consult, text) of queue_text
         self.read_calls: list[str] = []  # consults of mark_read
@@ -343,7 +484,7 @@ class FakeSession:
             return
         raise KeyError(f"{msg_id} is not a stored message")
 
-    def _emit(self, event: FakeEvent) -> None:
+    def _emit(self, event: FakeEvent | CallState) -> None:
         self.events.append(event)
         for callback in list(self.callbacks):
             callback(event)

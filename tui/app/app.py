@@ -4,6 +4,12 @@ The app holds one session (real or fake) opened inside its own event loop, react
 session's events by refreshing the screen that shows the changed consult, and coalesces
 bursts (a catch-up of 500 messages is one refresh, not 500). It never runs a timer while
 nothing happens.
+
+Calls: the session's call controller reports changes through ``calls.changed`` (at most
+once a second for meters), which goes through the same coalescing refresh. A call ringing
+for us is announced in the status line of whatever screen is up, and F2/F3 answer or
+decline it from anywhere (priority bindings, so they work under dialogs too); when nothing
+rings they fall through to the consult view's own F2 (call) and F3 (hang up).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from textual.binding import Binding
 from textual.driver import Driver
 from textual.screen import ModalScreen
 
-from medcomm.app.ports import DeskSession, consult_of
+from medcomm.app.ports import DeskSession, IncomingCall, caller_of, consult_of
 from medcomm.app.screens.consult import ConsultView
 from medcomm.app.screens.consults import ConsultList
 from medcomm.app.screens.dialogs import HelpScreen, NewConsult, WelcomeScreen
-from medcomm.app.widgets.status import StatusLine
+from medcomm.app.widgets.callbar import PROFILES
+from medcomm.app.widgets.status import Ring, StatusLine
+from medcomm.core.wire import CallState
 from medcomm.errors import MedcommError, ProfileError
 
 SessionOpener = Callable[[], AbstractAsyncContextManager[DeskSession]]
@@ -35,6 +43,10 @@ class MedcommApp(App[None]):
     CSS_PATH = "medcomm.tcss"
     BINDINGS = [
         Binding("f1", "help", "Help"),
+        # Priority: checked before any screen's bindings, even under a dialog; disabled
+        # (and so passed on) while nothing rings for us.
+        Binding("f2", "answer_call", "Answer", show=False, priority=True),
+        Binding("f3", "decline_call", "Decline", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
@@ -48,6 +60,10 @@ class MedcommApp(App[None]):
         self._refresh_timer: Any = None
         self._read_pending: set[str] = set()
         self._read_timer: Any = None
+        self._calls_dirty = False
+        self._ended_call: object | None = None  # the ended call whose outcome was told
+        self._titles: dict[str, str] = {}
+        self.call_profile = PROFILES[0]
         if frugal:
             self.animation_level = "none"
             # The terminal's own colours: no background or foreground escape on every
@@ -74,10 +90,14 @@ class MedcommApp(App[None]):
             async with self._open_session() as session:
                 self.session = session
                 self.me = session.me
+                session.calls.changed = self.calls_changed
                 session.on_event(self._on_session_event)
                 await self.push_screen(ConsultList())
                 self.refresh_status()
-                await self._forever()
+                try:
+                    await self._forever()
+                finally:  # closing the session ends a call: no refresh of an app that is going
+                    session.calls.changed = _ignore
         except ProfileError as exc:
             await self.push_screen(WelcomeScreen(str(exc)))
         except MedcommError as exc:
@@ -91,28 +111,134 @@ class MedcommApp(App[None]):
     # --- events from the session -----------------------------------------------------------
 
     def _on_session_event(self, event: Any) -> None:
+        if isinstance(event, CallState):  # changes no message: only the call bar and status line
+            self.calls_changed()
+            return
         self._dirty.add(consult_of(event))
+        self._schedule_refresh()
+
+    def calls_changed(self) -> None:
+        """``calls.changed``: the call view or the ringing calls changed (meters: once a second)."""
+        self._calls_dirty = True
+        self._schedule_refresh()
+
+    def _schedule_refresh(self) -> None:
         if self._refresh_timer is None:
             self._refresh_timer = self.set_timer(REFRESH_DELAY, self._apply_refresh)
+
+    def _base_screen(self) -> Any:
+        """The screen under any dialog (help, new consult): the one that shows messages."""
+        return next((s for s in reversed(self.screen_stack) if not isinstance(s, ModalScreen)), self.screen)
 
     async def _apply_refresh(self) -> None:
         self._refresh_timer = None
         dirty, self._dirty = self._dirty, set()
-        # the screen under any dialog (help, new consult) is the one that shows messages
-        screen = next((s for s in reversed(self.screen_stack) if not isinstance(s, ModalScreen)), self.screen)
-        if isinstance(screen, ConsultView) and (None in dirty or screen.consult in dirty):
-            await screen.refresh_messages()
+        calls_dirty, self._calls_dirty = self._calls_dirty, False
+        screen = self._base_screen()
+        if isinstance(screen, ConsultView):
+            if None in dirty or screen.consult in dirty:
+                await screen.refresh_messages()
+            if calls_dirty:
+                screen.refresh_call()  # redraws only if the bar's text changed
         elif isinstance(screen, ConsultList) and dirty:
             screen.reload()  # redraws only if a row's text changed
         self.refresh_status()
+        if calls_dirty:
+            self._tell_call_end()
 
     def refresh_status(self) -> None:
         if self.session is None:
             return
         status = self.session.status
         syncing = status.state == "online" and status.caught_up is None
+        ring = self._ring_notice()
         for line in self.screen.query(StatusLine):
-            line.show(status, self.session.outbox_count(), syncing)
+            line.show(status, self.session.outbox_count(), syncing, ring)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def ringing_call(self) -> IncomingCall | None:
+        """The call F2/F3 answer or decline from anywhere: the open consult's own if it rings
+        (even under help), else the newest ringing for us."""
+        if self.session is None:
+            return None
+        calls = self.session.calls
+        screen = self._base_screen()
+        if isinstance(screen, ConsultView) and screen.consult in calls.ringing:
+            return calls.ringing[screen.consult]
+        return calls.incoming()
+
+    def _ring_notice(self) -> Ring | None:
+        """What the status line announces: the ringing call, except in its own consult's
+        view, where the call bar says it."""
+        ring = self.ringing_call()
+        if ring is None or (isinstance(self.screen, ConsultView) and self.screen.consult == ring.consult):
+            return None
+        assert self.session is not None
+        return Ring(caller_of(ring), self._title(ring.consult), waiting=self.session.calls.active)
+
+    def _title(self, consult: str) -> str:
+        """A consult's title (or its id), from one overview per unknown consult, not per ring."""
+        if consult not in self._titles and self.session is not None:
+            self._titles.update({str(r["id"]): str(r["title"] or r["id"]) for r in self.session.overview()})
+        return self._titles.get(consult, consult)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """F2/F3 belong to a ringing call only while one rings and we are in no other call
+        (``answer`` would refuse); otherwise the key goes on to the screen's binding."""
+        if action in ("answer_call", "decline_call"):
+            return (
+                self.session is not None and not self.session.calls.active and self.ringing_call() is not None
+            )
+        return True
+
+    async def action_answer_call(self) -> None:
+        """Answer, then show that consult (closing any dialog): an answer that fails (no
+        sound device) still brings the user where they can write instead."""
+        ring = self.ringing_call()
+        if ring is None or self.session is None:
+            return
+        consult = ring.consult
+        try:
+            self.session.calls.answer(consult, self.call_profile)
+        except MedcommError as exc:
+            self.notify(str(exc), severity="error", timeout=10, markup=False)
+        while isinstance(self.screen, ModalScreen):
+            await self.pop_screen()
+        if not (isinstance(self.screen, ConsultView) and self.screen.consult == consult):
+            await self.push_screen(ConsultView(consult))
+        self.calls_changed()
+
+    def action_decline_call(self) -> None:
+        ring = self.ringing_call()
+        if ring is not None:
+            self._decline(ring.consult)
+            self.calls_changed()  # the session forgets the ring at once; the relay answers later
+
+    @work(exclusive=False, group="calls")
+    async def _decline(self, consult: str) -> None:
+        if self.session is None:
+            return
+        try:
+            await self.session.calls.decline(consult)
+        except MedcommError as exc:
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
+
+    def next_profile(self) -> str:
+        """F6: the voice profile the next call starts (or answers) with."""
+        self.call_profile = PROFILES[(PROFILES.index(self.call_profile) + 1) % len(PROFILES)]
+        return self.call_profile
+
+    def _tell_call_end(self) -> None:
+        """Once per call: how it ended (declined, missed, completed), or why it failed."""
+        view = self.session.calls.view if self.session is not None else None
+        if view is None or view.state != "ended" or view is self._ended_call:
+            return
+        self._ended_call = view
+        if view.error:
+            self.notify(f"call failed: {view.error}", severity="error", timeout=10, markup=False)
+        else:
+            self.notify(view.line or "call ended", timeout=4, markup=False)
 
     def mark_read_soon(self, consult: str) -> None:
         self._read_pending.add(consult)
@@ -162,6 +288,10 @@ class MedcommApp(App[None]):
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
+
+
+def _ignore() -> None:
+    """``calls.changed`` once the app has stopped listening."""
 
 
 def build_app(open_session: SessionOpener | None = None, *, frugal: bool = True) -> MedcommApp:

@@ -1,12 +1,14 @@
 """What the app needs from a session: the real ``Session`` and the tests' fake both fit.
 
 The app never touches sockets or the store; it calls these methods and reacts to the
-callbacks registered with ``on_event`` (delivery events and link status changes).
+callbacks registered with ``on_event`` (delivery events, link status changes, call states).
+Calls go through ``calls`` (the real one is ``medcomm.session.call.DeskCalls``): the desk
+only reads what to show and asks for the few things a user can do to a call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from medcomm.adapters.localstore import Line
@@ -21,9 +23,74 @@ class LinkStatusView(Protocol):
     caught_up: float | None
 
 
+class LiveCall(Protocol):
+    """The call the desk carries (``session.call.CallView``): what the call bar shows."""
+
+    consult: str
+    call: str
+    state: str  # ringing-out | connecting | in call | ended
+    peers: list[str]
+    line: str  # the engine's one-line meters, refreshed at most once a second
+    muted: bool
+    profile: str
+    error: str | None
+
+
+class IncomingCall(Protocol):
+    """A call ringing for us (a ``wire.CallState``, read-only)."""
+
+    @property
+    def consult(self) -> str: ...
+
+    @property
+    def call(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def by(self) -> str: ...
+
+    @property
+    def slots(self) -> dict[str, int]: ...
+
+
+class CallControls(Protocol):
+    """One call at a time. ``start``/``answer`` open the sound devices before returning, so
+    a missing PortAudio or device raises there (``VoiceUnavailable``, ``UsageError``) for
+    the desk to show; ``changed`` is called from the event loop when ``view`` or the
+    ringing calls change, at most once a second for meters."""
+
+    changed: Callable[[], None]
+
+    @property
+    def view(self) -> LiveCall | None: ...
+
+    @property
+    def ringing(self) -> Mapping[str, IncomingCall]: ...  # consult -> the call ringing there
+
+    @property
+    def active(self) -> bool: ...
+
+    def incoming(self) -> IncomingCall | None: ...
+
+    def start(self, consult: str, profile: str = "auto") -> None: ...
+
+    def answer(self, consult: str, profile: str = "auto") -> None: ...
+
+    async def decline(self, consult: str) -> None: ...
+
+    def hangup(self) -> None: ...
+
+    def mute(self, on: bool | None = None) -> bool: ...
+
+
 class DeskSession(Protocol):
     @property
     def me(self) -> str: ...
+
+    @property
+    def calls(self) -> CallControls: ...
 
     @property
     def status(self) -> LinkStatusView: ...
@@ -45,6 +112,14 @@ class DeskSession(Protocol):
     async def users(self, timeout: float) -> list[dict[str, str]]: ...
 
     async def mark_read(self, consult: str) -> None: ...
+
+
+def caller_of(ring: IncomingCall) -> str:
+    """Who a ringing call is from: its caller, or who is in it once others have answered
+    (a call in a consult of three goes on while it still rings for the third)."""
+    if ring.state == "ringing":
+        return ring.by
+    return ", ".join(ring.slots) or ring.by
 
 
 def consult_of(event: Any) -> str | None:

@@ -23,15 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from medcomm.core import voiceframe, wire
 from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
 from medcomm.core.ratecontrol import RateControl
 from medcomm.errors import LinkDown, MedcommError, UsageError, WireError
 from medcomm.session.link import Link, LinkStatus
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("medcomm.call")
 
@@ -87,7 +88,7 @@ class _Stream:
     jitter: JitterBuffer
     decoder: Any
     ts: voiceframe.Unwrapper = field(default_factory=lambda: voiceframe.Unwrapper(16))
-    pcm: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    pcm: Any = None  # decoded samples not yet mixed (numpy, made on first use)
     last_ts16: int | None = None
     last_arrival: float = 0.0
     reported: float = 0.0
@@ -105,8 +106,11 @@ class CallEngine:
         profile: str = "auto",
         limits: CallLimits = CallLimits(),
     ) -> None:
+        import numpy
+
         from medcomm.adapters import opus
 
+        self._np = numpy  # imported here: the desk makes DeskCalls at start, numpy only for a call
         self.link, self.source, self.sink, self.limits = link, source, sink, limits
         self.rate = RateControl(profile)
         rung = self.rate.rung
@@ -244,8 +248,11 @@ class CallEngine:
     def _play(self, now: float) -> None:
         want = self.limits.playout_blocks * BLOCK
         while self.sink.buffered < want:
+            np = self._np
             mix = np.zeros(BLOCK, np.int32)
             for stream in self.streams.values():
+                if stream.pcm is None:
+                    stream.pcm = np.zeros(0, np.int16)
                 while stream.pcm.size < BLOCK:
                     stream.pcm = np.concatenate([stream.pcm, self._piece(stream, now)])
                 mix += stream.pcm[:BLOCK]
@@ -262,7 +269,7 @@ class CallEngine:
         except (WireError, MedcommError):
             self._bad_frames += 1
             return stream.decoder.conceal(piece.duration_ms)
-        return np.zeros(piece.duration_ms * (RATE // 1000), np.int16)
+        return self._np.zeros(piece.duration_ms * (RATE // 1000), self._np.int16)
 
     def _feedback(self, now: float) -> None:
         for slot, stream in self.streams.items():
@@ -353,18 +360,31 @@ class CallSignals:
             raise UsageError(f"unexpected answer to {op}")
         return result
 
-    async def next_state(self, match: Callable[[wire.CallState], bool], timeout: float) -> wire.CallState:
+    async def next_state(
+        self, match: Callable[[wire.CallState], bool], timeout: float, stop: asyncio.Event | None = None
+    ) -> wire.CallState | None:
+        """The next matching call state; None if ``stop`` is set first (hung up while ringing)."""
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LinkDown("no answer to the call in time")
-            try:
-                state = await asyncio.wait_for(self.states.get(), remaining)
-            except TimeoutError:
-                raise LinkDown("no answer to the call in time") from None
-            if match(state):
-                return state
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LinkDown("no answer to the call in time")
+                getter = asyncio.ensure_future(self.states.get())
+                waits = {getter} | ({stopper} if stopper is not None else set())
+                done, _ = await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if stopper is not None and stopper in done:
+                        return None
+                    raise LinkDown("no answer to the call in time")
+                state = getter.result()
+                if match(state):
+                    return state
+        finally:
+            if stopper is not None:
+                stopper.cancel()
 
 
 @dataclass
@@ -390,22 +410,27 @@ async def run_call(
     on_status: Callable[[str], None] = lambda _line: None,
     limits: CallLimits = CallLimits(),
     engine_hook: Callable[[CallEngine], None] | None = None,
+    call_id: str = "",
 ) -> CallOutcome:
     """Place (or, with ``answer``, wait for and answer) a call in ``consult`` and carry it
     until ``stop`` is set, ``seconds`` pass, the source ends or the others hang up."""
     stop = stop or asyncio.Event()
     signals = CallSignals(link)
     outcome = CallOutcome()
-    call_id = ""
     ended = False
     try:
         if answer:
-            on_status("waiting for a call in this consult")
-            state = await signals.next_state(
-                lambda s: s.consult == consult and s.state != "ended" and me not in s.slots,
-                limits.answer_wait,
-            )
-            call_id = state.call
+            if not call_id:  # not told which: wait for the next ring in this consult
+                on_status("waiting for a call in this consult")
+                state = await signals.next_state(
+                    lambda s: s.consult == consult and s.state != "ended" and me not in s.slots,
+                    limits.answer_wait,
+                    stop,
+                )
+                if state is None:
+                    outcome.outcome = "hung up"
+                    return outcome
+                call_id = state.call
             await signals.request("answer", {"call": call_id}, limits.request_timeout)
         else:
             result = await signals.request("call", {"consult": consult}, limits.request_timeout)
@@ -413,8 +438,11 @@ async def run_call(
             if result.get("state") == "ringing":
                 on_status("ringing")
                 state = await signals.next_state(
-                    lambda s: s.call == call_id and s.state != "ringing", limits.ring_timeout + 10
+                    lambda s: s.call == call_id and s.state != "ringing", limits.ring_timeout + 10, stop
                 )
+                if state is None:  # hung up while it rang: the finally below tells the relay
+                    outcome.call, outcome.outcome = call_id, "cancelled"
+                    return outcome
                 if state.state == "ended":
                     ended = True
                     outcome.call, outcome.outcome = call_id, state.outcome
@@ -484,6 +512,7 @@ class CallView:
     muted: bool = False
     profile: str = "auto"
     error: str | None = None
+    stats: CallStats | None = None
 
 
 class DeskCalls:
@@ -530,6 +559,7 @@ class DeskCalls:
 
     async def decline(self, consult: str) -> None:
         state = self.ringing.pop(consult, None)
+        self.changed()  # the ring goes from the screen now, not after the relay's answer
         if state is not None:
             with contextlib.suppress(MedcommError):
                 await self.link.request("decline", {"call": state.call}, 10.0)
@@ -555,21 +585,31 @@ class DeskCalls:
     def _launch(self, consult: str, profile: str, mic: str, speaker: str, answer: bool) -> None:
         """Open the sound devices now (a missing PortAudio or device raises here, for the
         desk to show), then carry the call in the background."""
+        from medcomm.adapters import opus
         from medcomm.adapters.audio import open_sink, open_source
 
         if self.active:
             raise UsageError("already in a call: hang up first")
-        source, sink = open_source(mic), open_sink(speaker)
+        opus.load()  # a missing libopus is said now, not after the call connected
+        source = open_source(mic)
+        try:
+            sink = open_sink(speaker)
+        except BaseException:
+            source.stop()
+            raise
         ringing = self.ringing.pop(consult, None) if answer else None
         self.view = CallView(
             consult, ringing.call if ringing else "", "connecting" if answer else "ringing-out",
             [u for u in (ringing.slots if ringing else {}) if u != self.me], profile=profile,
         )
         self._stop = asyncio.Event()
-        self._task = asyncio.ensure_future(self._carry(consult, source, sink, profile, answer))
+        call_id = ringing.call if ringing is not None else ""
+        self._task = asyncio.ensure_future(self._carry(consult, source, sink, profile, answer, call_id))
         self.changed()
 
-    async def _carry(self, consult: str, source: Any, sink: Any, profile: str, answer: bool) -> CallOutcome:
+    async def _carry(
+        self, consult: str, source: Any, sink: Any, profile: str, answer: bool, call_id: str
+    ) -> CallOutcome:
         def status(line: str) -> None:
             if self.view is not None:
                 self.view.line = line
@@ -580,7 +620,7 @@ class DeskCalls:
         try:
             out = await run_call(
                 self.link, self.me, consult, source, sink, profile=profile, answer=answer,
-                stop=self._stop, on_status=status, engine_hook=self._hook,
+                stop=self._stop, on_status=status, engine_hook=self._hook, call_id=call_id,
             )
             if self.view is not None:
                 self.view.state, self.view.line = "ended", f"call {out.outcome}"
@@ -597,6 +637,8 @@ class DeskCalls:
         def set_mute(on: bool) -> None:
             engine.muted = on
 
+        if self.view is not None:
+            self.view.stats = engine.stats  # the numbers behind ``line``, for a desk of any width
         self._engine_mute = set_mute
         if self.view is not None:
             engine.muted = self.view.muted

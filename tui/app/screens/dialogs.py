@@ -9,29 +9,31 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
 from medcomm.app.widgets.fields import Field
+from medcomm.app.widgets.status import StatusLine
 
+# At most 76 columns and 22 lines: the whole help fits an 80x24 terminal, status line included.
 HELP = """\
 medcomm — keys (no mouse needed)
 
 Consult list
-  ↑ ↓ / Enter     choose / open a consult
-  /               search by title, member or id; Esc clears
-  Ctrl+N          open a new consult (title, members)
-
+  ↑ ↓ Enter    choose / open a consult    /        search; Esc clears
+  Ctrl+N       open a new consult
 Consult
-  Enter           send the message
-  Ctrl+J          new line in the message (Shift+Enter where the terminal reports it)
-  ↑ (empty box)   recall the last message you sent
-  Ctrl+O          move to the conversation; PageUp/↑ scrolls, older messages load at the top
-  Ctrl+E          back to the compose box
-  Esc             back to the consult list
-
+  Enter        send the message           Ctrl+J   new line (or Shift+Enter)
+  ↑ (empty)    recall your last message   Ctrl+E   back to the compose box
+  Ctrl+O       history: PageUp/↑ scroll, older messages load at the top
+  Esc          back to the consult list
+Call (in a consult)
+  F2           call this consult          F3       hang up
+  F4           mute / unmute              F6       profile of the next call:
+               auto → thin (worst links) → standard → auscultation (heart)
 Anywhere
-  F1              this help          Ctrl+P   command palette
-  Ctrl+Q          quit
+  F2 / F3      answer / decline a call that rings (the status line says)
+  F1           this help                  Ctrl+P   command palette
+  Ctrl+Q       quit
 
-States: … queued (only on this device) → ✓ stored (the relay has it) → ✓✓ delivered
-(on every member's device) → ✓✓ read.  ✗ failed: the relay refused it; it is kept.
+States: … queued (only on this device) → ✓ stored (the relay has it) →
+✓✓ delivered (on every member's device) → ✓✓ read.  ✗ failed: refused, kept.
 """
 
 WELCOME = """\
@@ -48,15 +50,23 @@ and start medcomm again. To try it without a relay:
 
 
 class HelpScreen(ModalScreen[None]):
+    """Covers the screen at 80x24, so it has a status line of its own: a call that rings
+    while the user reads the help is announced here too."""
+
     BINDINGS = [Binding("escape,f1,q", "dismiss", "Close")]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen #help { width: 84; max-width: 100%; height: auto; max-height: 100%;
+    HelpScreen #help { width: 80; max-width: 100%; height: auto; max-height: 100%;
                        border: round $primary; padding: 0 1; }
+    HelpScreen StatusLine { dock: bottom; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static(HELP, id="help")
+        yield StatusLine(id="status")
+
+    def on_mount(self) -> None:
+        self.app.refresh_status()  # type: ignore[attr-defined]
 
 
 class WelcomeScreen(Screen[None]):
@@ -74,7 +84,8 @@ class WelcomeScreen(Screen[None]):
 
 class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
     """Title and members; members are typed (Tab completes nothing, no mouse needed) and
-    checked against the relay's directory when it could be fetched."""
+    checked against the relay's directory when it could be fetched. The screen under it
+    does not show through, so it has its own status line (link state, a ringing call)."""
 
     def __init__(self, known: list[dict[str, str]] | None = None, me: str = "") -> None:
         super().__init__()
@@ -86,6 +97,7 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
     NewConsult > Vertical { width: 70; max-width: 100%; height: auto; border: round $primary; padding: 0 1; }
     NewConsult #error { color: $error; height: auto; }
     NewConsult #directory { color: $text-muted; height: auto; }
+    NewConsult StatusLine { dock: bottom; }
     """
 
     def compose(self) -> ComposeResult:
@@ -96,6 +108,7 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
             yield Static(self._directory(), id="directory")
             yield Static("", id="error")
             yield Button("Open consult", id="open", variant="primary")
+        yield StatusLine(id="status")
 
     def _directory(self) -> str:
         if not self.known:
@@ -105,6 +118,7 @@ class NewConsult(ModalScreen[tuple[str, list[str]] | None]):
 
     def on_mount(self) -> None:
         self.query_one("#title", Input).focus()
+        self.app.refresh_status()  # type: ignore[attr-defined]
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "title":
