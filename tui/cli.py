@@ -350,7 +350,10 @@ def sync(timeout: TimeoutOpt = 60.0) -> None:
     from medcomm.session.service import Session
 
     async def main() -> tuple[int, int]:
+        from medcomm.session.transfer import send_pending_notes
+
         async with Session.open() as s:
+            await send_pending_notes(s, timeout)  # voice notes recorded while the link was down
             await s.sync(timeout)
             return len(s.store.consults()), s.store.outbox_count()
 
@@ -359,6 +362,148 @@ def sync(timeout: TimeoutOpt = 60.0) -> None:
     except MedcommError as exc:
         raise _fail(exc) from None
     typer.echo(f"in sync: {consults} consults, {queued} queued", err=True)
+
+
+def _progress(what: str) -> Any:
+    """A progress callback for stderr: one rewritten line on a terminal, else a line per
+    quarter (a log file should not get a line per 8 KiB chunk)."""
+    tty = sys.stderr.isatty()
+    shown = {"step": -1}
+
+    def show(done: int, total: int) -> None:
+        pct = 100 * done // max(1, total)
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{what}: {pct}% ({done / 1000:.1f} of {total / 1000:.1f} KB)")
+            if done >= total:
+                sys.stderr.write("\n")
+        elif pct // 25 > shown["step"]:
+            shown["step"] = pct // 25
+            sys.stderr.write(f"{what}: {pct}% ({done / 1000:.1f} of {total / 1000:.1f} KB)\n")
+        sys.stderr.flush()
+
+    return show
+
+
+@app.command()
+def note(
+    consult: str,
+    from_: Annotated[
+        Path | None, typer.Option("--from", help="Send this WAV file (read at once, not in real time).")
+    ] = None,
+    mic: Annotated[
+        str,
+        typer.Option(
+            "--mic",
+            help="Record from this microphone: name or index, or 'default' (the default "
+            "when --from is not given).",
+        ),
+    ] = "",
+    seconds: Annotated[
+        float,
+        typer.Option("--seconds", help="Record this long (0: until Ctrl-C); with --from: the first N s."),
+    ] = 0,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Send a voice note (Ogg Opus, ~2 KB per second) to a consult: exits 0 once the relay
+    has stored it, 75 if the link is down (the note stays on this device; `medcomm sync`
+    sends it). Prints the note's id (for `medcomm play`) on stdout once it is recorded."""
+    from medcomm.adapters.profile import load_profile
+    from medcomm.errors import LinkDown
+
+    if from_ is not None and mic:
+        raise _fail(UsageError("give --from FILE.wav or --mic DEVICE, not both"))
+    if seconds < 0:
+        raise _fail(UsageError("--seconds must not be negative"))
+    try:
+        from medcomm.adapters.oggopus import encode_note
+        from medcomm.session import notes
+        from medcomm.session.transfer import check_consult
+
+        check_consult(consult)  # a typo, or no profile: say so before anyone speaks for a minute
+        load_profile()
+
+        if from_ is not None:
+            pcm = notes.read_wav(from_, seconds)
+        else:
+            said = "recording… (Ctrl-C ends the note)" if not seconds else f"recording {seconds:g} s…"
+            pcm = notes.record(mic, seconds, on_start=lambda: typer.echo(said, err=True))
+        ogg = encode_note(pcm)
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+    async def main() -> int:
+        import asyncio
+
+        from medcomm.session.service import Session
+        from medcomm.session.transfer import record_note, send_pending_notes
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with Session.open(subscribe=False) as s:
+            mine = record_note(s, consult, ogg)
+            typer.echo(mine.cid.hex())  # its id from here on, sent or still waiting (for play)
+            show = _progress("sending note")
+
+            def progress(pending: Any, done: int, total: int) -> None:
+                if pending.cid == mine.cid:
+                    show(done, total)
+
+            result = await send_pending_notes(s, timeout, progress)
+            for pending, exc in result.failed:
+                if pending.cid == mine.cid:
+                    raise exc
+            item = next(i for i in result.queued if i.cid == mine.cid)
+            return await s.wait_stored(item, max(1.0, deadline - loop.time()))
+
+    try:
+        seq = _run(main())
+    except LinkDown as exc:
+        typer.echo(
+            f"medcomm: {exc}\nmedcomm: the note is saved on this device; `medcomm sync` (or the next "
+            "medcomm note) finishes sending it",
+            err=True,
+        )
+        raise typer.Exit(exc.exit_code) from None
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"stored #{seq} ({len(ogg) / 1000:.1f} KB)", err=True)
+
+
+@app.command()
+def play(
+    note_id: Annotated[
+        str, typer.Argument(metavar="NOTE", help='The note\'s "id" in medcomm history --json.')
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the note to this WAV file instead.")
+    ] = None,
+    speaker: Annotated[
+        str,
+        typer.Option("--speaker", help="Speaker: device name or index, or a WAV file (default: default)."),
+    ] = "",
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Play a voice note (fetched once, then kept on this device), or save it with --out."""
+    from medcomm.adapters.oggopus import decode_note
+    from medcomm.session import notes
+    from medcomm.session.service import Session
+    from medcomm.session.transfer import check_note_id, fetch_note
+
+    async def main() -> bytes:
+        async with Session.open() as s:
+            return await fetch_note(s, note_id, timeout=timeout, progress=_progress("fetching note"))
+
+    try:
+        check_note_id(note_id)
+        sink = notes.open_output(None, speaker) if out is None else None  # no speaker: fail before fetching
+        ogg = _run(main())
+        pcm = decode_note(ogg)
+        played = notes.play(pcm, sink if sink is not None else notes.open_output(out, speaker))
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    secs = int(round(played))
+    where = f"written to {out}" if out is not None else "played"
+    typer.echo(f"voice note {secs // 60}:{secs % 60:02d} {where}", err=True)
 
 
 def _print_line(line: Any, as_json: bool) -> None:

@@ -68,6 +68,9 @@ class Line:
             "kind": self.kind,
             "text": self.text,
             "state": self.state,
+            # a voice note: the id `medcomm play` takes (the message id, which also finds the
+            # blob's id, size and duration in the message body)
+            **({"note": self.id} if self.kind == "note" else {}),
         }
 
 
@@ -87,6 +90,8 @@ def body_text(kind: int, body: bytes) -> str:
         return "(system event)"
     if kind == wire.KINDS["call"]:
         return call_text(body)
+    if kind == wire.KINDS["note"]:
+        return note_text(body)
     return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
 
 
@@ -104,6 +109,20 @@ def call_text(body: bytes) -> str:
         return f"call from {ev.get('caller', '?')} {outcome}"
     rates = ", ".join(f"{u} {float(v):.1f}" for u, v in kbps.items())
     return f"call {secs // 60}:{secs % 60:02d} with {members}" + (f" (kbit/s up: {rates})" if rates else "")
+
+
+def note_text(body: bytes) -> str:
+    """A voice note as the history shows it: length and size ("voice note 0:12 (9.4 KB)",
+    KB = 1000 bytes), so a clinician on a slow link knows what playing it will cost."""
+    from medcomm.adapters.blobcache import parse_note_body
+    from medcomm.errors import WireError
+
+    try:
+        info = parse_note_body(body)
+    except WireError:
+        return "(unreadable voice note)"
+    secs = int(round(info.duration_s))
+    return f"voice note {secs // 60}:{secs % 60:02d} ({info.size / 1000:.1f} KB)"
 
 
 class LocalStore:

@@ -333,8 +333,12 @@ class Link:
             deadline = self.core.next_deadline()
             self._timer_wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that
+            # ends this task when the wake-up fires at the same moment (cpython gh-86296),
+            # and closing a session then waits out its whole grace period.
             try:
-                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._timer_wake.wait()
             except TimeoutError:
                 await self._send_frames(self.core.handle_timer(time.monotonic()))
 

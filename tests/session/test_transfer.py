@@ -1,0 +1,248 @@
+"""Blob transfers against a real relay process: windows, cuts, restarts, resumed downloads,
+and pending voice notes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medcomm.adapters.blobcache import BlobCache
+from medcomm.errors import AccessDenied, NotFound
+from medcomm.session.service import Session
+from medcomm.session.transfer import (
+    TransferReport,
+    download,
+    record_note,
+    send_pending_notes,
+    upload,
+)
+from tests.harness.relay import RelayProcess
+
+pytestmark = pytest.mark.timeout(60)
+CHUNK = 8 * 1024
+
+
+async def identity(relay: RelayProcess, root: Path, name: str, role: str = "clinic") -> Path:
+    """Enrol and log in a device in-process (the CLI path is tested elsewhere; subprocesses
+    would cost most of this module's time on a loaded machine)."""
+    from medcomm.server.admin import enroll
+    from medcomm.session.service import login
+
+    home = root / name
+    await login(relay.url, name, enroll(relay.data, name, role), home=home)
+    return home
+
+
+async def open_consult(home: Path, title: str, others: list[str]) -> str:
+    async with Session.open(home=home) as s:
+        return await s.open_consult(title, others, 15)
+
+
+@pytest.fixture
+async def world(relay: RelayProcess, tmp_path: Path) -> tuple[Path, Path, str]:
+    nurse = await identity(relay, tmp_path, "amina", "clinic")
+    doctor = await identity(relay, tmp_path, "dr.chen", "doctor")
+    return nurse, doctor, await open_consult(nurse, "t", ["dr.chen"])
+
+
+def random_blob(n: int) -> tuple[bytes, bytes]:
+    data = os.urandom(n)
+    return data, hashlib.sha256(data).digest()
+
+
+async def online(s: Session) -> None:
+    await s.link.wait_until(lambda: s.status.state == "online", 15)
+
+
+def count_puts(s: Session) -> dict[str, int]:
+    """Wrap the link's request to see how many puts are in flight at once."""
+    seen = {"now": 0, "peak": 0}
+    original = s.link.request
+
+    async def counting(op: str, args: dict, timeout: float) -> object:
+        if op != "blob.put":
+            return await original(op, args, timeout)
+        seen["now"] += 1
+        seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            return await original(op, args, timeout)
+        finally:
+            seen["now"] -= 1
+
+    s.link.request = counting  # type: ignore[method-assign]
+    return seen
+
+
+async def test_upload_with_a_window_then_members_download_and_outsiders_cannot(
+    world: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    outsider = await identity(relay, tmp_path, "bongani", "clinic")
+    data, sha = random_blob(5 * CHUNK + 123)
+    shown: list[int] = []
+    async with Session.open(home=nurse, subscribe=False) as s:
+        seen = count_puts(s)
+        report = await upload(s.link, consult, sha, data, timeout=20, progress=lambda d, t: shown.append(d))
+        assert report.rounds == [0] and report.chunks == 6 and report.bytes == len(data)
+        assert report.offsets == [i * CHUNK for i in range(6)]
+        assert seen["peak"] == 2  # the window: two chunks in flight, never more
+        assert shown[-1] == len(data) and shown == sorted(shown)
+        again = await upload(s.link, consult, sha, data, timeout=20)  # content-addressed: nothing to send
+        assert again.rounds == [len(data)] and again.chunks == 0
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "doctor-cache") as cache:
+            got = TransferReport(0)
+            path = await download(s.link, sha, cache, size=len(data), timeout=20, report=got)
+            assert path.read_bytes() == data and got.offsets == [i * CHUNK for i in range(6)]
+            assert await download(s.link, sha, cache, timeout=5) == path  # cached: no request
+    async with Session.open(home=outsider, subscribe=False) as s:
+        with BlobCache(tmp_path / "outsider-cache") as cache:
+            with pytest.raises(NotFound):
+                await download(s.link, sha, cache, timeout=10)
+            with pytest.raises(AccessDenied):
+                await upload(s.link, consult, sha, data, timeout=10)
+
+
+async def test_a_cut_mid_upload_resumes_without_resending_acknowledged_chunks(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data, sha = random_blob(40 * CHUNK)
+    acked: list[int] = []
+    async with Session.open(home=nurse, subscribe=False) as s:
+        await online(s)
+
+        def progress(done: int, total: int) -> None:
+            acked.append(done)
+            if len(acked) == 3:  # the link dies under the upload: TCP reset, answers in flight lost
+                s.link._ws.transport.abort()  # type: ignore[union-attr]
+
+        report = await upload(s.link, consult, sha, data, timeout=30, progress=progress)
+        assert s.link.status.connects >= 2
+    assert len(report.rounds) >= 2 and report.rounds[1] >= 3 * CHUNK
+    before_cut = [a - CHUNK for a in acked[:3]]
+    for offset in before_cut:  # an acknowledged chunk is never sent again
+        assert report.offsets.count(offset) == 1
+    # at most the window that was in flight at the cut goes twice
+    assert report.chunks <= 40 + 2
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "cache") as cache:
+            assert (await download(s.link, sha, cache, timeout=20)).read_bytes() == data
+
+
+async def test_an_upload_stopped_with_its_session_resumes_in_the_next_one(
+    world: tuple[Path, Path, str],
+) -> None:
+    nurse, _, consult = world
+    data, sha = random_blob(30 * CHUNK + 7)
+    acked: list[int] = []
+    enough = asyncio.Event()
+
+    def progress(done: int, total: int) -> None:
+        acked.append(done)
+        if len(acked) >= 4:
+            enough.set()
+
+    async with Session.open(home=nurse, subscribe=False) as s:
+        task = asyncio.ensure_future(upload(s.link, consult, sha, data, timeout=30, progress=progress))
+        await asyncio.wait_for(enough.wait(), 20)
+        task.cancel()  # the command is stopped (Ctrl-C, killed terminal)
+        await asyncio.gather(task, return_exceptions=True)
+    stopped_at = max(acked)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        report = await upload(s.link, consult, sha, data, timeout=30)
+    assert report.rounds[0] >= stopped_at
+    assert min(report.offsets) == report.rounds[0]  # nothing below the relay's offset is re-sent
+    assert report.bytes == len(data) - report.rounds[0]
+
+
+async def test_a_relay_sigkill_mid_upload_keeps_the_acknowledged_offset(
+    world: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data, sha = random_blob(60 * CHUNK)
+    acked: list[int] = []
+    enough = asyncio.Event()
+
+    def progress(done: int, total: int) -> None:
+        acked.append(done)
+        if len(acked) == 5:
+            enough.set()
+
+    async with Session.open(home=nurse, subscribe=False) as s:
+        task = asyncio.ensure_future(upload(s.link, consult, sha, data, timeout=40, progress=progress))
+        await asyncio.wait_for(enough.wait(), 20)
+        relay.kill()
+        killed_after = max(acked)
+        relay.start()
+        report = await task
+    assert len(report.rounds) >= 2 and report.rounds[1] >= killed_after
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "cache") as cache:
+            assert (await download(s.link, sha, cache, timeout=20)).read_bytes() == data
+
+
+async def test_a_download_resumes_its_partial_file_and_restarts_a_wrong_one(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data, sha = random_blob(5 * CHUNK)
+    other, other_sha = random_blob(3 * CHUNK)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        await upload(s.link, consult, sha, data, timeout=20)
+        await upload(s.link, consult, other_sha, other, timeout=20)
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "cache") as cache:
+            cache.partial_path(sha).write_bytes(data[: 2 * CHUNK + 100])  # a cut download
+            report = TransferReport(0)
+            path = await download(s.link, sha, cache, size=len(data), timeout=20, report=report)
+            assert path.read_bytes() == data
+            assert report.offsets[0] == 2 * CHUNK + 100 and report.bytes == len(data) - 2 * CHUNK - 100
+            assert not cache.partial_path(sha).exists()
+
+            cache.partial_path(other_sha).write_bytes(b"\0" * CHUNK)  # a damaged partial
+            report = TransferReport(0)
+            path = await download(s.link, other_sha, cache, size=len(other), timeout=20, report=report)
+            assert path.read_bytes() == other
+            assert report.rounds == [CHUNK, 0]  # checked, dropped, fetched again from 0
+
+
+def tone_note(seconds: float) -> bytes:
+    from medcomm.adapters.oggopus import encode_note
+
+    t = np.arange(int(seconds * 48000)) / 48000
+    return encode_note((np.sin(2 * np.pi * 220 * t) * 8000).astype(np.int16))
+
+
+async def test_pending_notes_go_out_in_order_and_a_refused_one_is_kept_as_failed(
+    world: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    other = await identity(relay, tmp_path, "bongani", "clinic")
+    theirs = await open_consult(other, "not amina's", [])
+    async with Session.open(home=nurse, subscribe=False, connect=False) as s:  # offline: recorded only
+        first = record_note(s, consult, tone_note(1.0))
+        refused = record_note(s, theirs, tone_note(0.5))
+        second = record_note(s, consult, tone_note(1.5))
+        assert s.store.outbox_count() == 0  # nothing is queued before its blob is at the relay
+    async with Session.open(home=nurse, subscribe=False) as s:
+        result = await send_pending_notes(s, 30)
+        assert [i.cid for i in result.queued] == [first.cid, second.cid]
+        assert [(n.cid, type(e)) for n, e in result.failed] == [(refused.cid, AccessDenied)]
+        await s.flush(20)
+        again = await send_pending_notes(s, 5)
+        assert again.queued == [] and again.failed == []
+    with BlobCache(nurse) as cache:
+        kept = cache.pending(include_failed=True)
+        assert [n.cid for n in kept] == [refused.cid] and kept[0].error
+        assert cache.has(refused.sha)  # not lost: still on the device
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        notes = [ln for ln in s.history(consult) if ln.kind == "note"]
+        assert [ln.id for ln in notes] == [first.cid.hex(), second.cid.hex()]
+        assert notes[0].text.startswith("voice note 0:01 (") and notes[0].as_json()["note"] == notes[0].id
