@@ -56,6 +56,7 @@ class ClientLimits:
     ping_timeout: float = 30.0
     write_limit: int = 4096  # websockets write buffer high-water mark: keep queues ours
     outbox_inflight: int = 64  # unacknowledged messages in flight on one connection
+    bulk_pause_max: float = 3600.0  # longest a blob transfer waits for a call to end
 
 
 def client_limits(env: dict[str, str]) -> ClientLimits:

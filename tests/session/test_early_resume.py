@@ -14,6 +14,7 @@ import pytest
 
 from medcomm.adapters.localstore import LocalStore
 from medcomm.adapters.profile import data_dir
+from medcomm.errors import NotFound
 from medcomm.session.service import Session
 from tests.harness.relay import RelayProcess, medcomm
 
@@ -55,3 +56,22 @@ async def test_wrong_clock_learns_the_relay_offset_then_resumes_early(relay: Rel
             lambda: session.status.state == "online" and session.status.connects >= 2, 20
         )
         assert session.status.early
+
+
+async def test_blob_requests_wait_while_a_call_is_on(relay: RelayProcess, tmp_path: Path):
+    """Voice before image chunks: a transfer's request is held while the call engine has
+    the bulk gate closed, and goes as soon as it opens; other requests are never held."""
+    home = relay.identity(tmp_path, "amina")
+    async with Session.open(home=home) as session:
+        await connected(session)
+        link = session.link
+        link.bulk_allowed.clear()
+        args: dict[str, object] = {"sha": b"\0" * 32, "offset": 0, "length": 1}
+        blob = asyncio.ensure_future(link.request("blob.get", args, 10))
+        who = await link.request("whoami", {}, 10)
+        assert isinstance(who, dict) and who["name"] == "amina"
+        await asyncio.sleep(0.5)
+        assert not blob.done()
+        link.bulk_allowed.set()
+        with pytest.raises(NotFound):  # an unknown blob: the relay answered, not a timeout
+            await asyncio.wait_for(blob, 10)

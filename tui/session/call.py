@@ -158,6 +158,7 @@ class CallEngine:
 
     async def run(self, stop: asyncio.Event, on_stats: Callable[[CallStats], None] | None = None) -> None:
         self.link.voice_listener = self.on_voice
+        self.link.bulk_allowed.clear()  # image and note chunks wait: voice first
         self.source.start()
         self.source_started = time.time()
         self.sink.start()
@@ -186,6 +187,7 @@ class CallEngine:
                     await asyncio.wait_for(stop.wait(), self.limits.tick)
         finally:
             self.link.voice_listener = None
+            self.link.bulk_allowed.set()
             self.source.stop()
             await self._drain_sink()
             self.sink.stop()

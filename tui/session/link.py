@@ -9,6 +9,7 @@ callers by their own deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -87,6 +88,10 @@ class Link:
         self._fatal: MedcommError | None = None
         self._offset_ms: int | None = None  # relay clock minus ours, learned at each connect
         self.voice_listener: Callable[[bytes], None] | None = None  # the call in progress
+        # Cleared while a call is on: an 8 KiB chunk is 2.7 s of a 24 kbit/s uplink, and
+        # voice queued behind it in the network would play seconds late.
+        self.bulk_allowed = asyncio.Event()
+        self.bulk_allowed.set()
         self.voice_dropped = 0
 
     # --- public API -----------------------------------------------------------------------
@@ -96,7 +101,11 @@ class Link:
         await self._send_frames(self.core.queue(item))
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> object:
-        """A control request; waits (bounded) for the link, then for the answer."""
+        """A control request; waits (bounded) for the link, then for the answer. Blob
+        transfers wait while a call is on (voice before chat before image chunks)."""
+        if op.startswith("blob.") and not self.bulk_allowed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bulk_allowed.wait(), self.limits.bulk_pause_max)
         deadline = time.monotonic() + timeout
         await self.wait_until(lambda: self.status.state == "online", timeout)
         rid = next(self._rids)
