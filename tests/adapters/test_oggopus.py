@@ -38,8 +38,17 @@ def pages(data: bytes) -> list[dict]:
         nsegs = data[pos + 26]
         lacing = list(data[pos + 27 : pos + 27 + nsegs])
         start = pos + 27 + nsegs
-        out.append({"flags": flags, "granule": granule, "serial": serial, "seq": seq, "lacing": lacing,
-                    "body": data[start : start + sum(lacing)], "offset": pos})
+        out.append(
+            {
+                "flags": flags,
+                "granule": granule,
+                "serial": serial,
+                "seq": seq,
+                "lacing": lacing,
+                "body": data[start : start + sum(lacing)],
+                "offset": pos,
+            }
+        )
         pos = start + sum(lacing)
     return out
 
@@ -196,8 +205,11 @@ def test_header_content_is_checked_behind_the_crc(note):
 
 def test_granule_positions_are_checked(note):
     ps = pages(note)
-    for index, granule in ((2, ps[2]["granule"] + 960), (len(ps) - 1, ps[-1]["granule"] + 10**6),
-                           (len(ps) - 1, ps[-2]["granule"] - 1)):
+    for index, granule in (
+        (2, ps[2]["granule"] + 960),
+        (len(ps) - 1, ps[-1]["granule"] + 10**6),
+        (len(ps) - 1, ps[-2]["granule"] - 1),
+    ):
         bad = bytearray(note)
         bad[ps[index]["offset"] + 6 : ps[index]["offset"] + 14] = struct.pack("<q", granule)
         resign(bad, ps[index]["offset"])
@@ -274,8 +286,12 @@ def test_opusinfo_accepts_the_file(note, tmp_path: Path):
 def test_opusdec_decodes_to_the_same_length(note, tmp_path: Path):
     path = tmp_path / "note.opus"
     path.write_bytes(note)
-    subprocess.run([_need("opusdec"), "--quiet", "--rate", "48000", str(path), str(tmp_path / "out.wav")],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [_need("opusdec"), "--quiet", "--rate", "48000", str(path), str(tmp_path / "out.wav")],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     with wave.open(str(tmp_path / "out.wav")) as w:
         assert w.getnframes() == RATE * 3 + 123
 
@@ -283,8 +299,21 @@ def test_opusdec_decodes_to_the_same_length(note, tmp_path: Path):
 def test_ffprobe_sees_an_opus_stream(note, tmp_path: Path):
     path = tmp_path / "note.opus"
     path.write_bytes(note)
-    out = subprocess.run([_need("ffprobe"), "-v", "error", "-show_entries", "stream=codec_name,channels",
-                          "-of", "default=nw=1", str(path)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [
+            _need("ffprobe"),
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,channels",
+            "-of",
+            "default=nw=1",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and "codec_name=opus" in out.stdout and "channels=1" in out.stdout
 
 
@@ -296,8 +325,12 @@ def test_reads_a_file_made_by_opusenc(tmp_path: Path):
         w.setsampwidth(2)
         w.setframerate(RATE)
         w.writeframes(x.tobytes())
-    subprocess.run([_need("opusenc"), "--quiet", "--bitrate", "24", str(wav), str(tmp_path / "x.opus")],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        [_need("opusenc"), "--quiet", "--bitrate", "24", str(wav), str(tmp_path / "x.opus")],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     data = (tmp_path / "x.opus").read_bytes()
     assert note_duration(data) == (RATE + 555) / RATE
     assert decode_note(data).size == RATE + 555

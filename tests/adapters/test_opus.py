@@ -29,8 +29,15 @@ def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
 
 
-def gain_db(freq: float, application: str, bitrate: int = 28000, frame_ms: int = 60, bandwidth: str = "fb",
-            seconds: float = 1.5, skip: float = 0.5) -> float:
+def gain_db(
+    freq: float,
+    application: str,
+    bitrate: int = 28000,
+    frame_ms: int = 60,
+    bandwidth: str = "fb",
+    seconds: float = 1.5,
+    skip: float = 0.5,
+) -> float:
     """Output/input RMS of a steady tone through encode->decode, after the codec settles."""
     x = tone(freq, seconds)
     y = opus.roundtrip(x, application, bitrate, frame_ms, bandwidth)
@@ -48,8 +55,9 @@ def test_audio_profile_is_flat_20hz_to_1khz(freq):
     assert abs(gain_db(freq, "audio")) <= 1.0
 
 
-@pytest.mark.parametrize(("bandwidth", "bitrate", "frame_ms"), [("nb", 24000, 20), ("wb", 32000, 120),
-                                                                ("swb", 24000, 40)])
+@pytest.mark.parametrize(
+    ("bandwidth", "bitrate", "frame_ms"), [("nb", 24000, 20), ("wb", 32000, 120), ("swb", 24000, 40)]
+)
 def test_audio_profile_is_flat_at_other_rungs(bandwidth, bitrate, frame_ms):
     for freq in (20, 40, 1000):
         assert abs(gain_db(freq, "audio", bitrate, frame_ms, bandwidth, seconds=1.0, skip=0.4)) <= 1.0
@@ -63,8 +71,10 @@ def test_audio_profile_is_flat_on_a_log_sweep():
     x = x.astype(np.int16)
     y = opus.roundtrip(x, "audio", 28000, 60, "fb")
     window = RATE // 10
-    gains = [20 * np.log10(rms(y[i : i + window]) / rms(x[i : i + window]))
-             for i in range(window * 3, len(x) - window, window)]
+    gains = [
+        20 * np.log10(rms(y[i : i + window]) / rms(x[i : i + window]))
+        for i in range(window * 3, len(x) - window, window)
+    ]
     assert max(abs(g) for g in gains) <= 1.0
 
 
@@ -95,9 +105,14 @@ def test_encoded_packets_report_their_duration(frame_ms, application):
 def _libopus_samples(packet: bytes) -> int | None:
     lib = LIB.opuslib.api.libopus
     parse = lib.opus_packet_parse
-    parse.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_ubyte),
-                      ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int16),
-                      ctypes.POINTER(ctypes.c_int)]
+    parse.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_int32,
+        ctypes.POINTER(ctypes.c_ubyte),
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_int16),
+        ctypes.POINTER(ctypes.c_int),
+    ]
     per_frame = lib.opus_packet_get_samples_per_frame
     per_frame.argtypes = [ctypes.c_char_p, ctypes.c_int32]
     toc, offset = ctypes.c_ubyte(), ctypes.c_int()
@@ -138,8 +153,20 @@ def test_packet_parser_agrees_with_libopus_on_hostile_packets():
     assert valid > 2000 and invalid > 2000  # both sides of every rule were exercised
 
 
-@pytest.mark.parametrize("packet", [b"", b"\x03", b"\x03\x00", b"\x01\x00", b"\x02\xfc", b"\x02\x05\x00",
-                                    b"\x0b\x07" + bytes(7), b"\x03\xc1\xff", bytes([0xF8]) + bytes(1276)])
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        b"\x03",
+        b"\x03\x00",
+        b"\x01\x00",
+        b"\x02\xfc",
+        b"\x02\x05\x00",
+        b"\x0b\x07" + bytes(7),
+        b"\x03\xc1\xff",
+        bytes([0xF8]) + bytes(1276),
+    ],
+)
 def test_malformed_packets_are_wire_errors(packet):
     with pytest.raises(WireError):
         opus.packet_samples(packet)
@@ -261,14 +288,17 @@ def test_reconfigure_changes_packet_length_and_size():
     assert long_packets > low * 3  # 6x the audio per packet, same bitrate
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [
-    ({"application": "video"}, UsageError),
-    ({"bitrate_bps": 100}, UsageError),
-    ({"bitrate_bps": 10**6}, UsageError),
-    ({"frame_ms": 30}, UsageError),
-    ({"bandwidth": "ultra"}, UsageError),
-    ({"complexity": 11}, UsageError),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"application": "video"}, UsageError),
+        ({"bitrate_bps": 100}, UsageError),
+        ({"bitrate_bps": 10**6}, UsageError),
+        ({"frame_ms": 30}, UsageError),
+        ({"bandwidth": "ultra"}, UsageError),
+        ({"complexity": 11}, UsageError),
+    ],
+)
 def test_bad_settings_are_usage_errors(kwargs, error):
     with pytest.raises(error):
         opus.Encoder(**kwargs)

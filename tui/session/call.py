@@ -144,10 +144,10 @@ class CallEngine:
                 self.streams_feedback = True
                 self._unechoed_since = None
                 return
+            duration = self._opus.packet_duration_ms(frame.payload)  # a bad packet opens no stream
             stream = self.streams.get(frame.slot)
             if stream is None:
                 stream = self.streams[frame.slot] = _Stream(JitterBuffer(), self._opus.Decoder())
-            duration = self._opus.packet_duration_ms(frame.payload)
             ts = stream.ts.unwrap(frame.ts)
             stream.jitter.push(ts, duration, frame.payload, frame.level, now)
             stream.last_ts16, stream.last_arrival = frame.ts, now
@@ -157,16 +157,18 @@ class CallEngine:
     # --- the loops --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, on_stats: Callable[[CallStats], None] | None = None) -> None:
-        self.link.voice_listener = self.on_voice
-        self.link.bulk_allowed.clear()  # image and note chunks wait: voice first
-        self.source.start()
-        self.source_started = time.time()
-        self.sink.start()
-        self.sink_started = time.time()
-        self.stats.state = "in call"
         next_stats = time.monotonic() + 1.0
         last_up = last_down = 0
+        started_sink = False
         try:
+            self.link.voice_listener = self.on_voice
+            self.link.bulk_allowed.clear()  # image and note chunks wait: voice first
+            self.source.start()
+            self.source_started = time.time()
+            self.sink.start()
+            started_sink = True
+            self.sink_started = time.time()
+            self.stats.state = "in call"
             while not stop.is_set():
                 now = time.monotonic()
                 self._send_ready(now)
@@ -189,8 +191,9 @@ class CallEngine:
             self.link.voice_listener = None
             self.link.bulk_allowed.set()
             self.source.stop()
-            await self._drain_sink()
-            self.sink.stop()
+            if started_sink:
+                await self._drain_sink()
+                self.sink.stop()
 
     def _send_ready(self, now: float) -> None:
         while True:
@@ -422,6 +425,9 @@ async def run_call(
     ended = False
     try:
         if answer:
+            ringing = link.call_states.get(consult)
+            if not call_id and ringing is not None and ringing.state != "ended" and me not in ringing.slots:
+                call_id = ringing.call  # it rang before we listened (the relay tells on connect)
             if not call_id:  # not told which: wait for the next ring in this consult
                 on_status("waiting for a call in this consult")
                 state = await signals.next_state(
@@ -535,6 +541,9 @@ class DeskCalls:
         link.listeners.append(self._on_event)
 
     def _on_event(self, event: object) -> None:
+        if isinstance(event, LinkStatus) and event.state == "online" and self.ringing:
+            self.ringing.clear()  # rings that ended while we were away; live ones are told again
+            self.changed()
         if not isinstance(event, wire.CallState):
             return
         mine = self.me in event.slots

@@ -92,6 +92,7 @@ class Link:
         # voice queued behind it in the network would play seconds late.
         self.bulk_allowed = asyncio.Event()
         self.bulk_allowed.set()
+        self.call_states: dict[str, wire.CallState] = {}  # live calls by consult, as last told
         self.voice_dropped = 0
 
     # --- public API -----------------------------------------------------------------------
@@ -248,6 +249,7 @@ class Link:
             if not isinstance(welcome, wire.Welcome):
                 raise WireError("relay did not welcome us")
             self._learn_clock(welcome.time)
+            self.call_states.clear()  # the relay now tells every live call again: it is the authority
             self.status.rtt = rtt
             self.status.early = first is welcome
             if self._ws is None:
@@ -315,6 +317,10 @@ class Link:
                 continue
             frame = wire.decode(data, wire.RELAY_TYPES)
             if isinstance(frame, wire.CallState):
+                if frame.state == "ended":
+                    self.call_states.pop(frame.consult, None)
+                else:  # one per consult at most: the relay runs one call per consult
+                    self.call_states[frame.consult] = frame
                 self._notify(frame)
                 continue
             if isinstance(frame, (wire.Ok, wire.Err)) and frame.rid:

@@ -1,0 +1,629 @@
+"""The call engine in-process: two engines back to back through an in-memory relay.
+
+Each engine gets a fake link whose ``send_voice`` hands the frame to the relay's own router
+(``server.calls.CallRegistry.route``: the slot rewrite 0x40|slot / 0x60|slot and the choice
+of receiver), and the router's output is delivered to the other link's ``voice_listener``
+after a fixed one-way delay on the event loop. Sources and sinks are clocked by the wall
+clock like a sound card (20 ms blocks), so the engine runs exactly as it does in a call;
+each test lasts one to three seconds of real time and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import numpy as np
+import pytest
+
+from medcomm.adapters import opus
+from medcomm.core import voiceframe, wire
+from medcomm.errors import LinkDown, VoiceUnavailable
+from medcomm.server.calls import CallRegistry
+from medcomm.session.call import CallEngine, CallLimits, run_call
+from medcomm.session.link import Link, LinkStatus
+
+pytestmark = pytest.mark.timeout(30)
+
+RATE = 48_000
+ONE_WAY = 0.02  # s, each direction through the fake relay
+CONSULT = "abc234"
+TONE_HZ = 440.0
+
+
+# --- the sound edge ---------------------------------------------------------------------------
+
+
+def tone(seconds: float, freq: float = TONE_HZ, amp: float = 0.3, lead: float = 0.0) -> np.ndarray:
+    """``lead`` s of digital silence, then a sine at ``amp`` of full scale until ``seconds``."""
+    t = np.arange(int(RATE * seconds)) / RATE
+    x = amp * 32767 * np.sin(2 * np.pi * freq * t)
+    x[: int(RATE * lead)] = 0
+    return x.astype(np.int16)
+
+
+class ClockedSource:
+    """A microphone playing ``pcm``: samples become readable as the wall clock reaches them."""
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        self.pcm = pcm
+        self.pos = 0
+        self.t0: float | None = None
+        self.stopped = False
+
+    def _made(self) -> int:
+        if self.t0 is None:
+            return 0
+        return min(len(self.pcm), int((time.monotonic() - self.t0) * RATE))
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def read(self, n_samples: int) -> np.ndarray | None:
+        made = self._made()
+        if made - self.pos >= n_samples:
+            out = self.pcm[self.pos : self.pos + n_samples]
+            self.pos += n_samples
+            return out
+        if made == len(self.pcm) and self.pos < made:  # the tail, padded like a WavSource
+            out = np.zeros(n_samples, np.int16)
+            out[: made - self.pos] = self.pcm[self.pos :]
+            self.pos = made
+            return out
+        return None
+
+    @property
+    def buffered(self) -> int:
+        return self._made() - self.pos
+
+    @property
+    def ended(self) -> bool:
+        return self._made() == len(self.pcm) and self.pos >= len(self.pcm)
+
+    @property
+    def dropped_samples(self) -> int:
+        return 0
+
+
+class ClockedSink:
+    """A speaker: what is written plays out at 48 kHz of wall clock; silence on underrun.
+
+    Every write is kept with the time its first sample will reach the ear, so a test can say
+    *when* a sound was heard, not only what.
+    """
+
+    def __init__(self) -> None:
+        self.blocks: list[tuple[float, np.ndarray]] = []  # (play time, samples)
+        self.written = 0
+        self.played = 0.0
+        self.last: float | None = None
+        self.stopped = False
+        self._underruns = 0
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self.last is not None:
+            due = self.played + (now - self.last) * RATE
+            if self.written and due > self.written:
+                self._underruns += 1  # the speaker ran dry: silence, and the clock is not owed
+            self.played = min(float(self.written), due)
+        self.last = now
+
+    def start(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def write(self, pcm: np.ndarray) -> None:
+        assert pcm.dtype == np.int16
+        self._advance()
+        self.blocks.append((time.monotonic() + (self.written - self.played) / RATE, pcm.copy()))
+        self.written += len(pcm)
+
+    @property
+    def buffered(self) -> int:
+        self._advance()
+        return int(self.written - self.played)
+
+    @property
+    def underruns(self) -> int:
+        return self._underruns
+
+    def audio(self, since: float = float("-inf"), until: float = float("inf")) -> np.ndarray:
+        """The samples that played between two wall-clock times (whole blocks)."""
+        parts = [b for t, b in self.blocks if since <= t < until]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+    def onset(self, threshold: float = 1000.0) -> float | None:
+        """Play time of the first 20 ms block louder than ``threshold`` RMS."""
+        for t, b in self.blocks:
+            if b.size and float(np.sqrt(np.mean(b.astype(np.float64) ** 2))) > threshold:
+                return t
+        return None
+
+
+def dominant_hz(pcm: np.ndarray) -> float:
+    x = pcm.astype(np.float64) * np.hanning(len(pcm))
+    spectrum = np.abs(np.fft.rfft(x))
+    return float(np.fft.rfftfreq(len(pcm), 1 / RATE)[int(np.argmax(spectrum))])
+
+
+def rms(pcm: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
+
+
+# --- the link and the relay -------------------------------------------------------------------
+
+
+class FakeRelay:
+    """The relay's call registry and voice router, with a fixed one-way delay each way."""
+
+    def __init__(self, one_way: float = ONE_WAY) -> None:
+        self.calls = CallRegistry()
+        self.one_way = one_way
+        self.call_id = ""
+
+    def connect(self, links: list[FakeLink]) -> None:
+        now = time.monotonic()
+        members = [link.user for link in links]
+        call = self.calls.start(CONSULT, links[0].user, links[0], members, now, 0)
+        for link in links[1:]:
+            self.calls.answer(call.id, link.user, link, now)
+        self.call_id = call.id
+        for link in links:
+            link.slot = call.slots()[link.user]
+
+    def forward(self, sender: FakeLink, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for conn, out in self.calls.route(sender, data, time.monotonic()):
+            loop.call_later(self.one_way, cast(FakeLink, conn).deliver, out)
+
+
+@dataclass
+class FakeLink:
+    """What the engine and the signalling use of ``session.link.Link``."""
+
+    user: str
+    relay: FakeRelay | None = None
+    slot: int = 0
+    behind: bool = False  # the transport is backed up: every voice frame is refused
+    deaf: bool = False  # the downlink has stalled: nothing reaches this device
+    voice_listener: Callable[[bytes], None] | None = None
+    bulk_allowed: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
+    status: LinkStatus = field(default_factory=lambda: LinkStatus(state="online", rtt=0.04))
+    listeners: list[Callable[[object], None]] = field(default_factory=list)
+    sent: list[tuple[float, bytes]] = field(default_factory=list)  # uplink frames that went out
+    refused: list[bytes] = field(default_factory=list)  # frames send_voice said None to
+    received: list[bytes] = field(default_factory=list)  # downlink frames, after the rewrite
+    requests: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    answers: dict[str, dict[str, object]] = field(default_factory=dict)
+    call_states: dict[str, wire.CallState] = field(default_factory=dict)  # live calls, as last told
+
+    def send_voice(self, data: bytes, backlog_limit: int) -> int | None:
+        assert backlog_limit > 0
+        if self.behind:
+            self.refused.append(data)
+            return None
+        self.sent.append((time.monotonic(), data))
+        if self.relay is not None:
+            self.relay.forward(self, data)
+        return 0
+
+    def deliver(self, data: bytes) -> None:
+        if self.deaf:
+            return
+        self.received.append(data)
+        if self.voice_listener is not None:
+            self.voice_listener(data)
+
+    async def request(self, op: str, args: dict[str, object], timeout: float) -> object:
+        assert timeout > 0
+        self.requests.append((op, args))
+        return self.answers.get(op, {})
+
+    def emit(self, event: object) -> None:
+        for listener in list(self.listeners):
+            listener(event)
+
+    def media_sent(self) -> int:
+        return sum(1 for _, d in self.sent if is_media(d))
+
+    def media_refused(self) -> int:
+        return sum(1 for d in self.refused if is_media(d))
+
+
+def is_media(data: bytes) -> bool:
+    return data[0] & 0xF0 == voiceframe.MEDIA_TAG
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
+def as_link(link: FakeLink) -> Link:
+    return cast(Link, link)
+
+
+@dataclass
+class Party:
+    link: FakeLink
+    source: ClockedSource
+    sink: ClockedSink
+    engine: CallEngine
+
+
+@dataclass
+class Call:
+    a: Party
+    b: Party
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+
+    def running(self) -> bool:
+        return not any(t.done() for t in self.tasks)
+
+
+@contextlib.asynccontextmanager
+async def call(
+    a_pcm: np.ndarray, b_pcm: np.ndarray, profile: str = "auto", limits: CallLimits = CallLimits()
+) -> AsyncIterator[Call]:
+    """Two engines in a call through the fake relay; stopped (bounded) on the way out."""
+    relay = FakeRelay()
+    links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
+    relay.connect(links)
+    parties = []
+    for link, pcm in zip(links, (a_pcm, b_pcm), strict=True):
+        source, sink = ClockedSource(pcm), ClockedSink()
+        parties.append(Party(link, source, sink, CallEngine(as_link(link), source, sink, profile, limits)))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(p.engine.run(stop)) for p in parties]
+    c = Call(parties[0], parties[1], stop, tasks)
+    try:
+        yield c
+    finally:
+        stop.set()
+        done, pending = await asyncio.wait(tasks, timeout=5)
+        for t in pending:
+            t.cancel()
+        assert not pending, "an engine did not stop within 5 s of stop"
+        for t in done:
+            t.result()  # an engine that crashed fails the test here
+
+
+async def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+
+
+# --- media ------------------------------------------------------------------------------------
+
+
+async def test_a_tone_arrives_as_the_same_tone_with_bounded_delay() -> None:
+    lead = 0.3
+    async with call(tone(10, lead=lead), np.zeros(RATE * 10, np.int16)) as c:
+        await asyncio.sleep(2.0)
+        assert c.running()
+        assert not c.a.link.bulk_allowed.is_set(), "image chunks wait while a call is on"
+        sent_onset = cast(float, c.a.source.t0) + lead
+        heard = c.b.sink.onset()
+        assert heard is not None, "the tone never reached the far speaker"
+        delay = heard - sent_onset
+        # one packet (80 ms at the starting rung), 20 ms of link, the jitter buffer's 120 ms
+        # start-up target and 60 ms of playout queue: ~0.3 s; stale audio is never played late
+        assert 0.05 < delay < 0.6, f"mouth-to-ear delay {delay:.3f} s"
+        steady = c.b.sink.audio(heard + 0.3, heard + 1.3)
+        assert steady.size >= RATE // 2
+        assert abs(dominant_hz(steady) - TONE_HZ) <= 3.0
+        assert rms(steady) > 0.5 * rms(tone(1))  # the level survives, not only the pitch
+        # nothing of the tone before it was played into the microphone
+        assert rms(c.b.sink.audio(until=sent_onset)) < 50
+        # and the sender hears silence: no echo of its own voice through the relay
+        assert rms(c.a.sink.audio()) < 200
+    assert c.a.link.bulk_allowed.is_set() and c.b.link.bulk_allowed.is_set(), "bulk resumes after"
+    slots = {voiceframe.parse(d).slot for d in c.b.link.received}
+    assert slots == {c.a.link.slot}, "the receiver sees the sender's slot, as the relay rewrote it"
+    assert all(d[0] & 0x0F == 0 for _, d in c.a.link.sent if is_media(d))
+
+
+async def test_feedback_flows_and_the_sender_measures_the_round_trip() -> None:
+    async with call(tone(10), tone(10, freq=300)) as c:
+        await asyncio.sleep(1.6)
+        assert c.running()
+    for me, other in ((c.a, c.b), (c.b, c.a)):
+        fb_up = [voiceframe.parse(d) for _, d in me.link.sent if d[0] & 0xF0 == voiceframe.FEEDBACK_TAG]
+        # one report per 250 ms for the stream heard, addressed to its slot
+        assert 3 <= len(fb_up) <= 9, len(fb_up)
+        assert {f.slot for f in fb_up} == {other.link.slot}
+        assert all(isinstance(f, voiceframe.Feedback) and f.hold_ms <= 300 for f in fb_up)
+        fb_down = [voiceframe.parse(d) for d in other.link.received if d[0] & 0xF0 == voiceframe.FEEDBACK_TAG]
+        assert fb_down and {f.slot for f in fb_down} == {me.link.slot}  # rewritten to the author
+        stats = other.engine.rate.stats()
+        assert stats.receivers == 1
+        assert stats.last_rtt_ms is not None
+        # 2 x 20 ms of link; the hold time is taken out, ticks of 10 ms and a busy loop add a little
+        assert 2 * ONE_WAY * 1000 - 5 <= stats.last_rtt_ms <= 2 * ONE_WAY * 1000 + 100, stats.last_rtt_ms
+    report = c.a.engine.report()
+    assert report["bad_frames"] == 0
+    assert cast(list[object], report["seconds"]), "one stats entry per second for --report"
+
+
+async def test_a_link_that_is_behind_drops_packets_and_the_call_goes_on() -> None:
+    async with call(tone(10), np.zeros(RATE * 10, np.int16)) as c:
+        c.a.link.behind = True
+        await asyncio.sleep(1.0)
+        assert c.running()
+        refused = c.a.link.media_refused()
+        # every packet of the second (80 ms at the starting rung, 100 ms after the step) was refused
+        assert refused >= 8
+        assert c.a.engine.stats.dropped == refused
+        assert c.a.link.media_sent() == 0
+        changes = cast(list[dict[str, object]], c.a.engine.report()["rate_changes"])
+        assert [(ch["rung"], ch["reason"]) for ch in changes] == [("low", "backlog")], changes
+        c.a.link.behind = False
+        await wait_for(lambda: c.a.link.media_sent() >= 3, 1.0)
+        heard_from = len(c.b.link.received)
+        await wait_for(lambda: c.b.sink.onset() is not None, 1.0)
+        assert heard_from > 0
+        assert c.a.engine.stats.dropped == refused  # nothing dropped once the link caught up
+        assert c.running()
+
+
+async def test_without_feedback_the_sender_only_probes_until_the_link_is_back() -> None:
+    limits = CallLimits(stall_after=0.3, probe_every=0.3)
+    async with call(tone(10), tone(10, freq=300), limits=limits) as c:
+        await wait_for(lambda: c.a.engine.rate.stats().last_rtt_ms is not None, 1.5)
+        c.a.link.deaf = True  # A's downlink stalls: no feedback about A's stream comes back
+        cut, dropped = time.monotonic(), c.a.engine.stats.dropped
+        await asyncio.sleep(1.5)
+        assert c.running()
+        late = [t for t, d in c.a.link.sent if is_media(d) and t > cut + 0.6]
+        # ~11 packets of 80 ms would have gone; once stalled, one probe per 0.3 s
+        assert 1 <= len(late) <= 4, len(late)
+        assert c.a.engine.stats.dropped - dropped >= 6  # the rest was dropped, never queued
+        c.a.link.deaf = False
+        back = time.monotonic()
+        await asyncio.sleep(0.8)
+        resumed = [t for t, d in c.a.link.sent if is_media(d) and t > back + 0.3]
+        assert len(resumed) >= 4, "full sending resumes once feedback returns"
+
+
+async def test_malformed_voice_frames_are_dropped_and_the_real_stream_plays_on() -> None:
+    async with call(tone(10), np.zeros(RATE * 10, np.int16)) as c:
+        await asyncio.sleep(0.8)
+        b = c.b.engine
+        slot = c.a.link.slot
+        assert b.report()["bad_frames"] == 0
+
+        def media(payload: bytes, ts: int = 0) -> bytes:
+            return bytes((0x40 | slot, 200, ts >> 8, ts & 0xFF, 0x80 | 90)) + payload
+
+        bad = [
+            b"",  # empty
+            b"\x41",  # a tag and nothing else
+            bytes((0x40 | slot, 1, 0, 0)),  # a media header cut short
+            bytes((0x40 | slot, 1, 0, 0, 0x80)),  # a whole header, no Opus packet
+            b"\x61\x00\x01\x00",  # a feedback frame cut short
+            bytes((0x60 | slot,)) + bytes(8) + b"\x00",  # a feedback frame too long
+            bytes((0x60 | slot, 0, 0, 0, 0, 0, 0, 0x13, 0x88)),  # concealed 5000 permille
+            b"\x50" + bytes(20),  # an unknown voice-plane tag
+            media(bytes(1600)),  # over the voice plane's 1500-byte limit
+            media(b"\x03\x00"),  # Opus: code 3 with zero frames
+            media(b"\x02\xff"),  # Opus: code 2, first frame longer than the packet
+            media(b"\x80" + bytes(10)),  # Opus: one 2.5 ms CELT frame, no whole ms
+            media(b"\x03\x7f" + bytes(10)),  # Opus: 127 frames, over 120 ms
+        ]
+        rng = random.Random(1234)
+        noise = [b"\x40" + rng.randbytes(rng.randrange(0, 5)) for _ in range(40)]  # never a whole header
+        for data in bad + noise:
+            b.on_voice(data)  # the link's reader calls this; it must not raise
+        expected = len(bad) + len(noise)
+        assert b.report()["bad_frames"] == expected
+        assert set(b.streams) == {slot}, "no stream was opened for garbage"
+        # arbitrary bytes after a valid header at slot 0: dropped or played, but never a crash
+        for _ in range(40):
+            b.on_voice(b"\x40" + rng.randbytes(rng.randrange(5, 120)))
+        after = time.monotonic()
+        assert b.report()["bad_frames"] >= expected
+        played = b.streams[slot].jitter.stats(reset=False).played
+        await asyncio.sleep(1.2)
+        assert c.running()
+        assert b.streams[slot].jitter.stats(reset=False).played >= played + 8, "the real stream stalled"
+        steady = c.b.sink.audio(after + 0.4, after + 1.2)
+        assert steady.size >= RATE // 2
+        assert abs(dominant_hz(steady) - TONE_HZ) <= 3.0
+        assert rms(steady) > 0.5 * rms(tone(1))
+
+
+async def test_mute_stops_sending_and_unmute_resumes() -> None:
+    async with call(tone(10), np.zeros(RATE * 10, np.int16)) as c:
+        await wait_for(lambda: c.b.sink.onset() is not None, 1.5)
+        c.a.engine.muted = True
+        muted_at, sent = time.monotonic(), c.a.link.media_sent()
+        await asyncio.sleep(1.2)
+        assert c.running()
+        assert c.a.link.media_sent() == sent, "a muted engine sent media"
+        assert c.a.engine.stats.muted  # the status line says so after its once-a-second refresh
+        assert rms(c.b.sink.audio(muted_at + 0.6, muted_at + 1.1)) < 100  # the far end hears silence
+        c.a.engine.muted = False
+        await wait_for(lambda: c.a.link.media_sent() > sent, 0.5)
+        # the media clock ran on through the mute: the first packet after it is ~1.2 s later
+        ts = [cast(voiceframe.MediaFrame, voiceframe.parse(d)).ts for _, d in c.a.link.sent if is_media(d)]
+        gap = (ts[sent] - ts[sent - 1]) % 65536
+        assert 1100 <= gap <= 1600, gap
+
+
+async def test_the_engine_stops_when_the_source_ends() -> None:
+    relay = FakeRelay()
+    links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
+    relay.connect(links)
+    source, sink = ClockedSource(tone(0.6)), ClockedSink()
+    engine = CallEngine(as_link(links[0]), source, sink)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    await asyncio.wait_for(engine.run(stop), 3.0)
+    took = time.monotonic() - started
+    assert 0.55 <= took <= 1.5, took
+    assert not stop.is_set()
+    assert source.stopped and sink.stopped
+    assert links[0].voice_listener is None  # the link no longer feeds a finished call
+    assert links[0].bulk_allowed.is_set()
+    frames = [voiceframe.parse(d) for _, d in links[0].sent if is_media(d)]
+    covered = sum(1000 * opus.packet_samples(cast(voiceframe.MediaFrame, f).payload) // RATE for f in frames)
+    assert 560 <= covered <= 720, covered  # all of the 0.6 s went out, the tail padded to a packet
+
+
+class UnopenableSink(ClockedSink):
+    """A speaker PortAudio refuses at start (busy, unplugged between listing and opening)."""
+
+    def start(self) -> None:
+        raise VoiceUnavailable("cannot open sound device 'USB Audio': Device unavailable")
+
+
+async def test_a_speaker_that_fails_to_open_leaves_nothing_running() -> None:
+    link, source = FakeLink("amina"), ClockedSource(tone(1))
+    engine = CallEngine(as_link(link), source, UnopenableSink())
+    with pytest.raises(VoiceUnavailable):
+        await asyncio.wait_for(engine.run(asyncio.Event()), 2.0)
+    assert link.voice_listener is None
+    assert link.bulk_allowed.is_set(), "image and note transfers stay paused"
+    assert source.stopped, "the microphone stays open after the call failed to start"
+
+
+# --- signalling (run_call) --------------------------------------------------------------------
+
+
+def state(call_id: str, st: str, slots: dict[str, int], outcome: str = "") -> wire.CallState:
+    return wire.CallState(call_id, CONSULT, st, "amina", slots, 0, outcome)
+
+
+async def test_run_call_places_a_call_and_ends_when_the_far_end_hangs_up() -> None:
+    link = FakeLink("amina")
+    link.answers["call"] = {"call": "abcdefgh", "state": "ringing", "slots": {"amina": 1}}
+    lines: list[str] = []
+    source, sink = ClockedSource(tone(10)), ClockedSink()
+    placing = run_call(as_link(link), "amina", CONSULT, source, sink, on_status=lines.append)
+    task = asyncio.create_task(placing)
+    await wait_for(lambda: bool(link.listeners), 1.0)
+    await asyncio.sleep(0.05)
+    assert not task.done() and lines == ["ringing"]
+    link.emit(state("zzzzzzzz", "active", {"x": 1, "y": 2}))  # another consult's call: not ours
+    link.emit(state("abcdefgh", "active", {"amina": 1, "dr.chen": 2}))
+    await wait_for(lambda: link.media_sent() >= 3, 1.5)
+    await asyncio.sleep(1.1)  # one status refresh
+    link.emit(state("abcdefgh", "ended", {}, "completed"))
+    out = await asyncio.wait_for(task, 3.0)
+    assert out.call == "abcdefgh" and out.outcome == "completed"
+    assert 1.0 < out.seconds < 3.0
+    assert [op for op, _ in link.requests] == ["call"], "the call ended at the far end: no hangup"
+    assert any(line.startswith("in call") for line in lines[1:])
+    assert link.listeners == [] and link.voice_listener is None
+    assert cast(list[object], out.report["seconds"])
+
+
+async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    task = asyncio.create_task(
+        run_call(
+            as_link(link),
+            "dr.chen",
+            CONSULT,
+            ClockedSource(tone(10)),
+            ClockedSink(),
+            answer=True,
+            seconds=0.8,
+        )
+    )
+    await wait_for(lambda: bool(link.listeners), 1.0)
+    link.emit(state("abcdefgh", "ringing", {"amina": 1}))
+    out = await asyncio.wait_for(task, 3.0)
+    assert out.outcome == "hung up"
+    assert 0.7 < out.seconds < 1.5
+    assert link.requests == [("answer", {"call": "abcdefgh"}), ("hangup", {"call": "abcdefgh"})]
+    assert link.media_sent() >= 5
+
+
+async def test_run_call_reports_a_declined_call_without_starting_media() -> None:
+    link = FakeLink("amina")
+    link.answers["call"] = {"call": "abcdefgh", "state": "ringing"}
+    source = ClockedSource(tone(10))
+    task = asyncio.create_task(run_call(as_link(link), "amina", CONSULT, source, ClockedSink()))
+    await wait_for(lambda: bool(link.listeners), 1.0)
+    link.emit(state("abcdefgh", "ended", {}, "declined"))
+    out = await asyncio.wait_for(task, 2.0)
+    assert out.outcome == "declined"
+    assert source.t0 is None and not link.sent
+    assert [op for op, _ in link.requests] == ["call"]
+
+
+async def test_hanging_up_while_it_rings_cancels_the_call() -> None:
+    link = FakeLink("amina")
+    link.answers["call"] = {"call": "abcdefgh", "state": "ringing"}
+    stop = asyncio.Event()
+    source = ClockedSource(tone(10))
+    task = asyncio.create_task(run_call(as_link(link), "amina", CONSULT, source, ClockedSink(), stop=stop))
+    await wait_for(lambda: bool(link.listeners), 1.0)
+    await asyncio.sleep(0.1)
+    stop.set()
+    out = await asyncio.wait_for(task, 2.0)
+    assert (out.call, out.outcome) == ("abcdefgh", "cancelled")
+    assert [op for op, _ in link.requests] == ["call", "hangup"], "the relay is told, so the ringing stops"
+    assert source.t0 is None and not link.sent
+
+
+async def test_answering_a_named_call_does_not_wait_for_a_ring() -> None:
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    source, sink = ClockedSource(tone(10)), ClockedSink()
+    run = run_call(
+        as_link(link), "dr.chen", CONSULT, source, sink, answer=True, call_id="abcdefgh", seconds=0.3
+    )
+    out = await asyncio.wait_for(run, 2.0)
+    assert (out.call, out.outcome) == ("abcdefgh", "hung up")
+    assert link.requests == [("answer", {"call": "abcdefgh"}), ("hangup", {"call": "abcdefgh"})]
+    assert link.media_sent() >= 2
+
+
+async def test_answer_takes_a_call_that_rang_before_run_call_listened() -> None:
+    link = FakeLink("dr.chen")
+    link.call_states[CONSULT] = state("abcdefgh", "ringing", {"amina": 1})  # told on connect
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    lines: list[str] = []
+    source, sink = ClockedSource(tone(10)), ClockedSink()
+    run = run_call(
+        as_link(link), "dr.chen", CONSULT, source, sink, answer=True, seconds=0.3, on_status=lines.append
+    )
+    out = await asyncio.wait_for(run, 2.0)  # no ring event ever comes: it must not wait for one
+    assert (out.call, out.outcome) == ("abcdefgh", "hung up")
+    assert link.requests[0] == ("answer", {"call": "abcdefgh"})
+    assert "waiting for a call in this consult" not in lines
+
+
+async def test_answer_ignores_a_call_it_is_already_in_and_waits_for_a_ring() -> None:
+    link = FakeLink("dr.chen")
+    link.call_states[CONSULT] = state("abcdefgh", "active", {"amina": 1, "dr.chen": 2})
+    run = run_call(
+        as_link(link),
+        "dr.chen",
+        CONSULT,
+        ClockedSource(tone(10)),
+        ClockedSink(),
+        answer=True,
+        limits=CallLimits(answer_wait=0.3),
+    )
+    with pytest.raises(LinkDown):
+        await asyncio.wait_for(run, 2.0)
+    assert link.requests == []
