@@ -379,10 +379,17 @@ def test_fit_drops_the_highest_rank_first_and_never_rank_0() -> None:
 
 def test_meter_parts_survive_a_change_of_the_engines_wording() -> None:
     assert [p.text for p in meter_parts(METERS + " · muted")] == [
-        "in call 0:05", "↑9.8 ↓10.2 kbit/s", "rtt 640 ms", "buffer 120 ms", "concealed 0.4%", "mid",
+        "in call 0:05",
+        "↑9.8 ↓10.2 kbit/s",
+        "rtt 640 ms",
+        "buffer 120 ms",
+        "concealed 0.4%",
+        "mid",
     ]
     assert [p.text for p in meter_parts("in call 0:05 · up 9.8 kbit/s · loss 2%")] == [
-        "in call 0:05", "up 9.8 kbit/s", "loss 2%",
+        "in call 0:05",
+        "up 9.8 kbit/s",
+        "loss 2%",
     ]
     view = CallView(FEVER, "c", "in call", ["dr.chen"], line="", muted=True)
     assert [p.text for p in bar_parts(view, None, "auto")][:2] == ["in call", "MUTED"]

@@ -23,6 +23,7 @@ from medcomm.app.screens.consults import ConsultList
 from medcomm.app.widgets.callbar import CallBar
 from medcomm.app.widgets.compose import ComposeBox
 from medcomm.app.widgets.conversation import Conversation
+from medcomm.app.widgets.notebar import NoteBar
 from tests.app.helpers import FEVER, clinic, export_as_terminal, in_consult, wait_for
 from tests.harness.fake_session import FakeSession
 
@@ -95,3 +96,28 @@ def test_consult_view_in_a_call(snap_compare: Any, colour_system: Callable[[str]
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=calling)
+
+
+def test_consult_view_recording_a_voice_note(snap_compare: Any, colour_system: Callable[[str], None]) -> None:
+    """Two voice notes (one of the user's, delivered), the recording bar at 0:07, and the
+    footer with F7 and F8, at 80x24 in 16 colours."""
+    fake = clinic()
+    mine = fake.add_note(FEVER, "amina", 5, 10_400)
+    fake.add_note(FEVER, "dr.chen", 12, 9400)
+    fake.deliver(mine.id)
+    app = snapshot_app("16", colour_system, fake)
+
+    async def recording(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: in_consult(app, FEVER))
+        await pilot.press("f7")
+        await wait_for(pilot, lambda: fake.recording is not None)
+        fake.recording.seconds = 7  # type: ignore[union-attr]
+        bar = app.screen.query_one(NoteBar)
+        await wait_for(pilot, lambda: "0:07" in bar.text, timeout=3)
+        conv = app.screen.query_one(Conversation)
+        await wait_for(pilot, lambda: conv.is_anchored)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=recording)

@@ -30,10 +30,24 @@ driven the same way, and record what the desk asked::
     fake.calls.end("completed")
     fake.calls.fail_next_start(VoiceUnavailable("PortAudio is missing: ..."))
     fake.calls.asked                   # [("answer", k, "auto"), ("mute", True), ...]
+
+Voice notes (``FakeNotes``-like attributes on the session itself): a recording is a
+``FakeRecording`` whose ``seconds`` and ``ended`` the test sets; ``record_note_stop`` makes it
+a pending note (``fake.pending``, shown as queued), and ``send_pending_notes`` moves every
+pending note into the outbox when the status is online (LinkDown otherwise), from where
+``ack``/``deliver``/``read`` move it like a text message::
+
+    fake.fail_next_record(VoiceUnavailable("no microphone found on this machine"))
+    fake.recording.seconds = 7          # what the bar shows at its next tick
+    note = fake.add_note(k, "dr.chen", 12, 9400)   # a stored note, not on this device yet
+    fake.hold_fetch = True              # play_note reports (0, 0) and waits for finish_fetch()
+    fake.hold_playback = True           # a note plays until stop_note() or finish_playing()
+    fake.notes_asked                    # [("start", k), ("stop", k, id), ("send",), ("play", id), ...]
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -43,7 +57,7 @@ from typing import Any
 
 from medcomm.adapters.localstore import Line
 from medcomm.core.wire import CallState
-from medcomm.errors import MedcommError, NotFound, ProfileError, UsageError
+from medcomm.errors import LinkDown, MedcommError, NotFound, ProfileError, UsageError
 from medcomm.session.call import CallView
 
 START_MS = 1_709_629_200_000  # 2024-03-05 09:00:00 UTC: never "today", so lists show "05 Mar"
@@ -68,6 +82,30 @@ class FakeEvent:
     kind: str  # accepted | acked | rejected | marks | opened | status
     consult: str | None
     id: str | None = None
+
+
+@dataclass
+class FakeRecording:
+    """A voice note being recorded: the test says how long it is and whether it stopped
+    by itself (the length limit, or the microphone went away)."""
+
+    consult: str
+    seconds: float = 0.0
+    ended: bool = False
+
+
+@dataclass
+class FakeNotesResult:
+    """What one ``send_pending_notes`` round did (``transfer.NotesResult``'s shape)."""
+
+    queued: list[Line]
+    failed: list[tuple[Line, MedcommError]]
+
+
+def note_text(seconds: float, size: int) -> str:
+    """As ``localstore.note_text`` words it."""
+    secs = int(round(seconds))
+    return f"voice note {secs // 60}:{secs % 60:02d} ({size / 1000:.1f} KB)"
 
 
 @dataclass
@@ -244,6 +282,23 @@ class FakeSession:
         self.queue_failure: MedcommError | None = None  # queue_text raises it
         self.opened = 0
         self.closed = 0
+        # Voice notes.
+        self.recording: FakeRecording | None = None
+        self.pending: list[Line] = []  # recorded here, not uploaded yet (queued, or failed)
+        self.notes_asked: list[tuple[object, ...]] = []  # what the desk asked, in order
+        self.note_sizes: dict[str, int] = {}  # note id -> bytes of its audio
+        self.on_device: set[str] = set()  # notes whose audio is here (own recordings are)
+        self.bytes_per_second = 2000  # 16 kbit/s Opus
+        self.record_failure: MedcommError | None = None  # the next record_note_start raises it
+        self.save_failure: MedcommError | None = None  # the next record_note_stop raises it
+        self.play_failure: MedcommError | None = None  # the next play_note raises it
+        self.note_refusal: MedcommError | None = None  # send rounds refuse every note with it
+        self.hold_fetch = False
+        self.hold_playback = False
+        self.playing: str | None = None  # the note playing now
+        self.fetch_progress: Callable[[int, int], None] | None = None  # the desk's, while fetching
+        self._fetched = asyncio.Event()
+        self._played = asyncio.Event()
 
     # --- the DeskSession protocol ---------------------------------------------------------
 
@@ -329,6 +384,142 @@ class FakeSession:
         c = self._consult(consult)
         c.read_upto = c.last_seq
 
+    # --- voice notes (the DeskSession protocol) ---------------------------------------------
+
+    def record_note_start(self, consult: str) -> FakeRecording:
+        self.notes_asked.append(("start", consult))
+        if self.record_failure is not None:
+            error, self.record_failure = self.record_failure, None
+            raise error
+        self._consult(consult)
+        if self.recording is not None:
+            raise UsageError("a voice note is already being recorded")
+        self.recording = FakeRecording(consult)
+        return self.recording
+
+    async def record_note_stop(self) -> str:
+        recording, self.recording = self.recording, None
+        if recording is None:
+            raise UsageError("no voice note is being recorded")
+        if self.save_failure is not None:
+            error, self.save_failure = self.save_failure, None
+            self.notes_asked.append(("stop", recording.consult, None))
+            raise error
+        size = max(1, int(recording.seconds * self.bytes_per_second))
+        note_id = self._hex_id()
+        line = Line(
+            recording.consult, None, note_id, self.me, self._tick(), "note",
+            note_text(recording.seconds, size), "queued",
+        )  # fmt: skip
+        self.pending.append(line)
+        self.note_sizes[note_id] = size
+        self.on_device.add(note_id)
+        self.notes_asked.append(("stop", recording.consult, note_id))
+        return note_id
+
+    def record_note_cancel(self) -> None:
+        if self.recording is not None:
+            self.notes_asked.append(("cancel", self.recording.consult))
+        self.recording = None
+
+    def pending_notes(self, consult: str) -> list[Line]:
+        return [p for p in self.pending if p.consult == consult]
+
+    def pending_note_count(self) -> int:
+        return sum(1 for p in self.pending if p.state == "queued")
+
+    async def send_pending_notes(self, timeout: float) -> FakeNotesResult:
+        """Upload every pending note at once: into the outbox (still "queued" until ``ack``)."""
+        self.notes_asked.append(("send",))
+        if self.status.state != "online":
+            raise LinkDown("the link is down")
+        result = FakeNotesResult([], [])
+        for note in [p for p in self.pending if p.state == "queued"]:
+            if self.note_refusal is not None:
+                failed = replace(note, state="failed")
+                self.pending[self.pending.index(note)] = failed
+                result.failed.append((failed, self.note_refusal))
+            else:
+                self.pending.remove(note)
+                self.outbox.append(note)
+                result.queued.append(note)
+        return result
+
+    async def play_note(self, note_id: str, progress: Callable[[int, int], None] | None = None) -> float:
+        self.notes_asked.append(("play", note_id))
+        if self.play_failure is not None:
+            error, self.play_failure = self.play_failure, None
+            raise error
+        self._note(note_id)
+        size = self.note_sizes.get(note_id, 1)
+        if note_id not in self.on_device:
+            self.fetch_progress = progress
+            if progress is not None:
+                progress(0, 0)
+            if self.hold_fetch:
+                self._fetched.clear()
+                await self._fetched.wait()
+            if progress is not None:
+                progress(size, size)
+            self.fetch_progress = None
+            self.on_device.add(note_id)
+        self.playing = note_id
+        try:
+            if self.hold_playback:
+                self._played.clear()
+                await self._played.wait()
+        finally:
+            self.playing = None
+        return size / self.bytes_per_second
+
+    def stop_note(self) -> None:
+        if self.playing is not None:
+            self.notes_asked.append(("stop_playing", self.playing))
+        self._played.set()
+
+    # --- voice notes, driven by the test ----------------------------------------------------
+
+    def add_note(
+        self, consult: str, sender: str, seconds: float, size: int, *, on_device: bool = False
+    ) -> Line:
+        """A stored voice note (from someone else, or this user's, already sent)."""
+        line = self.add_message(consult, sender, note_text(seconds, size), kind="note")
+        self.note_sizes[line.id] = size
+        if on_device:
+            self.on_device.add(line.id)
+        return line
+
+    def add_pending_note(self, consult: str, seconds: float, size: int) -> Line:
+        """A note recorded on this device (by an earlier run) that waits to be uploaded."""
+        self._consult(consult)
+        line = Line(
+            consult, None, self._hex_id(), self.me, self._tick(), "note", note_text(seconds, size), "queued"
+        )
+        self.pending.append(line)
+        self.note_sizes[line.id] = size
+        self.on_device.add(line.id)
+        return line
+
+    def fail_next_record(self, error: MedcommError) -> None:
+        """The next ``record_note_start`` raises ``error`` (no PortAudio, no microphone)."""
+        self.record_failure = error
+
+    def finish_fetch(self) -> None:
+        self._fetched.set()
+
+    def finish_playing(self) -> None:
+        self._played.set()
+
+    def _note(self, note_id: str) -> Line:
+        for c in self.consults.values():
+            for line in self.lines(c.id):
+                if line.id == note_id and line.kind == "note":
+                    return line
+        for line in self.pending:
+            if line.id == note_id:
+                return line
+        raise NotFound(f"no voice note {note_id} on this device")
+
     # --- opening, as build_app expects ----------------------------------------------------
 
     def opener(self) -> AbstractAsyncContextManager[FakeSession]:
@@ -411,7 +602,9 @@ class FakeSession:
         """The relay stored a queued message: it leaves the outbox with the next seq."""
         queued = self._outbox_line(msg_id)
         self.outbox.remove(queued)
-        line = self.add_message(queued.consult, self.me, queued.text, state="stored", msg_id=msg_id)
+        line = self.add_message(
+            queued.consult, self.me, queued.text, kind=queued.kind, state="stored", msg_id=msg_id
+        )
         self._emit(FakeEvent("acked", queued.consult, msg_id))
         return line
 

@@ -10,6 +10,13 @@ once a second for meters), which goes through the same coalescing refresh. A cal
 for us is announced in the status line of whatever screen is up, and F2/F3 answer or
 decline it from anywhere (priority bindings, so they work under dialogs too); when nothing
 rings they fall through to the consult view's own F2 (call) and F3 (hang up).
+
+Voice notes: the consult view records (F7) and hands the recording to ``save_note``, which
+makes it durable on this device first (the note shows at once as queued), then sends it.
+Notes are sent like the outbox: whenever the link comes up (and once when the desk opens),
+every note recorded here and not yet uploaded is sent, including those recorded offline or
+by an earlier run; one round at a time, off the render path. The status line counts them
+with the outbox ("2 waiting").
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ from medcomm.app.screens.dialogs import HelpScreen, NewConsult, WelcomeScreen
 from medcomm.app.widgets.callbar import PROFILES
 from medcomm.app.widgets.status import Ring, StatusLine
 from medcomm.core.wire import CallState
-from medcomm.errors import MedcommError, ProfileError
+from medcomm.errors import LinkDown, MedcommError, ProfileError
 
 SessionOpener = Callable[[], AbstractAsyncContextManager[DeskSession]]
 REFRESH_DELAY = 0.05  # coalescing window for bursts of events (seconds)
 READ_DELAY = 0.5  # read receipts for an open consult are batched this long
+NOTES_TIMEOUT = 3600.0  # one round of sending notes; a dead link ends it sooner (LinkDown)
 
 
 class MedcommApp(App[None]):
@@ -64,6 +72,9 @@ class MedcommApp(App[None]):
         self._ended_call: object | None = None  # the ended call whose outcome was told
         self._titles: dict[str, str] = {}
         self.call_profile = PROFILES[0]
+        self._notes_wanted = True  # pending notes may wait from an earlier run
+        self._notes_sending = False
+        self._link_state = ""
         if frugal:
             self.animation_level = "none"
             # The terminal's own colours: no background or foreground escape on every
@@ -94,10 +105,14 @@ class MedcommApp(App[None]):
                 session.on_event(self._on_session_event)
                 await self.push_screen(ConsultList())
                 self.refresh_status()
+                self._link_state = session.status.state
+                self.send_notes()
                 try:
                     await self._forever()
                 finally:  # closing the session ends a call: no refresh of an app that is going
                     session.calls.changed = _ignore
+                    session.record_note_cancel()  # the microphone and speaker close with the desk
+                    session.stop_note()
         except ProfileError as exc:
             await self.push_screen(WelcomeScreen(str(exc)))
         except MedcommError as exc:
@@ -143,6 +158,12 @@ class MedcommApp(App[None]):
         elif isinstance(screen, ConsultList) and dirty:
             screen.reload()  # redraws only if a row's text changed
         self.refresh_status()
+        if self.session is not None:
+            state = self.session.status.state
+            came_up = state == "online" and self._link_state != "online"
+            self._link_state = state
+            if came_up:  # like the outbox: what waited for the link goes now
+                self.send_notes()
         if calls_dirty:
             self._tell_call_end()
 
@@ -152,8 +173,9 @@ class MedcommApp(App[None]):
         status = self.session.status
         syncing = status.state == "online" and status.caught_up is None
         ring = self._ring_notice()
+        waiting = self.session.outbox_count() + self.session.pending_note_count()
         for line in self.screen.query(StatusLine):
-            line.show(status, self.session.outbox_count(), syncing, ring)
+            line.show(status, waiting, syncing, ring)
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -199,6 +221,14 @@ class MedcommApp(App[None]):
         if ring is None or self.session is None:
             return
         consult = ring.consult
+        screen = self._base_screen()
+        if isinstance(screen, ConsultView) and screen.recording is not None:
+            saving = screen.finish_note()  # the note is kept and sent; the call needs the microphone
+            if saving is not None:
+                try:
+                    await saving.wait()
+                except Exception:  # save_note told the user; the call still gets answered
+                    pass
         try:
             self.session.calls.answer(consult, self.call_profile)
         except MedcommError as exc:
@@ -239,6 +269,54 @@ class MedcommApp(App[None]):
             self.notify(f"call failed: {view.error}", severity="error", timeout=10, markup=False)
         else:
             self.notify(view.line or "call ended", timeout=4, markup=False)
+
+    # --- voice notes -------------------------------------------------------------------------
+
+    @work(exclusive=False, group="note-save")
+    async def save_note(self, consult: str) -> None:
+        """The recording just stopped: make it durable here (from then on nothing loses
+        it), show it as queued, and send it. An app worker, not the view's: leaving the
+        consult does not cancel it."""
+        if self.session is None:
+            return
+        try:
+            await self.session.record_note_stop()
+        except MedcommError as exc:
+            self.notify(f"voice note not saved: {exc}", severity="error", timeout=10, markup=False)
+            return
+        self._dirty.add(consult)
+        self._schedule_refresh()
+        self.send_notes()
+
+    def send_notes(self) -> None:
+        """Send the notes that wait for the link: now if it is up (after the round that is
+        running, if one is), else when it comes up."""
+        self._notes_wanted = True
+        if self.session is not None and self.session.status.state == "online" and not self._notes_sending:
+            self._notes_sending = True
+            self._send_notes()
+
+    @work(exclusive=False, group="notes")
+    async def _send_notes(self) -> None:
+        try:
+            while self._notes_wanted and self.session is not None and self.session.status.state == "online":
+                self._notes_wanted = False
+                try:
+                    result = await self.session.send_pending_notes(NOTES_TIMEOUT)
+                except LinkDown:
+                    self._notes_wanted = True  # they stay on this device; the link coming up retries
+                    return
+                except MedcommError as exc:
+                    self.notify(f"voice notes not sent: {exc}", severity="error", timeout=10, markup=False)
+                    return
+                for note, error in result.failed:  # refused for good: kept here, marked failed
+                    self.notify(f"voice note refused: {error}", severity="error", timeout=10, markup=False)
+                    self._dirty.add(str(note.consult))
+                self._dirty.update(str(item.consult) for item in result.queued)
+                if result.queued or result.failed:
+                    self._schedule_refresh()
+        finally:
+            self._notes_sending = False
 
     def mark_read_soon(self, consult: str) -> None:
         self._read_pending.add(consult)

@@ -4,6 +4,13 @@ The app never touches sockets or the store; it calls these methods and reacts to
 callbacks registered with ``on_event`` (delivery events, link status changes, call states).
 Calls go through ``calls`` (the real one is ``medcomm.session.call.DeskCalls``): the desk
 only reads what to show and asks for the few things a user can do to a call.
+
+Voice notes: ``record_note_start`` opens the microphone (errors raise there), the desk reads
+the recording's ``seconds`` once a second for its bar, and ``record_note_stop`` makes the note
+durable on the device (a pending note: ``pending_notes`` shows it as queued) before
+``send_pending_notes`` uploads it and queues its message in the outbox. ``play_note`` opens
+the speaker, fetches the note if it is not on the device, and plays it until it ends,
+``stop_note`` is called, or the caller is cancelled.
 """
 
 from __future__ import annotations
@@ -85,6 +92,27 @@ class CallControls(Protocol):
     def mute(self, on: bool | None = None) -> bool: ...
 
 
+class NoteRecording(Protocol):
+    """A voice note being recorded (the real one is ``session.service._DeskRecording``)."""
+
+    @property
+    def consult(self) -> str: ...
+
+    @property
+    def seconds(self) -> float: ...  # audio recorded so far
+
+    @property
+    def ended(self) -> bool: ...  # stopped by itself: the note's length limit, or no microphone any more
+
+
+class NotesSent(Protocol):
+    """What one round of ``send_pending_notes`` did (``session.transfer.NotesResult``):
+    ``queued`` outbox items and ``failed`` (pending note, error) pairs, each with ``.consult``."""
+
+    queued: list[Any]
+    failed: list[tuple[Any, Exception]]
+
+
 class DeskSession(Protocol):
     @property
     def me(self) -> str: ...
@@ -112,6 +140,23 @@ class DeskSession(Protocol):
     async def users(self, timeout: float) -> list[dict[str, str]]: ...
 
     async def mark_read(self, consult: str) -> None: ...
+
+    # voice notes
+    def record_note_start(self, consult: str) -> NoteRecording: ...
+
+    async def record_note_stop(self) -> str: ...  # the note's id, once it is durable here
+
+    def record_note_cancel(self) -> None: ...
+
+    def pending_notes(self, consult: str) -> list[Line]: ...  # recorded, not yet in the outbox
+
+    def pending_note_count(self) -> int: ...
+
+    async def send_pending_notes(self, timeout: float) -> NotesSent: ...
+
+    async def play_note(self, note_id: str, progress: Callable[[int, int], None] | None = None) -> float: ...
+
+    def stop_note(self) -> None: ...
 
 
 def caller_of(ring: IncomingCall) -> str:

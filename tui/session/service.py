@@ -8,10 +8,13 @@ later (calls, transfers) get modules of their own beside ``link`` and a verb her
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +202,159 @@ class Session:
     async def whoami(self, timeout: float) -> dict[str, object]:
         return dict(await self.link.request("whoami", {}, timeout))  # type: ignore[arg-type]
 
+    # --- voice notes, for the desk ----------------------------------------------------------
+    # The CLI records with ``notes.record`` (until Ctrl-C); the desk needs a recording that a
+    # key starts and stops while the UI stays live, and notes that play on the default speaker.
+
+    _recording: _DeskRecording | None = None
+    _playing: threading.Event | None = None
+
+    def record_note_start(self, consult: str, mic: str = "") -> _DeskRecording:
+        """Start recording a voice note for ``consult`` from a microphone ("" = the default,
+        or a WAV file); it opens now, so a missing PortAudio or device raises here
+        (VoiceUnavailable). One recording at a time (UsageError)."""
+        from medcomm.adapters.audio import open_source
+        from medcomm.adapters.oggopus import OGG
+        from medcomm.errors import VoiceUnavailable
+        from medcomm.session.transfer import check_consult
+
+        consult = check_consult(consult)
+        if self._recording is not None and not self._recording.finished:
+            raise UsageError("a voice note is already being recorded")
+        from medcomm.adapters import opus
+
+        opus.load()  # no libopus: say so before anyone speaks for a minute
+        try:
+            source = open_source(mic)
+            recording = _DeskRecording(consult, source, OGG.max_seconds)
+            recording.start()
+        except VoiceUnavailable as exc:
+            raise VoiceUnavailable(_without_flag_hint(str(exc)), **exc.data) from None
+        self._recording = recording
+        return recording
+
+    async def record_note_stop(self) -> str:
+        """Stop the recording, encode it and make it durable on this device (blob + pending
+        row, ``transfer.record_note``); returns the note's id (its message id, hex). Sending
+        is ``send_pending_notes``."""
+        from medcomm.adapters.oggopus import encode_note
+        from medcomm.session.transfer import record_note
+
+        recording, self._recording = self._recording, None
+        if recording is None:
+            raise UsageError("no voice note is being recorded")
+        pcm = await asyncio.to_thread(recording.finish)
+        ogg = await asyncio.to_thread(encode_note, pcm)
+        note = await asyncio.to_thread(record_note, self, recording.consult, ogg)
+        return note.cid.hex()
+
+    def record_note_cancel(self) -> None:
+        """Drop the recording: the microphone closes, nothing is kept or sent."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            recording.cancel()
+
+    def pending_notes(self, consult: str) -> list[Line]:
+        """Notes recorded here for ``consult`` that are not in the outbox yet (still to
+        upload), as history lines: "queued", or "failed" when the relay refused them."""
+        from medcomm.adapters.localstore import note_text
+
+        with self._note_cache() as cache:
+            notes = [] if cache is None else cache.pending(include_failed=True)
+        return [
+            Line(
+                n.consult,
+                None,
+                n.cid.hex(),
+                self.me,
+                int(n.created * 1000),
+                "note",
+                note_text(n.body),
+                "failed" if n.error else "queued",
+            )
+            for n in notes
+            if n.consult == consult
+        ]
+
+    def pending_note_count(self) -> int:
+        """Notes waiting to be uploaded (not counting those the relay refused)."""
+        with self._note_cache() as cache:
+            return 0 if cache is None else cache.pending_count()
+
+    async def send_pending_notes(self, timeout: float) -> Any:
+        """Upload every pending note and queue its message (``transfer.send_pending_notes``;
+        returns its ``NotesResult``). LinkDown when the link fails: the rest stay pending."""
+        from medcomm.session.transfer import send_pending_notes
+
+        return await send_pending_notes(self, timeout)
+
+    async def play_note(
+        self,
+        note_id: str,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        speaker: str = "",
+        timeout: float = 300.0,
+    ) -> float:
+        """Play a voice note on a speaker ("" = the default, or a WAV file); returns the
+        seconds played. The speaker is opened before anything is fetched (a missing one
+        fails at once); a note not on this device is fetched first, and ``progress`` hears
+        (0, 0) before the fetch starts and (bytes, size) as it goes. ``stop_note`` (or
+        cancelling the caller) ends the playback."""
+        from medcomm.adapters.oggopus import decode_note
+        from medcomm.errors import VoiceUnavailable
+        from medcomm.session import notes
+        from medcomm.session.transfer import check_note_id, fetch_note
+
+        check_note_id(note_id)
+        try:
+            sink = notes.open_output(None, speaker)
+        except VoiceUnavailable as exc:
+            raise VoiceUnavailable(_without_flag_hint(str(exc)), **exc.data) from None
+        if progress is not None and not self._note_on_device(note_id):
+            progress(0, 0)
+        ogg = await fetch_note(self, note_id, timeout=timeout, progress=progress)
+        pcm = await asyncio.to_thread(decode_note, ogg)
+        stop = threading.Event()
+        self._playing = stop
+        try:
+            return await asyncio.to_thread(notes.play, pcm, _StoppableSink(sink, stop))
+        except asyncio.CancelledError:
+            stop.set()  # the thread then runs out at once and closes the speaker
+            raise
+        finally:
+            if self._playing is stop:
+                self._playing = None
+
+    def stop_note(self) -> None:
+        """Stop the note that is playing, if any."""
+        if self._playing is not None:
+            self._playing.set()
+
+    def _note_on_device(self, note_id: str) -> bool:
+        from medcomm.errors import MedcommError
+        from medcomm.session.transfer import locate_note
+
+        try:
+            sha, _ = locate_note(self, note_id)
+        except MedcommError:
+            return False
+        with self._note_cache() as cache:
+            return cache is not None and cache.has(sha)
+
+    @contextmanager
+    def _note_cache(self) -> Iterator[Any]:
+        """The blob cache with the pending notes, or None while this device has never kept
+        one (the desk asks on every refresh: no file is created for that)."""
+        from medcomm.adapters.blobcache import BlobCache
+
+        directory = self.store.path.parent
+        if not (directory / "pending.sqlite3").exists():
+            yield None
+            return
+        with BlobCache(directory) as cache:
+            yield cache
+
 
 def _consult(consult: str) -> str:
     c = consult.strip().lower()
@@ -239,3 +395,98 @@ async def login(url: str, name: str, code: str, timeout: float = 30.0, home: Pat
     profile = Profile(relay=url, name=answer.name, role=answer.role, home=home)
     save_profile(profile)
     return profile
+
+
+class _DeskRecording:
+    """A voice note being recorded for the desk: a thread drains the microphone's ring into
+    memory until ``finish``, ``cancel``, the note's length limit or the end of the device
+    (unplugged, or a WAV file used as a microphone ran out)."""
+
+    def __init__(self, consult: str, source: Any, max_seconds: float) -> None:
+        from medcomm.adapters.audio import AUDIO
+
+        self.consult = consult
+        self._source = source
+        self._rate = AUDIO.sample_rate
+        self._block = AUDIO.block_samples
+        self._limit = int(max_seconds * self._rate)
+        self._parts: list[Any] = []
+        self._got = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="medcomm-note", daemon=True)
+
+    def start(self) -> None:
+        self._source.start()
+        self._thread.start()
+
+    @property
+    def seconds(self) -> float:
+        """Audio recorded so far."""
+        return self._got / self._rate
+
+    @property
+    def ended(self) -> bool:
+        """It stopped by itself (the length limit, or the microphone went away)."""
+        return not self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and self._got < self._limit and not self._source.ended:
+                block = self._source.read(min(self._block, self._limit - self._got))
+                if block is None:
+                    time.sleep(0.02)
+                    continue
+                self._parts.append(block)
+                self._got += len(block)
+        except Exception as exc:  # a device that fails mid-note: keep what was recorded
+            logging.getLogger("medcomm.notes").warning("recording stopped: %s", exc)
+        finally:
+            try:
+                self._source.stop()
+            except Exception as exc:
+                logging.getLogger("medcomm.notes").warning("closing the microphone failed: %s", exc)
+
+    def finish(self) -> Any:
+        """Stop and return the samples (48 kHz mono int16); UsageError if there are none."""
+        import numpy as np
+
+        self._stop.set()
+        self._thread.join(5.0)
+        if not self._got:
+            raise UsageError("nothing was recorded")
+        return np.concatenate(self._parts)
+
+    def cancel(self) -> None:
+        self._stop.set()  # the thread closes the microphone within a block
+
+
+class _StoppableSink:
+    """A sink for ``notes.play`` that ``stop`` silences at once: once stopped it takes
+    no more samples and reports nothing buffered, so the play loop runs out and closes it."""
+
+    def __init__(self, sink: Any, stop: threading.Event) -> None:
+        self._sink = sink
+        self._stop = stop
+
+    def start(self) -> None:
+        self._sink.start()
+
+    def write(self, pcm: Any) -> None:
+        if not self._stop.is_set():
+            self._sink.write(pcm)
+
+    @property
+    def buffered(self) -> int:
+        return 0 if self._stop.is_set() else int(self._sink.buffered)
+
+    def stop(self) -> None:
+        self._sink.stop()
+
+
+def _without_flag_hint(message: str) -> str:
+    """The audio adapter's message without the CLI flag it suggests (the desk has none)."""
+    return message.split("; use --")[0]

@@ -14,27 +14,28 @@ from medcomm.app.widgets.status import StatusLine
 # At most 76 columns and 22 lines: the whole help fits an 80x24 terminal, status line included.
 HELP = """\
 medcomm — keys (no mouse needed)
-
 Consult list
   ↑ ↓ Enter    choose / open a consult    /        search; Esc clears
-  Ctrl+N       open a new consult
+  Ctrl+N       open a new consult         Esc      back here from a consult
 Consult
   Enter        send the message           Ctrl+J   new line (or Shift+Enter)
   ↑ (empty)    recall your last message   Ctrl+E   back to the compose box
   Ctrl+O       history: PageUp/↑ scroll, older messages load at the top
-  Esc          back to the consult list
+Voice notes (in a consult)
+  F7           record; F7 again stops and sends it, Esc cancels it
+  F8           play / stop the newest note; Shift+Tab + Enter: an older one
 Call (in a consult)
   F2           call this consult          F3       hang up
   F4           mute / unmute              F6       profile of the next call:
                auto → thin (worst links) → standard → auscultation (heart)
 Anywhere
   F2 / F3      answer / decline a call that rings (the status line says)
-  F1           this help                  Ctrl+P   command palette
-  Ctrl+Q       quit
+  F1 this help      Ctrl+P command palette      Ctrl+Q quit
 
 States: … queued (only on this device) → ✓ stored (the relay has it) →
 ✓✓ delivered (on every member's device) → ✓✓ read.  ✗ failed: refused, kept.
 """
+
 
 WELCOME = """\
 No medcomm profile on this device yet.

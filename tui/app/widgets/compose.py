@@ -4,11 +4,16 @@ tells them apart) adds a line, Up in an empty box recalls the last message sent.
 from __future__ import annotations
 
 from textual import events
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
 
-class ComposeBox(TextArea):
+class ComposeBox(TextArea, inherit_bindings=False):
+    # TextArea's keys less F6 (select line) and F7 (select all): those are the consult
+    # view's (voice profile, voice note), and so they show in the footer in the view's order.
+    BINDINGS = [b for b in TextArea.BINDINGS if isinstance(b, Binding) and b.key not in ("f6", "f7")]
+
     # No border and only as tall as its text: every keystroke repaints the whole widget,
     # so a one-line box costs one terminal line per character instead of four.
     DEFAULT_CSS = """

@@ -4,6 +4,10 @@ Only the newest page is loaded when a consult opens; scrolling to the top (or Pa
 loads the page before it, so a 10,000-message consult opens as fast as a short one. A
 message keeps its widget from "queued" to "read" (keyed by its client id), and a widget is
 repainted only when its own text changed.
+
+A voice note is a line of its own kind ("▶ voice note 0:12 (9.4 KB)") that can take the
+focus: Shift+Tab from the compose box steps back through the notes, newest first, and Enter
+on one asks the screen to play it (``Conversation.PlayNote``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.geometry import Size
 from textual.message import Message
@@ -36,7 +41,7 @@ def render_line(line: Line, me: str) -> Text:
         out.append(f"{seq:>5} {when} · {line.sender} {line.text}", style="dim")
         return out
     out.append(f"{seq:>5} {when} {line.sender}:", style="bold" if line.sender == me else "bold cyan")
-    out.append(f" {line.text}")
+    out.append(f" ▶ {line.text}" if line.kind == "note" else f" {line.text}")
     if line.sender == me:
         label, style = MARKS.get(line.state, (line.state, ""))
         out.append(f"  [{label}]", style=style)
@@ -61,11 +66,31 @@ class MessageLine(Static):
             self.update(after)
 
 
+class NoteLine(MessageLine, can_focus=True):
+    """A voice note: focusable (Tab / Shift+Tab), Enter plays it."""
+
+    DEFAULT_CSS = "NoteLine:focus { text-style: reverse; }"
+    BINDINGS = [Binding("enter", "play", "Play", show=False)]  # the footer has F8 for it
+
+    def action_play(self) -> None:
+        self.post_message(Conversation.PlayNote(self.line))
+
+
+def line_widget(line: Line, me: str) -> MessageLine:
+    return NoteLine(line, me) if line.kind == "note" else MessageLine(line, me)
+
+
 class Conversation(VerticalScroll, can_focus=True):
     # No padding and no scrollbar: a new message scrolls the whole view, and every extra
     # segment on a row is another escape sequence on each of its lines.
     DEFAULT_CSS = "Conversation { height: 1fr; padding: 0; scrollbar-size-vertical: 0; }"
-    BINDINGS = [("pageup", "older", "Older")]
+    # Out of the footer: at 80 columns the history's footer keeps room for what is not
+    # obvious (Esc, F1, Ctrl+E, the call, F8 Play, Ctrl+Q); PageUp and F7 are in the help
+    # and work here as everywhere in the view.
+    BINDINGS = [
+        Binding("pageup", "older", "Older", show=False),
+        Binding("f7", "screen.record", "Record", show=False),
+    ]
 
     class LoadOlder(Message):
         """The view reached its top: the screen loads the page before ``before``."""
@@ -73,6 +98,13 @@ class Conversation(VerticalScroll, can_focus=True):
         def __init__(self, before: int) -> None:
             super().__init__()
             self.before = before
+
+    class PlayNote(Message):
+        """Enter on a voice note: the screen plays it."""
+
+        def __init__(self, line: Line) -> None:
+            super().__init__()
+            self.line = line
 
     def __init__(self, me: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -93,6 +125,11 @@ class Conversation(VerticalScroll, can_focus=True):
     def lines(self) -> list[MessageLine]:
         return list(self.query(MessageLine))
 
+    def newest_note(self) -> Line | None:
+        """The newest voice note loaded (what F8 plays when no note has the focus)."""
+        notes = list(self.query(NoteLine))
+        return notes[-1].line if notes else None
+
     def first_loaded(self) -> int:
         return self.first_seq if self.first_seq is not None else 0
 
@@ -102,7 +139,7 @@ class Conversation(VerticalScroll, can_focus=True):
         stored = [ln for ln in lines if ln.seq is not None]
         self.first_seq = stored[0].seq if stored else None
         self.complete = len(stored) < page_size or self.first_seq == 1
-        await self.mount_all([MessageLine(ln, self.me) for ln in lines])
+        await self.mount_all([line_widget(ln, self.me) for ln in lines])
         self.anchor()  # stays at the end as messages arrive: one repaint each, no extra scroll
 
     async def prepend(self, lines: list[Line], page_size: int) -> None:
@@ -111,7 +148,7 @@ class Conversation(VerticalScroll, can_focus=True):
             self.complete = True
             return
         first = self.children[0] if self.children else None
-        widgets = [MessageLine(ln, self.me) for ln in stored]
+        widgets = [line_widget(ln, self.me) for ln in stored]
         if first is not None:
             await self.mount_all(widgets, before=first)
         else:
@@ -131,7 +168,7 @@ class Conversation(VerticalScroll, can_focus=True):
             if widget is not None:
                 widget.refresh_line(ln, self.me)
                 continue
-            new = MessageLine(ln, self.me)
+            new = line_widget(ln, self.me)
             anchor = None
             if ln.seq is not None:
                 anchor = next(

@@ -29,7 +29,7 @@ class Ring:
 
 
 def announce(ring: Ring, width: int) -> str:
-    """"incoming call from dr.chen · Boy, 6, fever · F2 answer · F3 decline", the title
+    """ "incoming call from dr.chen · Boy, 6, fever · F2 answer · F3 decline", the title
     shortened (then left out) so that the keys always fit the line."""
     head = f"{'call waiting from' if ring.waiting else 'incoming call from'} {ring.by}"
     tail = "" if ring.waiting else " · F2 answer · F3 decline"
