@@ -419,3 +419,15 @@ def test_arbitrary_sequences_never_replay_or_reorder(ops: list[tuple]) -> None:
                 assert last_end is None or got[0] >= last_end
                 last_end = got[0] + got[1]
         assert len(jb) <= lim.max_packets and jb.stats(reset=False).buffered_ms <= lim.max_buffered_ms
+
+
+def test_long_packets_do_not_keep_a_whole_packet_of_extra_delay() -> None:
+    """120 ms packets (the thin rung): coming down from the initial target takes dropping a
+    packet that leaves the delay *below* the target, which is nearer than staying a whole
+    packet above it for the rest of the call."""
+    jb = JitterBuffer()
+    outs = run(jb, stream([120] * 250), 30_000)
+    assert_in_order(outs)
+    late = [latency(o) for o in plays(outs, 10_000)]
+    assert statistics.median(late) <= LIM.floor_ms + 2 * LIM.hysteresis_ms, statistics.median(late)
+    assert jb.stats().concealed_pm_total < 20

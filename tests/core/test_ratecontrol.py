@@ -351,7 +351,8 @@ def test_unknown_profile_is_a_usage_error() -> None:
 def test_ladder_shape_and_profiles() -> None:
     assert [r.bitrate_bps for r in LADDER] == sorted(r.bitrate_bps for r in LADDER)
     assert [r.frame_ms for r in LADDER] == sorted((r.frame_ms for r in LADDER), reverse=True)
-    assert all(r.application == "voip" and r.bandwidth == "wb" for r in LADDER)
+    assert all(r.application == "voip" and r.bandwidth in ("wb", "mb") for r in LADDER)
+    assert LADDER[-1].bandwidth == "wb", "standard is wideband speech"
     wire = [r.wire_bps(83) for r in LADDER]
     assert wire == sorted(wire)
     assert wire[0] < 12_000, "the thinnest rung fits a GPRS uplink even with TLS"

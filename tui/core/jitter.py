@@ -354,10 +354,13 @@ class JitterBuffer:
             elif self._over_since is None:
                 self._over_since = start
             over_for = start - self._over_since if self._over_since is not None else 0.0
+            # A drop must leave the delay nearer the target than it is: with 120 ms packets a
+            # drop can overshoot below the target, which is still better than holding a whole
+            # packet too much for the rest of the call (the buffer grows back in silence).
+            after = delay - head.duration
+            closer = after >= target - hyst or (target - after) < excess - hyst
             if delay > lim.cap_ms or (
-                excess > hyst
-                and delay - head.duration >= target - hyst
-                and (head.silent or over_for >= lim.shrink_patience_ms)
+                excess > hyst and closer and (head.silent or over_for >= lim.shrink_patience_ms)
             ):
                 self._drop()
                 self._shrunk += 1

@@ -46,7 +46,7 @@ class CallLimits:
 
     tick: float = 0.01  # s between looks at the source and the sink
     playout_blocks: int = 3  # 20 ms blocks kept queued in the sink (60 ms)
-    feedback_every: float = 0.25  # s between feedback reports per stream heard
+    feedback_every: float = 0.5  # s between feedback reports per stream heard (each ~65 B on the wire)
     backlog_packets: float = 1.0  # unsent transport bytes (in packets) above which voice is dropped
     ring_timeout: float = 60.0  # s to wait for an answer
     answer_wait: float = 120.0  # s `--answer` waits for a call to ring
