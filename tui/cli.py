@@ -355,6 +355,7 @@ def sync(timeout: TimeoutOpt = 60.0) -> None:
         async with Session.open() as s:
             await send_pending_notes(s, timeout)  # voice notes recorded while the link was down
             await s.sync(timeout)
+            await _send_pending_images(s, timeout)  # image detail last: it is the bulk
             return len(s.store.consults()), s.store.outbox_count()
 
     try:
@@ -506,6 +507,414 @@ def play(
     typer.echo(f"voice note {secs // 60}:{secs % 60:02d} {where}", err=True)
 
 
+# --- images -------------------------------------------------------------------------------
+
+ImageOpt = Annotated[
+    str, typer.Argument(metavar="IMAGE", help='The image\'s "image" in medcomm history --json.')
+]
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="X,Y,W,H in pixels of the (corrected) original, whose size medcomm history shows.",
+    ),
+]
+
+
+async def _send_pending_images(session: Any, timeout: float) -> None:
+    """`medcomm sync`'s image step: queue what is still to queue, upload detail and originals."""
+    from medcomm.session.images import send_pending_images
+
+    await send_pending_images(session, timeout)
+
+
+class _Steps:
+    """Progress of a share or fetch on stderr: rich bars on a terminal, a line per finished
+    step otherwise (a log file should not get a line per 8 KiB chunk)."""
+
+    LABELS = {"prepare": "preparing", "first view": "first view", "tiles": "tiles", "detail": "detail"}
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.finished: set[str] = set()
+
+    def __enter__(self) -> _Steps:
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description:<11}"),
+                BarColumn(),
+                TextColumn("{task.fields[amount]:>17}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def say(self, line: str) -> None:
+        """A line between the bars (or in the log), e.g. the moment the first view is stored."""
+        if self.progress is not None:
+            self.progress.console.print(line, highlight=False, markup=False)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    @staticmethod
+    def amount(step: str, done: int, total: int) -> str:
+        if step in ("first view", "detail"):
+            return f"{done / 1000:.1f}/{total / 1000:.1f} KB"
+        if step == "tiles":
+            return f"{done}/{total} tiles" if done >= total else f"encoding {total} tiles"
+        return "done" if done >= total else ""
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        label = self.LABELS.get(step, step)
+        amount = self.amount(step, done, total)
+        if self.progress is not None:
+            if step not in self.tasks:
+                self.tasks[step] = self.progress.add_task(label, total=max(1, total), amount=amount)
+            self.progress.update(self.tasks[step], completed=done, total=max(1, total), amount=amount)
+        elif done >= total and step not in self.finished:
+            self.finished.add(step)
+            sys.stderr.write(f"{label}: {amount}\n")
+            sys.stderr.flush()
+
+
+@app.command()
+def share(
+    consult: str,
+    file: Annotated[Path, typer.Argument(help="JPEG, PNG, HEIC/HEIF, WebP, AVIF, TIFF or DICOM.")],
+    as_: Annotated[
+        str,
+        typer.Option(
+            "--as",
+            help="report, film, ecg or photo (auto: guessed). Reports, films and ECGs are "
+            "straightened and cleaned first; photos keep their colour.",
+        ),
+    ] = "auto",
+    caption: Annotated[str, typer.Option("--caption", help="A few words shown with the image.")] = "",
+    window: Annotated[
+        str | None,
+        typer.Option("--window", help="DICOM only: lung, mediastinum, bone, brain, own or C/W (HU)."),
+    ] = None,
+    detail: Annotated[
+        str,
+        typer.Option(
+            "--detail",
+            help="After the first view is stored, the tiles and the original: background (a "
+            "background medcomm sync uploads them), wait (this command does), later (the next "
+            "medcomm sync does).",
+        ),
+    ] = "background",
+    original: Annotated[
+        bool,
+        typer.Option(
+            "--original/--no-original",
+            help="Upload the file as it is (last, after the tiles). It keeps its metadata "
+            "(a photo's EXIF, a DICOM header): --no-original keeps it on this device.",
+        ),
+    ] = True,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Share an image: exits 0 once its first view is stored at the relay (75 if the link is
+    down: the image stays on this device and `medcomm sync` sends it). Prints the image's id
+    on stdout as soon as it is saved on this device."""
+    from medcomm.adapters.profile import data_dir, load_profile
+    from medcomm.core.imagemsg import kb
+    from medcomm.errors import LinkDown
+    from medcomm.session import images
+    from medcomm.session.transfer import check_consult
+
+    if detail not in images.DETAIL_MODES:
+        raise _fail(UsageError(f"--detail must be one of {', '.join(images.DETAIL_MODES)}, not {detail!r}"))
+    try:
+        check_consult(consult)
+        load_profile()
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+    async def main(steps: _Steps) -> tuple[Any, Any]:
+        import asyncio
+
+        from medcomm.session.service import Session
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with Session.open(subscribe=False) as s:
+
+            def recorded(pending: Any) -> None:  # the id from here on, sent or still waiting
+                if steps.progress is not None and sys.stdout.isatty():
+                    steps.say(pending.cid.hex())  # above the bars, not through them
+                else:
+                    typer.echo(pending.cid.hex())
+
+            shared = await images.share(
+                s, consult, file, as_kind=as_, caption=caption, window=window, send_original=original,
+                timeout=timeout, step=steps, on_recorded=recorded,
+            )
+            steps.say(
+                f"stored #{shared.seq}: {shared.kind}, first view {kb(shared.first_bytes)} "
+                f"in {shared.seconds:.1f} s"
+            )
+            rest = None
+            if detail == "wait":
+                rest = await images.send_pending_images(s, max(1.0, deadline - loop.time()), steps)
+            return shared, rest
+
+    background = False
+    try:
+        with _Steps() as steps:
+            shared, rest = _run(main(steps))
+    except LinkDown as exc:
+        if detail == "background":
+            images.start_background(data_dir())
+            later = "a background medcomm sync keeps trying for an hour, or run `medcomm sync`"
+        else:
+            later = "`medcomm sync` finishes sending it"
+        typer.echo(f"medcomm: {exc}\nmedcomm: the image is saved on this device; {later}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if detail == "background" and shared.detail_blobs:
+        images.start_background(data_dir())
+        background = True
+    what = f"detail: {shared.detail_blobs} blobs, {kb(shared.detail_bytes)}"
+    if rest is not None and rest.left == 0 and not rest.failed:
+        typer.echo(f"{what}, all at the relay", err=True)
+    elif rest is not None:
+        typer.echo(f"{what}; {rest.left} still to upload: run medcomm sync", err=True)
+        raise typer.Exit(75)
+    elif background:
+        typer.echo(f"{what}, uploading in the background (log: {data_dir() / 'background.log'})", err=True)
+    else:
+        typer.echo(f"{what}, left for the next medcomm sync", err=True)
+
+
+def _save_picture(data: bytes, mime: str, out: Path) -> None:
+    """Write picture bytes as they are when ``out`` has their extension (or none), else
+    converted by Pillow to the format ``out`` names."""
+    from medcomm.session.imagefetch import EXTENSIONS, decode_image
+
+    ext = out.suffix.lower().lstrip(".")
+    if not ext or ext == EXTENSIONS.get(mime) or (ext == "jpeg" and mime == "image/jpeg"):
+        out.write_bytes(data)
+        return
+    try:
+        decode_image(data).save(out)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UsageError(f"cannot write {out.name}: {exc}") from None
+
+
+@app.command()
+def fetch(
+    consult: str,
+    image: ImageOpt,
+    region: RegionOpt = None,
+    original: Annotated[
+        bool, typer.Option("--original", help="The file exactly as the sender gave it (verified).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here (default: a name from the id).")
+    ] = None,
+    width: Annotated[
+        int, typer.Option("--width", help="With --region: fetch it this many pixels wide (default: native).")
+    ] = 0,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Fetch an image to a file: its first view; with --region X,Y,W,H that part at native
+    resolution from 512-px tiles (centre first); with --original the original file, verified.
+    Exits 75 when the sender's device has not uploaded what was asked for yet: some tiles (the
+    file is written, grey where they go), all of them, or the original (nothing is written)."""
+    from medcomm.core.imagemsg import kb
+    from medcomm.core.tiles import parse_region
+    from medcomm.errors import NotFound
+    from medcomm.session import imagefetch as images
+    from medcomm.session.service import Session
+    from medcomm.session.transfer import check_consult
+
+    try:
+        if region is not None and original:
+            raise UsageError("give --region or --original, not both")
+        if width and region is None:
+            raise UsageError("--width goes with --region")
+        if width < 0:
+            raise UsageError("--width must be positive")
+        want = check_consult(consult)
+        images.check_image_id(image)
+        asked = parse_region(region) if region is not None else None
+    except MedcommError as exc:
+        raise _fail(exc) from None
+
+    async def main() -> tuple[Any, Any, Any]:
+        async with Session.open() as s:
+            loc = await images.find_image(s, image, timeout)
+            if loc.consult != want:
+                raise UsageError(f"image {image[:12]} is in consult {loc.consult}, not {want}")
+            if original:
+                return loc, await images.fetch_original(s, loc, timeout, _progress("fetching original")), None
+            if asked is not None:
+                d = loc.info.detail
+                view = None
+                if width and d is not None:
+                    r = d.pyramid.clip(asked)
+                    view = (width, max(1, round(width * r.h / r.w)))
+                return loc, None, await images.fetch_region(s, loc, asked, view, timeout)
+            return loc, await images.fetch_first(s, loc, timeout, _progress("fetching first view")), None
+
+    try:
+        loc, data, res = _run(main())
+        stem = image.strip().lower()[:12]
+        if res is not None and not res.fetched_bytes and res.missing:
+            raise NotFound(
+                f"none of the {len(res.tiles)} tiles of that region has reached the relay yet (the "
+                "sender's device uploads them after the first view); fetch again later",
+                later=True,
+            )
+        if res is not None:
+            r = res.region
+            path = out or Path(f"{stem}-region-{r.x}-{r.y}-{r.w}-{r.h}.png")
+            res.image.save(path)
+        elif original:
+            path = out or Path(f"{stem}-original.{images.EXTENSIONS.get(loc.info.original.mime, 'bin')}")
+            path.write_bytes(data)
+        else:
+            path = out or Path(f"{stem}-first.{images.EXTENSIONS.get(loc.info.first.mime, 'img')}")
+            _save_picture(data, loc.info.first.mime, path)
+    except MedcommError as exc:
+        if exc.data.get("later"):  # not at the relay yet: try again later, like a link that is down
+            typer.echo(f"medcomm: {exc}", err=True)
+            raise typer.Exit(75) from None
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(UsageError(f"cannot write {out}: {exc.strerror or exc}")) from None
+    if res is None:
+        what = "original" if original else f"first view ({loc.info.first.label})"
+        typer.echo(f"wrote {path}: {what}, {kb(len(data))}", err=True)
+        return
+    n, miss = len(res.tiles), len(res.missing)
+    typer.echo(
+        f"wrote {path}: region {res.region.wire()} at level {res.level} (1/{1 << res.level} of native), "
+        f"{res.image.width}x{res.image.height} px from {n - miss} of {n} tiles ({kb(res.fetched_bytes)})",
+        err=True,
+    )
+    if miss:
+        ids = " ".join(t.wire() for t in res.missing[:16]) + (" ..." if miss > 16 else "")
+        typer.echo(
+            f"medcomm: {miss} of {n} tiles are not at the relay yet ({ids}), drawn grey: the sender's "
+            "device is still uploading them; fetch again later",
+            err=True,
+        )
+        raise typer.Exit(75)
+
+
+@app.command()
+def view(
+    image: ImageOpt,
+    region: RegionOpt = None,
+    graphics: Annotated[
+        str,
+        typer.Option(
+            "--graphics",
+            help="none (half-block text: works everywhere, over SSH and in tmux), kitty or sixel "
+            "(sharper, but 50-700 KB per picture: only on a good link and a terminal that has them).",
+        ),
+    ] = "none",
+    colors: Annotated[
+        str, typer.Option("--colors", help="auto, truecolor, 256, 16 or ascii (half-block only).")
+    ] = "auto",
+    width: Annotated[int, typer.Option("--width", help="Columns to use (default: the terminal's).")] = 0,
+    height: Annotated[int, typer.Option("--height", help="Lines to use (default: the terminal's).")] = 0,
+    timeout: TimeoutOpt = 60.0,
+) -> None:
+    """Draw an image in the terminal: its first view, or with --region X,Y,W,H that part from
+    tiles at the resolution the terminal can show."""
+    import os
+    import shutil
+
+    from medcomm.adapters import halfblock
+    from medcomm.core import imagemsg
+    from medcomm.core.tiles import parse_region
+    from medcomm.session import imagefetch as images
+    from medcomm.session.service import Session
+
+    try:
+        if graphics not in ("none", "kitty", "sixel"):
+            raise UsageError(f"--graphics must be none, kitty or sixel, not {graphics!r}")
+        if colors != "auto" and colors not in halfblock.COLOR_MODES:
+            raise UsageError(f"--colors must be auto or one of {', '.join(halfblock.COLOR_MODES)}")
+        if width < 0 or height < 0:
+            raise UsageError("--width and --height must be positive")
+        images.check_image_id(image)
+        asked = parse_region(region) if region is not None else None
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    size = shutil.get_terminal_size((80, 24))
+    cols, rows = width or size.columns, height or max(4, size.lines - 2)  # room for the caption and prompt
+    cell = halfblock.cell_pixels() if graphics != "none" else (1, 2)
+
+    async def main() -> tuple[Any, Any, str]:
+        async with Session.open() as s:
+            loc = await images.find_image(s, image, timeout)
+            first = images.decode_image(await images.fetch_first(s, loc, timeout))
+            note = ""
+            if asked is None:
+                return loc, first, note
+            d = loc.info.detail
+            res = None
+            if d is not None:
+                res = await images.fetch_region(s, loc, asked, (cols * cell[0], rows * cell[1]), timeout)
+            if res is None or len(res.missing) == len(res.tiles):
+                note = "no detail at the relay yet: this is the first view, enlarged"
+                return loc, _first_view_part(first, d, asked), note
+            if res.missing:
+                note = f"{len(res.missing)} of {len(res.tiles)} tiles not at the relay yet (grey)"
+            return loc, res.image, note
+
+    try:
+        loc, picture, note = _run(main())
+        mode = halfblock.detect_colors() if colors == "auto" else colors
+        if graphics == "kitty":
+            text = halfblock.kitty(picture, cols, rows, tmux="TMUX" in os.environ)
+        elif graphics == "sixel":
+            text = halfblock.sixel(picture, cols, rows, limits=_cells(cell))
+        else:
+            text = halfblock.halfblock(picture, cols, rows, mode)  # type: ignore[arg-type]
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    typer.echo(imagemsg.describe(loc.info), err=True)
+    if note:
+        typer.echo(f"medcomm: {note}", err=True)
+
+
+def _first_view_part(first: Any, detail: Any, region: Any) -> Any:
+    """The part of the first view under a region of the original (when no tile is here)."""
+    sx = first.width / (detail.width if detail is not None else first.width)
+    sy = first.height / (detail.height if detail is not None else first.height)
+    x0, y0 = min(first.width - 1, int(region.x * sx)), min(first.height - 1, int(region.y * sy))
+    x1 = max(x0 + 1, min(first.width, round((region.x + region.w) * sx)))
+    y1 = max(y0 + 1, min(first.height, round((region.y + region.h) * sy)))
+    return first.crop((x0, y0, x1, y1))
+
+
+def _cells(cell: tuple[int, int]) -> Any:
+    from dataclasses import replace
+
+    from medcomm.adapters.halfblock import RENDER
+
+    return replace(RENDER, cell_px=cell)
+
+
 def _print_line(line: Any, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(line.as_json(), ensure_ascii=False))
@@ -580,7 +989,7 @@ def call(
         str,
         typer.Option(
             "--profile",
-            help="auto (adapts to the link), thin (~6 kbit/s), standard (~16 kbit/s) or auscultation "
+            help="auto (adapts to the link), thin (~6 kbit/s), standard (~15 kbit/s) or auscultation "
             "(stethoscope at the microphone: flat 20 Hz-1 kHz, ~28 kbit/s); naive (20 ms packets, "
             "no adaptation, no dropping: only for comparison).",
         ),
@@ -639,7 +1048,7 @@ def call(
     except MedcommError as exc:
         raise _fail(exc) from None
     if report is not None:
-        report.write_text(json.dumps({"call": out.call, "outcome": out.outcome, "seconds": out.seconds,
+        report.write_text(json.dumps({"call": out.call, "outcome": out.outcome, "duration_s": out.seconds,
                                       "profile": profile, **out.report}, indent=1))
     minutes, secs = divmod(int(out.seconds), 60)
     typer.echo(f"call {out.call}: {out.outcome}, {minutes}:{secs:02d}")

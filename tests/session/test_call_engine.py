@@ -382,7 +382,7 @@ async def test_a_link_that_is_behind_drops_packets_and_the_call_goes_on() -> Non
 
 
 async def test_without_feedback_the_sender_only_probes_until_the_link_is_back() -> None:
-    limits = CallLimits(stall_after=0.3, probe_every=0.3)
+    limits = CallLimits(stall_after=0.3, probe_every=0.3, feedback_every=0.25)  # stall_after > feedback gap
     async with call(tone(10), tone(10, freq=300), limits=limits) as c:
         await wait_for(lambda: c.a.engine.rate.stats().last_rtt_ms is not None, 1.5)
         c.a.link.deaf = True  # A's downlink stalls: no feedback about A's stream comes back

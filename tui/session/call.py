@@ -45,7 +45,7 @@ class CallLimits:
     """Paces of the engine; each is a trade between delay and work per second."""
 
     tick: float = 0.01  # s between looks at the source and the sink
-    playout_blocks: int = 3  # 20 ms blocks kept queued in the sink (60 ms)
+    playout_blocks: int = 2  # 20 ms blocks kept queued in the sink (40 ms: the engine ticks every 10)
     feedback_every: float = 0.5  # s between feedback reports per stream heard (each ~65 B on the wire)
     backlog_packets: float = 1.0  # unsent transport bytes (in packets) above which voice is dropped
     ring_timeout: float = 60.0  # s to wait for an answer
