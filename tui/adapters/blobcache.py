@@ -60,6 +60,9 @@ CREATE TABLE IF NOT EXISTS pending (
     cid BLOB PRIMARY KEY, consult TEXT NOT NULL, sha BLOB NOT NULL, size INTEGER NOT NULL,
     body BLOB NOT NULL, created REAL NOT NULL, error TEXT
 );
+CREATE TABLE IF NOT EXISTS pins (
+    owner BLOB NOT NULL, sha BLOB NOT NULL, PRIMARY KEY (owner, sha)
+) WITHOUT ROWID;
 """
 
 
@@ -141,8 +144,7 @@ class BlobCache:
     # --- blobs ----------------------------------------------------------------------------
 
     def path(self, sha: bytes) -> Path:
-        name = sha.hex()
-        return self.root / name[:2] / name
+        return blob_file(self.root, sha)
 
     def partial_path(self, sha: bytes) -> Path:
         return self.partial_dir / sha.hex()
@@ -185,9 +187,10 @@ class BlobCache:
 
     def trim(self, keep: bytes | None = None) -> int:
         """Keep fetched blobs under ``max_cache_bytes`` by removing the least recently
-        used (a removed note is fetched again if played). A blob a pending note still
-        needs is never removed; returns the bytes freed."""
+        used (a removed note is fetched again if played). A blob a pending note or a
+        pin (an image still uploading) needs is never removed; returns the bytes freed."""
         needed = {row[0] for row in self.db.execute("SELECT sha FROM pending")}
+        needed |= {row[0] for row in self.db.execute("SELECT sha FROM pins")}
         if keep is not None:
             needed.add(keep)
         files = []
@@ -279,10 +282,27 @@ class BlobCache:
         with self.db:
             self.db.execute("UPDATE pending SET error=? WHERE cid=?", (reason[:500], cid))
 
+    def pin(self, owner: bytes, shas: list[bytes]) -> None:
+        """Keep these blobs out of :meth:`trim` until ``unpin(owner)``: an image's tiles and
+        original stay on the device until the relay holds them. Opens no transaction of its
+        own, so a caller inside ``BEGIN IMMEDIATE`` pins atomically with its own row."""
+        self.db.executemany("INSERT OR IGNORE INTO pins VALUES (?,?)", [(owner, s) for s in shas])
+
+    def unpin(self, owner: bytes) -> None:
+        """Release every pin of ``owner`` (no transaction of its own, like :meth:`pin`)."""
+        self.db.execute("DELETE FROM pins WHERE owner=?", (owner,))
+
     def done(self, cid: bytes) -> None:
         """The note's message is durable in the outbox: the row has done its job."""
         with self.db:
             self.db.execute("DELETE FROM pending WHERE cid=?", (cid,))
+
+
+def blob_file(root: Path, sha: bytes) -> Path:
+    """Where blob ``sha`` lives under a cache root (``<data dir>/blobs``): for readers that
+    only need to know whether it is here (history lines), without opening the cache."""
+    name = sha.hex()
+    return root / name[:2] / name
 
 
 def file_sha(path: Path) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.core import wire
+from medcomm.core import imagemsg, wire
 from medcomm.core.delivery import OutItem
 
 SCHEMA = """
@@ -71,11 +71,15 @@ class Line:
             # a voice note: the id `medcomm play` takes (the message id, which also finds the
             # blob's id, size and duration in the message body)
             **({"note": self.id} if self.kind == "note" else {}),
+            # an image: the id `medcomm fetch` and `medcomm view` take (the message id; its body
+            # names the first view, the tile manifest and the original)
+            **({"image": self.id} if self.kind == "image" else {}),
         }
 
 
-def body_text(kind: int, body: bytes) -> str:
-    """Render a body for display; system events become a readable sentence."""
+def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
+    """Render a body for display; system events become a readable sentence. ``blobs`` (the
+    device's blob cache root) lets an image line say what of it has arrived here."""
     if kind == wire.KINDS["text"]:
         return body.decode("utf-8", "replace")
     if kind == wire.KINDS["system"]:
@@ -92,6 +96,8 @@ def body_text(kind: int, body: bytes) -> str:
         return call_text(body)
     if kind == wire.KINDS["note"]:
         return note_text(body)
+    if kind == wire.KINDS["image"]:
+        return image_text(body, blobs)
     return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
 
 
@@ -123,6 +129,40 @@ def note_text(body: bytes) -> str:
         return "(unreadable voice note)"
     secs = int(round(info.duration_s))
     return f"voice note {secs // 60}:{secs % 60:02d} ({info.size / 1000:.1f} KB)"
+
+
+def image_text(body: bytes, blobs: Path | None = None) -> str:
+    """An image as the history shows it: kind, caption, sizes of what can be fetched (first
+    view, detail tiles, original), and with ``blobs`` what of it is on this device, so a
+    doctor on a slow link knows what a fetch will cost before asking for it."""
+    from medcomm.errors import MedcommError
+
+    try:
+        info = imagemsg.parse_body(body)
+    except MedcommError:
+        return "(unreadable image message)"
+    return imagemsg.describe(info, None if blobs is None else image_arrived(blobs, info))
+
+
+def image_arrived(blobs: Path, info: imagemsg.ImageInfo) -> imagemsg.Arrived:
+    """What of an image (an ``imagemsg.ImageInfo``) is in the blob cache under ``blobs``:
+    file checks only, no hashing (the cache verifies on read); the manifest, when here,
+    says which tiles to look for."""
+    from medcomm.adapters.blobcache import blob_file
+    from medcomm.errors import MedcommError
+
+    def here(sha: bytes) -> bool:
+        return blob_file(blobs, sha).is_file()
+
+    tiles = None
+    d = info.detail
+    if d is not None and here(d.manifest.sha):
+        try:
+            entries = imagemsg.parse_manifest(blob_file(blobs, d.manifest.sha).read_bytes(), d).entries
+            tiles = sum(1 for e in entries if here(e.sha))
+        except (OSError, MedcommError):
+            tiles = None
+    return imagemsg.Arrived(here(info.first.sha), tiles, all(here(r.sha) for r in info.original.blobs()))
 
 
 class LocalStore:
@@ -318,7 +358,7 @@ class LocalStore:
                 sender,
                 when,
                 wire.KIND_NAMES.get(kind, "?"),
-                body_text(kind, body),
+                body_text(kind, body, self.path.parent / "blobs"),
                 state,
             )
         if not queued:
@@ -334,7 +374,7 @@ class LocalStore:
                 me,
                 int(created * 1000),
                 wire.KIND_NAMES.get(kind, "?"),
-                body_text(kind, body),
+                body_text(kind, body, self.path.parent / "blobs"),
                 "failed" if error else "queued",
             )
 

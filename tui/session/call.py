@@ -54,6 +54,10 @@ class CallLimits:
     stall_after: float = 1.0  # s (plus two base round trips) without feedback: the link stalled
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
+    def __post_init__(self) -> None:
+        if self.stall_after <= self.feedback_every:
+            raise UsageError("stall_after must exceed feedback_every: a normal gap is not a stall")
+
 
 @dataclass
 class CallStats:
