@@ -1,0 +1,293 @@
+"""Image sends and fetches against a real relay process: first view, detail by region,
+originals, crash and offline recovery, resumption, locks, pins, DICOM and multi-part files.
+
+Small generated pictures keep every test to a few seconds; the relay is real (loopback)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from medcomm.adapters.blobcache import BlobCache, CacheLimits
+from medcomm.core.tiles import Region, TileId
+from medcomm.errors import LinkDown, WireError
+from medcomm.session import imagefetch, images
+from medcomm.session.service import Session
+from tests.harness.relay import RelayProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def identity(relay: RelayProcess, root: Path, name: str, role: str) -> Path:
+    from medcomm.server.admin import enroll
+    from medcomm.session.service import login
+
+    home = root / name
+    await login(relay.url, name, enroll(relay.data, name, role), home=home)
+    return home
+
+
+@pytest.fixture
+async def world(relay: RelayProcess, tmp_path: Path) -> tuple[Path, Path, str]:
+    nurse = await identity(relay, tmp_path, "amina", "clinic")
+    doctor = await identity(relay, tmp_path, "dr.chen", "doctor")
+    async with Session.open(home=nurse) as s:
+        consult = await s.open_consult("Rash, 2 weeks", ["dr.chen"], 15)
+    return nurse, doctor, consult
+
+
+def photo(path: Path, w: int = 1300, h: int = 700, seed: int = 0) -> bytes:
+    """A smooth colour picture with sharp marks: a stand-in for a wound photo (kind photo:
+    no correction, so the tile source is the file's own pixels)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.stack(
+        [128 + 100 * np.sin(xx / 97 + seed), 128 + 100 * np.cos(yy / 61), 128 + 60 * np.sin((xx + yy) / 151)],
+        axis=2,
+    )
+    im = Image.fromarray(np.clip(a + rng.normal(0, 2, a.shape), 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    for i in range(12):
+        d.rectangle((100 * i + 10, 50 + 40 * (i % 5), 100 * i + 40, 80 + 40 * (i % 5)), fill=(20, 20, 20))
+    im.save(path, "PNG")
+    return path.read_bytes()
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(((x - y) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def rows(home: Path) -> list[images.PendingImage]:
+    with BlobCache(home) as cache:
+        cache.db.executescript(images.SCHEMA)
+        return images.pending_images(cache, include_failed=True)
+
+
+async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original(
+    world: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nurse, doctor, consult = world
+    original = photo(tmp_path / "wound.png")
+    steps: list[tuple[str, int, int]] = []
+    recorded: list[bytes] = []
+    order: list[tuple[str, bytes]] = []
+    real_upload = images.upload
+
+    async def upload(link, consult, sha, data, **kw):  # noqa: ANN001, ANN003, ANN202
+        report = await real_upload(link, consult, sha, data, **kw)
+        order.append(("uploaded", sha))
+        return report
+
+    monkeypatch.setattr(images, "upload", upload)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        real_enqueue = s.store.enqueue
+        monkeypatch.setattr(
+            s.store, "enqueue", lambda item: (order.append(("queued", item.cid)), real_enqueue(item))
+        )
+        shared = await images.share(
+            s,
+            consult,
+            tmp_path / "wound.png",
+            as_kind="photo",
+            caption="left shin",
+            timeout=30,
+            step=lambda *a: steps.append(a),
+            on_recorded=lambda p: recorded.append(p.cid),
+        )
+        assert recorded == [shared.cid] and shared.seq == 2 and shared.kind == "photo"
+        (row,) = rows(nurse)
+        # nobody ever sees a message whose first view is not at the relay
+        assert order == [("uploaded", row.plan.first.sha), ("queued", shared.cid)]
+        assert 2000 < shared.first_bytes <= 25 * 1024  # the photo budget
+        assert row.stage == images.QUEUED and row.done == 0  # the detail waits: share is done
+        # the detail is pinned: a cache squeezed to nothing keeps everything still to upload
+        with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
+            cache.trim()
+            assert all(cache.has(r.sha) for r in row.uploads)
+        result = await images.send_pending_images(s, 30, step=lambda *a: steps.append(a))
+        assert result.finished == [shared.cid] and result.left == 0 and result.busy == 0
+        assert rows(nurse) == []
+        with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
+            cache.trim()  # uploaded: no longer pinned, the cache may let them go
+            assert not any(cache.has(r.sha) for r in row.uploads)
+    ends = {st: (d, t) for st, d, t in steps}
+    assert ends["prepare"] == (1, 1) and ends["first view"] == (shared.first_bytes,) * 2
+    assert ends["tiles"] == (9, 9) and ends["detail"][0] == ends["detail"][1] == shared.detail_bytes
+
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, shared.cid.hex(), 20)  # not synced yet: finds it by syncing
+        assert loc.consult == consult and loc.info.caption == "left shin"
+        d = loc.info.detail
+        assert d is not None and (d.width, d.height) == (1300, 700) and d.tiles == 3 * 2 + 2 + 1
+        first = imagefetch.decode_image(await imagefetch.fetch_first(s, loc, 20))
+        assert first.size == (loc.info.first.width, loc.info.first.height)
+        source = Image.open(tmp_path / "wound.png")
+        assert psnr(first.resize(source.size), source) > 25
+
+        res = await imagefetch.fetch_region(s, loc, Region(300, 200, 600, 400), None, 20)
+        assert res.level == 0 and res.missing == [] and res.image.size == (600, 400)
+        assert res.tiles[0] == TileId(0, 1, 0)  # the tile under the region's centre comes first
+        assert psnr(res.image, source.crop((300, 200, 900, 600))) > 35  # native pixels, lossy tiles
+        small = await imagefetch.fetch_region(s, loc, Region(0, 0, 1300, 700), (330, 180), 20)
+        assert small.level == 2 and small.tiles == [TileId(2, 0, 0)] and small.image.size == (325, 175)
+
+        assert await imagefetch.fetch_original(s, loc, 20) == original
+        (line,) = [ln for ln in s.history(consult) if ln.kind == "image"]
+        assert line.as_json()["image"] == shared.cid.hex() == line.id
+        assert line.text.startswith('image photo "left shin" · first view ')
+        assert "original PNG 1300x700" in line.text
+        assert line.text.endswith("here: first view, 5/9 tiles, original")  # 4 native + 1 level-2
+
+
+async def test_images_kept_offline_or_cut_off_by_a_crash_are_finished_by_sync_once(
+    world: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    photo(tmp_path / "a.png", 700, 500, seed=1)
+    photo(tmp_path / "b.png", 600, 600, seed=2)
+    relay.stop()
+    async with Session.open(home=nurse, subscribe=False) as s:
+        with pytest.raises(LinkDown):
+            await images.share(s, consult, tmp_path / "a.png", as_kind="photo", timeout=1)
+        # and one whose process died right after recording it: no tiles, no message yet
+        made = images.make(tmp_path / "b.png", "photo")
+        crashed = images.record(s, consult, made, caption="b")
+    kept = {r.cid: r for r in rows(nurse)}
+    assert kept[crashed.cid].stage == images.PREPARED
+    offline = next(r for c, r in kept.items() if c != crashed.cid)
+    assert offline.stage == images.READY  # the tiles were made while the link was failing
+    relay.start()
+    async with Session.open(home=nurse, subscribe=False) as s:
+        result = await images.send_pending_images(s, 30)
+        assert sorted(result.finished) == sorted(kept) and result.left == 0
+        await s.flush(10)
+        again = await images.send_pending_images(s, 5)  # nothing left: nothing sent twice
+        assert again.finished == [] and again.left == 0
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        lines = [ln for ln in s.history(consult) if ln.kind == "image"]
+        assert sorted(ln.id for ln in lines) == sorted(c.hex() for c in kept)
+        loc = imagefetch.locate_image(s, crashed.cid.hex())
+        res = await imagefetch.fetch_region(s, loc, Region(0, 0, 600, 600), None, 20)
+        assert res.missing == [] and psnr(res.image, Image.open(tmp_path / "b.png")) > 35
+
+
+async def test_detail_resumes_where_it_stopped_and_a_fetch_says_what_is_missing(
+    world: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nurse, doctor, consult = world
+    photo(tmp_path / "w.png")
+    real_upload = images.upload
+    calls: list[bytes] = []
+
+    async def cut_after_five(link, consult, sha, data, **kw):  # noqa: ANN001, ANN003, ANN202
+        if len(calls) >= 5:
+            raise LinkDown("cut")
+        calls.append(sha)
+        return await real_upload(link, consult, sha, data, **kw)
+
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(s, consult, tmp_path / "w.png", as_kind="photo", timeout=30)
+        monkeypatch.setattr(images, "upload", cut_after_five)
+        result = await images.send_pending_images(s, 10, limits=images.ShareLimits(upload_parallel=1))
+        assert result.finished == [] and result.left == 11 - 5  # manifest + 9 tiles + original
+        (row,) = rows(nurse)
+        assert row.done == 5 and calls == [r.sha for r in row.uploads[:5]]
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, shared.cid.hex(), 20)
+        res = await imagefetch.fetch_region(s, loc, Region(0, 0, 1300, 700), None, 20)
+        # up: manifest, 2/0/0, 1/0/0, 1/1/0 and the first level-0 tile, 0/0/0
+        assert sorted(res.missing) == sorted(set(res.tiles) - {TileId(0, 0, 0)})
+        px = np.asarray(res.image)
+        assert (px[600:, 1100:] == imagefetch.FILL).all() and not (px[:100, :100] == imagefetch.FILL).all()
+    calls.clear()
+    monkeypatch.setattr(images, "upload", lambda *a, **k: (calls.append(a[2]), real_upload(*a, **k))[1])
+    async with Session.open(home=nurse, subscribe=False) as s:
+        result = await images.send_pending_images(s, 30)
+        assert result.finished == [shared.cid]
+        assert calls == [r.sha for r in row.uploads[5:]]  # no finished blob is asked about again
+    async with Session.open(home=doctor) as s:
+        loc = imagefetch.locate_image(s, shared.cid.hex())
+        res = await imagefetch.fetch_region(s, loc, Region(0, 0, 1300, 700), None, 20)
+        assert res.missing == []
+
+
+async def test_two_processes_never_work_on_the_same_image(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, _, consult = world
+    photo(tmp_path / "x.png", 400, 300)
+    async with Session.open(home=nurse, subscribe=False, connect=False) as s:
+        pend = images.record(s, consult, images.make(tmp_path / "x.png", "photo"))
+    with images._row_lock(nurse, pend.cid) as mine:  # another process holds it (flock is per open file)
+        assert mine
+        async with Session.open(home=nurse, subscribe=False) as s:
+            result = await images.send_pending_images(s, 10)
+        assert result.busy == 1 and result.finished == []
+        assert rows(nurse)[0].stage == images.PREPARED
+
+
+async def test_a_dicom_slice_keeps_its_window_caption_and_its_exact_file(
+    world: tuple[Path, Path, str],
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    nurse, doctor, consult = world
+    path = Path(get_testdata_file("CT_small.dcm"))
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(s, consult, path, window="lung", timeout=30)
+        await images.send_pending_images(s, 30)
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, shared.cid.hex(), 20)
+        assert loc.info.kind == "slice" and "window lung" in loc.info.info and "CT 128x128" in loc.info.info
+        assert loc.info.original.mime == "application/dicom"
+        assert await imagefetch.fetch_original(s, loc, 20) == path.read_bytes()
+        res = await imagefetch.fetch_region(s, loc, Region(0, 0, 128, 128), None, 20)
+        assert res.image.size == (128, 128) and res.missing == []
+
+
+async def test_an_original_larger_than_a_blob_goes_in_parts_and_comes_back_whole(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data = photo(tmp_path / "big.png", 500, 400, seed=3)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        pend = images.record(
+            s, consult, images.make(data, "photo"), limits=images.ShareLimits(part_size=len(data) // 3 + 1)
+        )
+        assert len(pend.plan.original.parts) == 3
+        result = await images.send_pending_images(s, 30)  # from "prepared": tiles cut here
+        assert result.finished == [pend.cid]
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, pend.cid.hex(), 20)
+        got = await imagefetch.fetch_original(s, loc, 20)
+        assert got == data and hashlib.sha256(got).digest() == loc.info.original.sha
+
+
+def test_a_tile_of_the_wrong_size_or_not_an_image_is_refused() -> None:
+    from medcomm.core.tiles import Pyramid
+
+    box = Pyramid(1000, 600).box(TileId(0, 0, 0))
+    buf = io.BytesIO()
+    Image.new("L", (100, 100)).save(buf, "PNG")
+    with pytest.raises(WireError):
+        imagefetch._decode_tile(buf.getvalue(), box, "L")
+    with pytest.raises(WireError):
+        imagefetch._decode_tile(b"not a picture", box, "L")
+    Image.new("L", (512, 512)).save(buf := io.BytesIO(), "PNG")
+    assert imagefetch._decode_tile(buf.getvalue(), box, "L").size == (512, 512)
+
+
+def test_an_unreadable_image_body_is_said_so_in_the_history() -> None:
+    from medcomm.adapters.localstore import body_text
+    from medcomm.core import wire
+
+    assert body_text(wire.KINDS["image"], b"\x81\xa1v\x07") == "(unreadable image message)"

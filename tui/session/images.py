@@ -1,0 +1,681 @@
+"""``medcomm share``: still images over the one link, first view first, nothing lost.
+
+Sending, in this order (each step durable before the next can be seen by anyone):
+
+1. **prepare** (CPU, in a thread): decode, correct (docscan for report/film/ecg), first view
+   (imaging); for docscan kinds the tiles are cut from docscan's full-tone ``gray`` picture,
+   while the first view is made from its ``image`` (two-level when that reads better);
+2. **record**: the original (in parts of at most 16 MiB), the first view and a row in
+   ``image_sends`` (``pending.sqlite3``, ``synchronous=FULL``) with its message id, and pins
+   that keep those blobs out of the cache's trimming. From here a dead link, a killed
+   process or a flat battery cannot lose the image; ``share`` prints the id now;
+3. **first view up** while a thread encodes every tile of the pyramid into the cache, coarse
+   to fine, and the manifest (tile id -> blob) with them: on EDGE the 20 KB upload takes
+   ~7 s, longer than encoding a 12 MP page, so the tiles cost the sender no waiting;
+4. **message**: the row turns ``ready`` (its body names first view, manifest, original),
+   then the message goes into the outbox under the row's id (the same id on every retry,
+   so a crash between the two cannot duplicate it) and the row turns ``queued``.
+   ``share`` waits for the relay's acknowledgement and exits 0 (75 if the link is down:
+   the row stays and ``medcomm sync`` finishes it);
+5. **detail**: the manifest first (so a receiver can ask for any region at once and be told
+   precisely which tiles are still on their way), the tiles coarse to fine, the original
+   last, and the tiles of every pending image before any original (a phone photo's
+   original is minutes of EDGE uplink; the next image's tiles must not wait behind it):
+   whether ``share`` waits for this, leaves it to a background ``medcomm sync``, or to
+   the next sync is the user's choice (``--detail``). Each finished blob advances the row's
+   ``done`` count durably, so a resume never asks the relay about a finished blob again (on
+   a 1.5 s round trip that is 3 s per tile); the row and its pins go when all are up.
+
+A row whose process died during step 3 is taken up by :func:`send_pending_images` from the
+cached original (same kind, same window). Two processes never work on the same row: each
+holds an advisory lock file per row (``<data dir>/locks/<id>``) while it does.
+
+Receiving is :mod:`medcomm.session.imagefetch`.
+
+Logs carry ids, sizes and counts, never pixels or file contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from medcomm.adapters.blobcache import BlobCache
+from medcomm.core import imagemsg, wire
+from medcomm.core.delivery import OutItem
+from medcomm.core.imagemsg import (
+    BlobRef,
+    Detail,
+    FirstView,
+    ImageInfo,
+    Manifest,
+    Original,
+    TileEntry,
+)
+from medcomm.core.tiles import TileId
+from medcomm.errors import (
+    AccessDenied,
+    LimitExceeded,
+    LinkDown,
+    MedcommError,
+    NotFound,
+    RemoteError,
+    UsageError,
+)
+from medcomm.session.transfer import check_consult, upload
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from medcomm.adapters.imaging import Prepared
+    from medcomm.session.service import Session
+
+log = logging.getLogger("medcomm.images")
+
+Step = Callable[[str, int, int], None]  # (step, done, total): "prepare", "first view", "tiles", "detail"
+DETAIL_MODES = ("background", "wait", "later")
+
+
+@dataclass(frozen=True)
+class ShareLimits:
+    """How image sends pace themselves and what the device keeps waiting."""
+
+    max_pending: int = 200  # images waiting on this device before share refuses another
+    encode_threads: int = 2  # tile encoders (AVIF releases the GIL: 2 threads = 1.6x on 2 cores)
+    upload_parallel: int = 2  # detail blobs in flight: tiles are one chunk, so like transfer's window
+    fetch_parallel: int = 2  # tile downloads in flight, same reasoning downhill
+    part_size: int = 16 * 1024 * 1024  # one part of an original: the relay's largest blob
+    background_seconds: float = 3600.0  # a background sync's time budget (then `medcomm sync` goes on)
+
+
+SHARE = ShareLimits()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_sends (
+    cid BLOB PRIMARY KEY, consult TEXT NOT NULL, stage TEXT NOT NULL, plan BLOB NOT NULL,
+    window TEXT, body BLOB, uploads BLOB, done INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, error TEXT
+);
+"""
+PREPARED, READY, QUEUED = "prepared", "ready", "queued"
+_PERMANENT = ("denied", "limit", "bad_request")  # relay codes a retry cannot change
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image this device has not finished sending (a row of ``image_sends``)."""
+
+    cid: bytes
+    consult: str
+    stage: str  # prepared | ready | queued
+    plan: ImageInfo  # the message as far as it is known (no detail before "ready")
+    window: str | None
+    body: bytes | None
+    uploads: tuple[BlobRef, ...]  # after the message: manifest, tiles coarse to fine, original parts
+    done: int  # uploads[:done] are complete at the relay
+    created: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What ``share`` did: the image id, its seq, and what the first view cost."""
+
+    cid: bytes
+    seq: int
+    kind: str
+    first_bytes: int
+    detail_blobs: int  # blobs left for the background: manifest, tiles, original parts
+    detail_bytes: int
+    seconds: float  # from the start of share to the relay's acknowledgement
+
+
+@dataclass(frozen=True)
+class ImagesResult:
+    """What :func:`send_pending_images` did."""
+
+    finished: list[bytes]  # image ids whose every blob is at the relay
+    left: int  # blobs still to upload (time ran out)
+    busy: int  # images another process was working on (skipped)
+    failed: list[tuple[bytes, MedcommError]]
+
+
+# --- the pending table ------------------------------------------------------------------------
+
+
+def open_cache(session: Session) -> BlobCache:
+    """The session's blob cache, with the ``image_sends`` table in its pending file."""
+    cache = BlobCache(session.store.path.parent)
+    cache.db.executescript(SCHEMA)
+    return cache
+
+
+def _row(r: tuple[Any, ...]) -> PendingImage:
+    cid, consult, stage, plan, window, body, uploads, done, created, error = r
+    refs = tuple(BlobRef(s, n) for s, n in msgpack.unpackb(uploads)) if uploads else ()
+    return PendingImage(
+        cid, consult, stage, imagemsg.parse_body(plan), window, body, refs, done, created, error
+    )
+
+
+_COLS = "cid, consult, stage, plan, window, body, uploads, done, created, error"
+
+
+def pending_images(cache: BlobCache, include_failed: bool = False) -> list[PendingImage]:
+    """Images still to finish on this device, oldest first."""
+    where = "" if include_failed else "WHERE error IS NULL"
+    rows = cache.db.execute(f"SELECT {_COLS} FROM image_sends {where} ORDER BY created").fetchall()
+    return [_row(r) for r in rows]
+
+
+def pending_image(cache: BlobCache, cid: bytes) -> PendingImage | None:
+    """One pending image by its id (failed ones too), or None."""
+    r = cache.db.execute(f"SELECT {_COLS} FROM image_sends WHERE cid=?", (cid,)).fetchone()
+    return None if r is None else _row(r)
+
+
+@contextlib.contextmanager
+def _row_lock(data_dir: Path, cid: bytes) -> Iterator[bool]:
+    """An advisory lock per image (flock): yields False when another process holds it.
+    Released by the kernel when the holder dies, so a crash never leaves a stale lock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one medcomm process at a time is the rule there
+        yield True
+        return
+    folder = data_dir / "locks"
+    folder.mkdir(exist_ok=True)
+    fd = os.open(folder / cid.hex(), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+# --- prepare (CPU; runs in a thread) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Made:
+    """A prepared image and its original bytes, before anything is recorded."""
+
+    prepared: Prepared
+    original: bytes
+    original_mime: str
+    original_size: tuple[int, int]
+    info: str  # the DICOM caption (window, spacing), or that docscan straightened the picture
+
+
+def _read(source: str | Path | bytes) -> bytes:
+    """The file's bytes, within the image limit or, for a DICOM file, the larger DICOM one."""
+    from medcomm.adapters import imaging
+    from medcomm.adapters.dicom import DICOM_LIMITS
+
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    path = Path(source)
+    try:
+        with path.open("rb") as f:
+            is_dicom = f.read(132)[128:132] == b"DICM"
+    except OSError:
+        is_dicom = False  # read_source says what is wrong with the path
+    limit = DICOM_LIMITS.max_file_bytes if is_dicom else imaging.IMAGE_LIMITS.max_file_bytes
+    return imaging.read_source(path, limit)
+
+
+def make(source: str | Path | bytes, as_kind: str = "auto", window: str | None = None) -> Made:
+    """Load, correct and prepare one file (seconds of CPU for a phone photo: call it in a
+    thread). Reports, films and ECGs go through docscan; the tile source is docscan's
+    full-tone ``gray`` picture when it has one (the first view keeps docscan's choice)."""
+    from medcomm.adapters import docscan, imaging
+
+    data = _read(source)
+    seen: dict[str, Any] = {}
+
+    def corr(image: Image.Image, mode: str) -> Image.Image:
+        c = docscan.correct(image, mode)
+        seen["c"] = c
+        return c.image
+
+    p = imaging.prepare(data, as_kind, corr, window=window)
+    c = seen.get("c")
+    info = ""
+    if p.kind == "slice":
+        info = p.caption.removesuffix(f" · {p.first.label}")
+    elif c is not None:
+        if c.gray is not None and c.gray.size == p.image.size and c.gray is not c.image:
+            p = replace(p, image=imaging.prepare_view(c.gray, p.kind))
+        if c.found:  # geometry was changed: distances on it are the straightened page's
+            info = {"report": "page", "ecg": "strip"}.get(p.kind, p.kind) + " straightened"
+    fmt = imaging.sniff(data) or "dicom"
+    return Made(p, data, imaging.FORMATS[fmt][1], _original_size(data, p), info)
+
+
+def _original_size(data: bytes, p: Prepared) -> tuple[int, int]:
+    """Width and height of the file as given (upright), from its header: no second decode."""
+    if p.kind == "slice":
+        return p.pyramid.width, p.pyramid.height
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if int(im.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return w, h
+    except Exception:  # HEIF without its opener registered, odd TIFFs: the corrected size will do
+        return p.pyramid.width, p.pyramid.height
+
+
+def encode_tiles(p: Prepared, threads: int = SHARE.encode_threads) -> list[tuple[TileId, Any]]:
+    """Every tile of the pyramid, coarse to fine (the order they are uploaded in)."""
+    from medcomm.adapters import imaging
+
+    pyr = p.pyramid
+    ids = []
+    for level in reversed(range(pyr.levels)):
+        cols, rows = pyr.grid(level)
+        ids += [TileId(level, c, r) for r in range(rows) for c in range(cols)]
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="medcomm-tile") as ex:
+        return list(zip(ids, ex.map(lambda t: imaging.tile(p.image, t, p.kind), ids), strict=True))
+
+
+def _put(cache: BlobCache, data: bytes) -> bytes:
+    """``cache.put`` with a full or read-only disk said in one line, not a traceback."""
+    try:
+        return cache.put(data)
+    except OSError as exc:
+        raise MedcommError(f"cannot keep the image on this device: {exc.strerror or exc}") from None
+
+
+def _store_detail(data_dir: Path, p: Prepared, threads: int) -> tuple[Detail, tuple[TileEntry, ...]]:
+    """Encode the tiles into the cache, then the manifest; returns the detail (for the body)
+    and the tiles (coarse to fine). Opens its own cache: SQLite connections stay in their
+    thread."""
+    tiles = encode_tiles(p, threads)
+    entries = []
+    with BlobCache(data_dir) as cache:
+        for tid, enc in tiles:
+            entries.append(TileEntry(tid, _put(cache, enc.data), len(enc.data)))
+        blob = imagemsg.encode_manifest(Manifest(p.pyramid.width, p.pyramid.height, tuple(entries)))
+        msha = _put(cache, blob)
+    enc0 = tiles[0][1]
+    detail = Detail(
+        p.pyramid.width,
+        p.pyramid.height,
+        p.pyramid.levels,
+        enc0.codec,
+        enc0.mime,
+        enc0.quality,
+        BlobRef(msha, len(blob)),
+        len(entries),
+        sum(e.size for e in entries),
+    )
+    return detail, tuple(entries)
+
+
+# --- send ---------------------------------------------------------------------------------------
+
+
+def record(
+    session: Session,
+    consult: str,
+    made: Made,
+    caption: str = "",
+    window: str | None = None,
+    send_original: bool = True,
+    limits: ShareLimits = SHARE,
+    cid: bytes | None = None,
+) -> PendingImage:
+    """Make an image durable on this device before any byte moves: original parts and first
+    view in the cache, then the row and its pins in one transaction. ``cid`` (the message
+    id) is made here unless the caller made it first to lock the row before it exists."""
+    consult = check_consult(consult)
+    p = made.prepared
+    data = made.original
+    parts = [data[i : i + limits.part_size] for i in range(0, len(data), limits.part_size)]
+    with open_cache(session) as cache:
+        if cache.db.execute("SELECT count(*) FROM image_sends WHERE error IS NULL").fetchone()[0] >= (
+            limits.max_pending
+        ):
+            raise LimitExceeded(f"{limits.max_pending} images already wait for the link: run medcomm sync")
+        refs = [BlobRef(_put(cache, part), len(part)) for part in parts]
+        first_sha = _put(cache, p.first.data)
+        plan = ImageInfo(
+            p.kind,
+            caption.strip(),
+            made.info,
+            FirstView(
+                first_sha,
+                len(p.first.data),
+                p.first.mime,
+                p.first.width,
+                p.first.height,
+                p.first.codec,
+                p.first.quality,
+                p.first.lossy,
+            ),
+            Original(
+                hashlib.sha256(data).digest(),
+                len(data),
+                made.original_mime,
+                *made.original_size,
+                send_original,
+                tuple(refs) if len(refs) > 1 else (),
+            ),
+            None,
+        )
+        body = imagemsg.encode_body(plan)  # checks the caption's length before anything is kept
+        cid = cid or secrets.token_bytes(wire.CID_LEN)
+        now = time.time()
+        with cache.db:
+            cache.db.execute("BEGIN IMMEDIATE")
+            cache.db.execute(
+                "INSERT INTO image_sends (cid, consult, stage, plan, window, created) VALUES (?,?,?,?,?,?)",
+                (cid, consult, PREPARED, body, window, now),
+            )
+            cache.pin(cid, [first_sha, *(r.sha for r in refs)])
+    log.info(
+        "image recorded cid=%s kind=%s first=%d original=%d", cid.hex(), p.kind, plan.first.size, len(data)
+    )
+    return PendingImage(cid, consult, PREPARED, plan, window, None, (), 0, now)
+
+
+async def _make_ready(
+    session: Session, pend: PendingImage, prepared: Prepared | None, deadline: float, step: Step | None
+) -> PendingImage:
+    """prepared -> ready: the first view at the relay and the detail encoded into the cache,
+    both at once (the upload waits on the link, the encoding on the CPU)."""
+    data_dir = session.store.path.parent
+
+    async def build() -> tuple[Detail, tuple[TileEntry, ...]]:
+        p = prepared
+        if p is None:  # resumed after a crash: cut the tiles again from the cached original
+            with open_cache(session) as cache:
+                original = b"".join(cache.read(r.sha) for r in pend.plan.original.blobs())
+            made = await asyncio.to_thread(make, original, _as_kind(pend.plan.kind), pend.window)
+            p = made.prepared
+        if step is not None:
+            step("tiles", 0, p.pyramid.tile_count())
+        detail, entries = await asyncio.to_thread(_store_detail, data_dir, p, SHARE.encode_threads)
+        if step is not None:
+            step("tiles", detail.tiles, detail.tiles)
+        return detail, entries
+
+    def shown(done: int, total: int) -> None:
+        if step is not None:
+            step("first view", done, total)
+
+    build_task = asyncio.ensure_future(build())
+    try:
+        await _upload_first(session, pend, deadline, shown)
+    finally:
+        detail, entries = await build_task  # even when the link failed: sync then only uploads
+        body = imagemsg.encode_body(replace(pend.plan, detail=detail))
+        uploads = [detail.manifest, *(BlobRef(e.sha, e.size) for e in entries)]
+        if pend.plan.original.sent:
+            uploads += list(pend.plan.original.blobs())
+        packed = msgpack.packb([[r.sha, r.size] for r in uploads], use_bin_type=True)
+        with open_cache(session) as cache, cache.db:
+            cache.db.execute("BEGIN IMMEDIATE")
+            cache.db.execute(
+                "UPDATE image_sends SET stage=?, body=?, uploads=?, done=0 WHERE cid=?",
+                (READY, body, packed, pend.cid),
+            )
+            cache.pin(pend.cid, [r.sha for r in uploads])
+    return replace(pend, stage=READY, body=body, uploads=tuple(uploads), done=0)
+
+
+async def _upload_first(
+    session: Session, pend: PendingImage, deadline: float, progress: Callable[[int, int], None] | None = None
+) -> None:
+    """The first view to the relay (one head round trip when it is there already)."""
+    loop = asyncio.get_running_loop()
+    with open_cache(session) as cache:
+        first = cache.read(pend.plan.first.sha)
+    await upload(
+        session.link,
+        pend.consult,
+        pend.plan.first.sha,
+        first,
+        timeout=max(0.001, deadline - loop.time()),
+        progress=progress,
+    )
+
+
+def _as_kind(kind: str) -> str:
+    return "auto" if kind == "slice" else kind  # a DICOM file finds its own way
+
+
+async def _queue(session: Session, pend: PendingImage) -> OutItem:
+    """ready -> queued: the message into the outbox under the row's id, then the row moves."""
+    assert pend.body is not None
+    item = OutItem(pend.cid, pend.consult, wire.KINDS["image"], pend.body)
+    session.store.enqueue(item)  # durable (fsync) before the row says so
+    with open_cache(session) as cache, cache.db:
+        cache.db.execute("UPDATE image_sends SET stage=? WHERE cid=?", (QUEUED, pend.cid))
+    await session.link.submit(item)
+    return item
+
+
+async def share(
+    session: Session,
+    consult: str,
+    source: str | Path | bytes,
+    *,
+    as_kind: str = "auto",
+    caption: str = "",
+    window: str | None = None,
+    send_original: bool = True,
+    timeout: float,
+    step: Step | None = None,
+    on_recorded: Callable[[PendingImage], None] | None = None,
+) -> Shared:
+    """Prepare, record, send the first view and the message; returns once the relay has
+    stored the message (LinkDown otherwise: the image stays pending on this device).
+    The detail (manifest, tiles, original) is left to :func:`send_pending_images`."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    deadline = t0 + timeout
+    consult = check_consult(consult)
+    if len(caption.encode("utf-8")) > imagemsg.LIMITS.max_caption:
+        raise UsageError(f"--caption is over {imagemsg.LIMITS.max_caption} bytes: say it in a message")
+    if step is not None:
+        step("prepare", 0, 1)
+    made = await asyncio.to_thread(make, source, as_kind, window)
+    if step is not None:
+        step("prepare", 1, 1)
+    cid = secrets.token_bytes(wire.CID_LEN)
+    with _row_lock(session.store.path.parent, cid) as mine:  # before the row exists: no sync takes it
+        assert mine  # nobody else can know this id yet
+        # fsyncs of a few MB: off the event loop, so the link keeps answering pings meanwhile
+        pend = await asyncio.to_thread(
+            record, session, consult, made, caption, window, send_original, cid=cid
+        )
+        if on_recorded is not None:
+            on_recorded(pend)
+        pend = await _make_ready(session, pend, made.prepared, deadline, step)
+        item = await _queue(session, pend)
+        seq = await session.wait_stored(item, max(0.001, deadline - loop.time()))
+    seconds = loop.time() - t0
+    left = pend.uploads
+    log.info(
+        "image stored cid=%s seq=%d first=%d in %.1f s", pend.cid.hex(), seq, pend.plan.first.size, seconds
+    )
+    return Shared(
+        pend.cid, seq, made.prepared.kind, pend.plan.first.size, len(left), sum(r.size for r in left), seconds
+    )
+
+
+def _tiles_end(pend: PendingImage) -> int:
+    """Index in ``uploads`` where the original's parts begin (they are the suffix)."""
+    o = pend.plan.original
+    return len(pend.uploads) - (len(o.blobs()) if o.sent else 0)
+
+
+async def _upload_range(
+    session: Session, pend: PendingImage, stop: int, deadline: float, step: Step | None, limits: ShareLimits
+) -> int:
+    """Upload ``uploads[done:stop]`` with a few in flight, advancing ``done`` durably over
+    the finished prefix; returns the new ``done``. When every blob is up, the row and its
+    pins go."""
+    loop = asyncio.get_running_loop()
+    done = pend.done
+    finished: set[int] = set()
+    inflight: dict[asyncio.Future[object], int] = {}
+    sent_bytes = sum(r.size for r in pend.uploads[:done])
+    total_bytes = sum(r.size for r in pend.uploads[:stop])
+
+    async def one(i: int) -> None:
+        ref = pend.uploads[i]
+        with BlobCache(session.store.path.parent) as cache:
+            data = cache.read(ref.sha)
+        await upload(session.link, pend.consult, ref.sha, data, timeout=max(0.001, deadline - loop.time()))
+
+    nxt = done
+    try:
+        while nxt < stop or inflight:
+            while len(inflight) < limits.upload_parallel and nxt < stop:
+                inflight[asyncio.ensure_future(one(nxt))] = nxt
+                nxt += 1
+            ready, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
+            for task in ready:
+                i = inflight.pop(task)
+                task.result()  # raises: the finally below cancels the rest
+                finished.add(i)
+                sent_bytes += pend.uploads[i].size
+            before = done
+            while done in finished:
+                done += 1
+            if done != before:
+                with open_cache(session) as cache, cache.db:
+                    cache.db.execute("UPDATE image_sends SET done=? WHERE cid=?", (done, pend.cid))
+            if step is not None:
+                step("detail", sent_bytes, total_bytes)
+    finally:
+        for task in inflight:
+            task.cancel()
+        await asyncio.gather(*inflight, return_exceptions=True)
+    if done == len(pend.uploads):
+        with open_cache(session) as cache, cache.db:
+            cache.db.execute("BEGIN IMMEDIATE")
+            cache.db.execute("DELETE FROM image_sends WHERE cid=?", (pend.cid,))
+            cache.unpin(pend.cid)
+        # the lock file goes too (we hold it); a process that opened it meanwhile finds no row
+        (session.store.path.parent / "locks" / pend.cid.hex()).unlink(missing_ok=True)
+        log.info("image complete at the relay cid=%s blobs=%d", pend.cid.hex(), done)
+    return done
+
+
+async def send_pending_images(
+    session: Session, timeout: float, step: Step | None = None, limits: ShareLimits = SHARE
+) -> ImagesResult:
+    """Finish every image this device has not finished sending (``medcomm sync``, ``share
+    --detail wait`` and background syncs call this), in two passes over the images, oldest
+    first: (1) queue the messages still to queue and upload every manifest and tile, (2) the
+    originals. An original of a phone photo is minutes of EDGE uplink; the tiles of the next
+    image must not wait behind it.
+
+    Within ``timeout``: when time runs out after some progress the rest waits for the next
+    call (``left`` says how much, and a warning is logged); with no progress at all it is
+    LinkDown. An image the relay refuses for good is marked failed and kept on the device."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    data_dir = session.store.path.parent
+    finished: list[bytes] = []
+    failed: list[tuple[bytes, MedcommError]] = []
+    busy: set[bytes] = set()
+    progressed = False
+    for phase in ("tiles", "originals"):
+        with open_cache(session) as cache:
+            rows = pending_images(cache)
+        for row in rows:
+            with _row_lock(data_dir, row.cid) as mine:
+                if not mine:
+                    busy.add(row.cid)
+                    continue
+                with open_cache(session) as cache:
+                    pend = pending_image(cache, row.cid)  # another process may have moved it on meanwhile
+                if pend is None or pend.error is not None:
+                    continue
+                try:
+                    if pend.stage == PREPARED:
+                        pend = await _make_ready(session, pend, None, deadline, step)
+                    if pend.stage == READY:  # the first view may not have made it before a cut
+                        await _upload_first(session, pend, deadline)
+                        await _queue(session, pend)
+                        pend = replace(pend, stage=QUEUED)
+                        progressed = True
+                    stop = _tiles_end(pend) if phase == "tiles" else len(pend.uploads)
+                    if pend.done < stop or pend.done == len(pend.uploads):
+                        if await _upload_range(session, pend, stop, deadline, step, limits) == len(
+                            pend.uploads
+                        ):
+                            finished.append(pend.cid)
+                        progressed = True
+                except (AccessDenied, RemoteError, NotFound, LimitExceeded, UsageError) as exc:
+                    if isinstance(exc, RemoteError) and not isinstance(exc, AccessDenied):
+                        if exc.code not in _PERMANENT:
+                            raise
+                    with open_cache(session) as cache, cache.db:
+                        cache.db.execute(
+                            "UPDATE image_sends SET error=? WHERE cid=?", (str(exc)[:500], pend.cid)
+                        )
+                    failed.append((pend.cid, exc))
+                    log.warning("image cid=%s failed for good: %s", pend.cid.hex(), type(exc).__name__)
+                except LinkDown:
+                    if not progressed and not _moved(session, row):
+                        raise
+                    left = _left(session)
+                    log.warning("images: %d blobs still to upload; `medcomm sync` goes on", left)
+                    return ImagesResult(finished, left, len(busy), failed)
+    return ImagesResult(finished, _left(session), len(busy), failed)
+
+
+def _left(session: Session) -> int:
+    with open_cache(session) as cache:
+        return sum(len(r.uploads) - r.done for r in pending_images(cache))
+
+
+def _moved(session: Session, before: PendingImage) -> bool:
+    """Did this row advance during the failed attempt (stage or done count)?"""
+    with open_cache(session) as cache:
+        now = pending_image(cache, before.cid)
+    return now is None or now.stage != before.stage or now.done > before.done
+
+
+def start_background(data_dir: Path, limits: ShareLimits = SHARE) -> int:
+    """Start a detached ``medcomm sync`` that uploads the detail after ``share`` exits (its
+    output goes to ``<data dir>/background.log``); returns its pid. Bounded by
+    ``background_seconds``; the row locks keep it off an image another process is sending."""
+    log_path = data_dir / "background.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medcomm.cli", "sync", "--timeout", str(int(limits.background_seconds))],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # not killed with the shell's process group when the user logs out
+            env=dict(os.environ),
+        )
+    return proc.pid
