@@ -374,3 +374,31 @@ async def test_the_real_session_records_keeps_sends_and_plays_a_note(relay: Any,
         heard = []
         await doctor.play_note(note_id, lambda d, t: heard.append((d, t)), speaker=str(tmp_path / "dr.wav"))
         assert heard[0] == (0, 0) and heard[-1][0] == heard[-1][1] > 0  # fetched first, then played
+
+
+async def test_quitting_the_desk_while_recording_keeps_the_note(relay: Any, tmp_path: Path) -> None:
+    """A stray Ctrl+Q must not throw away what a clinician said: the recording is stopped and
+    kept on the device, pending, for the next desk or `medcomm sync`."""
+    from medcomm.app.app import build_app
+    from medcomm.server.admin import enroll
+    from medcomm.session.service import Session, login
+
+    home = tmp_path / "amina"
+    await login(relay.url, "amina", enroll(relay.data, "amina", "clinic"), home=home)
+    await login(relay.url, "dr.chen", enroll(relay.data, "dr.chen", "doctor"), home=tmp_path / "chen")
+    mic = tone_wav(tmp_path / "mic.wav", 3)
+    app = build_app(lambda: Session.open(home=home))
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(200):
+            if app.session is not None and app.session.status.state == "online":
+                break
+            await pilot.pause(0.05)
+        session = app.session
+        assert session is not None
+        consult = await session.open_consult("t", ["dr.chen"], 15)
+        session.record_note_start(consult, mic=str(mic))
+        await asyncio.sleep(0.6)
+        await pilot.press("ctrl+q")
+    async with Session.open(home=home, connect=False) as again:
+        (line,) = again.pending_notes(consult)
+        assert line.kind == "note" and line.state == "queued"

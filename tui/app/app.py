@@ -111,12 +111,24 @@ class MedcommApp(App[None]):
                     await self._forever()
                 finally:  # closing the session ends a call: no refresh of an app that is going
                     session.calls.changed = _ignore
-                    session.record_note_cancel()  # the microphone and speaker close with the desk
+                    await self._keep_recording(session)
                     session.stop_note()
         except ProfileError as exc:
             await self.push_screen(WelcomeScreen(str(exc)))
         except MedcommError as exc:
             self.notify(str(exc), severity="error", timeout=15)
+
+    async def _keep_recording(self, session: Any) -> None:
+        """Quitting while a note records keeps it (durable, sent by the next desk or
+        `medcomm sync`): what a clinician said is not thrown away by a stray Ctrl+Q."""
+        import asyncio
+
+        if not getattr(session, "recording_note", False):
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(session.record_note_stop()), 10)
+        except (MedcommError, TimeoutError, asyncio.CancelledError):
+            session.record_note_cancel()
 
     async def _forever(self) -> None:
         import asyncio

@@ -248,6 +248,11 @@ class Session:
         note = await asyncio.to_thread(record_note, self, recording.consult, ogg)
         return note.cid.hex()
 
+    @property
+    def recording_note(self) -> bool:
+        """A note is being recorded (the desk keeps it if it quits now)."""
+        return self._recording is not None
+
     def record_note_cancel(self) -> None:
         """Drop the recording: the microphone closes, nothing is kept or sent."""
         recording, self._recording = self._recording, None
