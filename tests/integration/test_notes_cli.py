@@ -12,30 +12,12 @@ import numpy as np
 import pytest
 
 from medcomm.adapters.blobcache import BlobCache
-from medcomm.session.service import Session
 from tests.harness.relay import RelayProcess, medcomm
 
 pytestmark = pytest.mark.timeout(90)
 RATE = 48_000
 
 
-async def identity(relay: RelayProcess, root: Path, name: str, role: str) -> Path:
-    """Enrol and log in in-process: setup, not the subject (login has its own CLI tests)."""
-    from medcomm.server.admin import enroll
-    from medcomm.session.service import login
-
-    home = root / name
-    await login(relay.url, name, enroll(relay.data, name, role), home=home)
-    return home
-
-
-@pytest.fixture
-async def pair(relay: RelayProcess, tmp_path: Path) -> tuple[Path, Path, str]:
-    nurse = await identity(relay, tmp_path, "amina", "clinic")
-    doctor = await identity(relay, tmp_path, "dr.chen", "doctor")
-    async with Session.open(home=nurse) as s:
-        consult = await s.open_consult("Cough, 3 weeks", ["dr.chen"], 15)
-    return nurse, doctor, consult
 
 
 def speechlike(path: Path, seconds: float, rate: int = RATE) -> np.ndarray:

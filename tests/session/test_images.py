@@ -23,22 +23,6 @@ from tests.harness.relay import RelayProcess
 pytestmark = pytest.mark.timeout(60)
 
 
-async def identity(relay: RelayProcess, root: Path, name: str, role: str) -> Path:
-    from medcomm.server.admin import enroll
-    from medcomm.session.service import login
-
-    home = root / name
-    await login(relay.url, name, enroll(relay.data, name, role), home=home)
-    return home
-
-
-@pytest.fixture
-async def world(relay: RelayProcess, tmp_path: Path) -> tuple[Path, Path, str]:
-    nurse = await identity(relay, tmp_path, "amina", "clinic")
-    doctor = await identity(relay, tmp_path, "dr.chen", "doctor")
-    async with Session.open(home=nurse) as s:
-        consult = await s.open_consult("Rash, 2 weeks", ["dr.chen"], 15)
-    return nurse, doctor, consult
 
 
 def photo(path: Path, w: int = 1300, h: int = 700, seed: int = 0) -> bytes:
@@ -72,9 +56,9 @@ def rows(home: Path) -> list[images.PendingImage]:
 
 
 async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original(
-    world: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nurse, doctor, consult = world
+    nurse, doctor, consult = pair
     original = photo(tmp_path / "wound.png")
     steps: list[tuple[str, int, int]] = []
     recorded: list[bytes] = []
@@ -148,9 +132,9 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
 
 
 async def test_images_kept_offline_or_cut_off_by_a_crash_are_finished_by_sync_once(
-    world: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+    pair: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
 ) -> None:
-    nurse, doctor, consult = world
+    nurse, doctor, consult = pair
     photo(tmp_path / "a.png", 700, 500, seed=1)
     photo(tmp_path / "b.png", 600, 600, seed=2)
     relay.stop()
@@ -181,9 +165,9 @@ async def test_images_kept_offline_or_cut_off_by_a_crash_are_finished_by_sync_on
 
 
 async def test_detail_resumes_where_it_stopped_and_a_fetch_says_what_is_missing(
-    world: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    nurse, doctor, consult = world
+    nurse, doctor, consult = pair
     photo(tmp_path / "w.png")
     real_upload = images.upload
     calls: list[bytes] = []
@@ -221,9 +205,9 @@ async def test_detail_resumes_where_it_stopped_and_a_fetch_says_what_is_missing(
 
 
 async def test_two_processes_never_work_on_the_same_image(
-    world: tuple[Path, Path, str], tmp_path: Path
+    pair: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
-    nurse, _, consult = world
+    nurse, _, consult = pair
     photo(tmp_path / "x.png", 400, 300)
     async with Session.open(home=nurse, subscribe=False, connect=False) as s:
         pend = images.record(s, consult, images.make(tmp_path / "x.png", "photo"))
@@ -236,11 +220,11 @@ async def test_two_processes_never_work_on_the_same_image(
 
 
 async def test_a_dicom_slice_keeps_its_window_caption_and_its_exact_file(
-    world: tuple[Path, Path, str],
+    pair: tuple[Path, Path, str],
 ) -> None:
     from pydicom.data import get_testdata_file
 
-    nurse, doctor, consult = world
+    nurse, doctor, consult = pair
     path = Path(get_testdata_file("CT_small.dcm"))
     async with Session.open(home=nurse, subscribe=False) as s:
         shared = await images.share(s, consult, path, window="lung", timeout=30)
@@ -255,9 +239,9 @@ async def test_a_dicom_slice_keeps_its_window_caption_and_its_exact_file(
 
 
 async def test_an_original_larger_than_a_blob_goes_in_parts_and_comes_back_whole(
-    world: tuple[Path, Path, str], tmp_path: Path
+    pair: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
-    nurse, doctor, consult = world
+    nurse, doctor, consult = pair
     data = photo(tmp_path / "big.png", 500, 400, seed=3)
     async with Session.open(home=nurse, subscribe=False) as s:
         pend = images.record(
