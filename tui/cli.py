@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medcomm.errors import MedcommError, UsageError
+from medcomm.errors import LinkDown, MedcommError, UsageError
 from medcomm.limits import RELAY
 
 app = typer.Typer(
@@ -70,6 +70,12 @@ def _local_view(offline: bool, timeout: float, view: Any, after_sync: Any = None
     if note:
         typer.echo(f"medcomm: {note}", err=True)
     return result
+
+
+def _kept(exc: LinkDown, what: str) -> typer.Exit:
+    """No link in time: say what stays safe on this device and how it will still go (75)."""
+    typer.echo(f"medcomm: {exc}\nmedcomm: {what}", err=True)
+    return typer.Exit(exc.exit_code)
 
 
 def _fail(exc: MedcommError) -> typer.Exit:
@@ -313,7 +319,6 @@ def send(
     timeout: TimeoutOpt = 30.0,
 ) -> None:
     """Send a message: exits 0 once the relay has stored it, 75 if it stays queued."""
-    from medcomm.errors import LinkDown
     from medcomm.session.service import Session
 
     if text == "-":
@@ -333,12 +338,11 @@ def send(
     try:
         seq = _run(main())
     except LinkDown as exc:
-        typer.echo(
-            f"medcomm: {exc}\nmedcomm: the message is queued on this device; the next medcomm "
-            "command that connects (or `medcomm sync`) delivers it",
-            err=True,
-        )
-        raise typer.Exit(exc.exit_code) from None
+        raise _kept(
+            exc,
+            "the message is queued on this device; the next medcomm command that connects "
+            "(or `medcomm sync`) delivers it",
+        ) from None
     except MedcommError as exc:
         raise _fail(exc) from None
     typer.echo(f"stored #{seq}", err=True)
@@ -409,7 +413,6 @@ def note(
     has stored it, 75 if the link is down (the note stays on this device; `medcomm sync`
     sends it). Prints the note's id (for `medcomm play`) on stdout once it is recorded."""
     from medcomm.adapters.profile import load_profile
-    from medcomm.errors import LinkDown
 
     if from_ is not None and mic:
         raise _fail(UsageError("give --from FILE.wav or --mic DEVICE, not both"))
@@ -459,12 +462,10 @@ def note(
     try:
         seq = _run(main())
     except LinkDown as exc:
-        typer.echo(
-            f"medcomm: {exc}\nmedcomm: the note is saved on this device; `medcomm sync` (or the next "
-            "medcomm note) finishes sending it",
-            err=True,
-        )
-        raise typer.Exit(exc.exit_code) from None
+        raise _kept(
+            exc,
+            "the note is saved on this device; `medcomm sync` (or the next medcomm note) finishes sending it",
+        ) from None
     except MedcommError as exc:
         raise _fail(exc) from None
     typer.echo(f"stored #{seq} ({len(ogg) / 1000:.1f} KB)", err=True)
@@ -630,7 +631,6 @@ def share(
     on stdout as soon as it is saved on this device."""
     from medcomm.adapters.profile import data_dir, load_profile
     from medcomm.core.imagemsg import kb
-    from medcomm.errors import LinkDown
     from medcomm.session import images
     from medcomm.session.transfer import check_consult
 
@@ -680,8 +680,7 @@ def share(
             later = "a background medcomm sync keeps trying for an hour, or run `medcomm sync`"
         else:
             later = "`medcomm sync` finishes sending it"
-        typer.echo(f"medcomm: {exc}\nmedcomm: the image is saved on this device; {later}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise _kept(exc, f"the image is saved on this device; {later}") from None
     except MedcommError as exc:
         raise _fail(exc) from None
     if detail == "background" and shared.detail_blobs:
