@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from rich.color import ColorSystem
@@ -15,6 +15,7 @@ from rich.segment import Segment, Segments
 from rich.style import Style
 from textual.app import App
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import OptionList
 
 from medcomm.app.app import MedcommApp, build_app
@@ -202,3 +203,31 @@ async def open_view(app: MedcommApp, pilot: Pilot[None], consult: str) -> None:
     app.open_consult(consult)
     await wait_for(pilot, lambda: in_consult(app, consult))
     await pilot.pause()
+
+
+def shown_text(app: App[Any], widget_type: type[Any]) -> str:
+    """A one-line bar's text as the user sees it: empty while the bar is hidden."""
+    widget = app.screen.query_one(widget_type)
+    return widget.text if widget.display else ""
+
+
+def notes(app: App[Any]) -> list[tuple[str, str]]:
+    """The notifications on screen, as (severity, message)."""
+    return [(n.severity, n.message) for n in app._notifications]
+
+
+@contextmanager
+def refreshes() -> Iterator[list[tuple[Widget, bool]]]:
+    """Every ``Widget.refresh`` while inside: (widget, layout)."""
+    seen: list[tuple[Widget, bool]] = []
+    original = Widget.refresh
+
+    def spy(self: Widget, *regions: Any, **kwargs: Any) -> Widget:
+        seen.append((self, bool(kwargs.get("layout"))))
+        return original(self, *regions, **kwargs)
+
+    Widget.refresh = spy  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        Widget.refresh = original  # type: ignore[method-assign]

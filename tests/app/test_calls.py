@@ -4,11 +4,9 @@ a call that costs the terminal one line a second."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from textual.widget import Widget
 from textual.widgets import Static
 
 from medcomm.app.ports import caller_of
@@ -26,8 +24,11 @@ from tests.app.helpers import (
     desk,
     illegible_cells,
     in_consult,
+    notes,
     open_view,
+    refreshes,
     settle,
+    shown_text,
     shows,
     status_text,
     wait_for,
@@ -43,17 +44,11 @@ def bar(app: Any) -> CallBar:
 
 
 def bar_text(app: Any) -> str:
-    """The bar as shown: empty while it is hidden."""
-    widget = bar(app)
-    return widget.text if widget.display else ""
+    return shown_text(app, CallBar)
 
 
 def ringing(app: Any) -> bool:
     return app.screen.query_one(StatusLine).has_class("-ringing")
-
-
-def notes(app: Any) -> list[tuple[str, str]]:
-    return [(n.severity, n.message) for n in app._notifications]
 
 
 async def in_call(app: Any, pilot: Any, fake: Any, consult: str = FEVER) -> None:
@@ -302,23 +297,6 @@ async def test_voice_unavailable_on_start_or_answer_is_an_error_notification() -
 
 
 # --- frugal -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def refreshes() -> Iterator[list[tuple[Widget, bool]]]:
-    """Every ``Widget.refresh`` while inside: (widget, layout)."""
-    seen: list[tuple[Widget, bool]] = []
-    original = Widget.refresh
-
-    def spy(self: Widget, *regions: Any, **kwargs: Any) -> Widget:
-        seen.append((self, bool(kwargs.get("layout"))))
-        return original(self, *regions, **kwargs)
-
-    Widget.refresh = spy  # type: ignore[method-assign]
-    try:
-        yield seen
-    finally:
-        Widget.refresh = original  # type: ignore[method-assign]
 
 
 async def test_a_meters_update_repaints_only_the_bar_and_nothing_else_ever() -> None:

@@ -28,13 +28,15 @@ from tests.app.helpers import (
     illegible_cells,
     in_consult,
     messages,
+    notes,
     open_view,
+    refreshes,
     settle,
+    shown_text,
     shows,
     status_text,
     wait_for,
 )
-from tests.app.test_calls import refreshes
 from tests.harness.fake_session import FakeSession
 
 RECORDING = "recording 0:00 · F7 stop · Esc cancel"
@@ -46,13 +48,7 @@ def bar(app: Any) -> NoteBar:
 
 
 def bar_text(app: Any) -> str:
-    """The bar as shown: empty while it is hidden."""
-    widget = bar(app)
-    return widget.text if widget.display else ""
-
-
-def notes(app: Any) -> list[tuple[str, str]]:
-    return [(n.severity, n.message) for n in app._notifications]
+    return shown_text(app, NoteBar)
 
 
 def footer_keys(app: Any) -> set[str]:
