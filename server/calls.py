@@ -266,11 +266,15 @@ class CallRegistry:
             call.ever.append(user)
         self._by_conn[id(conn)] = (call, party)
 
-    def _leave(self, call: Call, user: str, now: float) -> None:
+    def _take_out(self, call: Call, user: str) -> None:
+        """One party leaves: what it sent is kept for the call's record, its link forgotten."""
         party = call.parties.pop(user)
         call.kbytes[user] = call.kbytes.get(user, 0.0) + party.bytes_in / 1000
         if party.conn is not None:
             self._by_conn.pop(id(party.conn), None)
+
+    def _leave(self, call: Call, user: str, now: float) -> None:
+        self._take_out(call, user)
         if call.state == "ringing" and not call.parties:
             self._end(call, "cancelled", now)
         elif call.state == "active" and len(call.parties) < 2:
@@ -279,8 +283,5 @@ class CallRegistry:
     def _end(self, call: Call, outcome: str, now: float) -> None:
         call.state, call.outcome, call.ended = "ended", outcome, now
         for user in list(call.parties):
-            party = call.parties.pop(user)
-            call.kbytes[user] = call.kbytes.get(user, 0.0) + party.bytes_in / 1000
-            if party.conn is not None:
-                self._by_conn.pop(id(party.conn), None)
+            self._take_out(call, user)
         self._by_consult.pop(call.consult, None)

@@ -652,10 +652,9 @@ class DeskCalls:
         def set_mute(on: bool) -> None:
             engine.muted = on
 
-        if self.view is not None:
-            self.view.stats = engine.stats  # the numbers behind ``line``, for a desk of any width
         self._engine_mute = set_mute
         if self.view is not None:
+            self.view.stats = engine.stats  # the numbers behind ``line``, for a desk of any width
             engine.muted = self.view.muted
 
     async def close(self) -> None:
