@@ -190,7 +190,8 @@ class CallEngine:
                 if self.source.ended and self.source.buffered < self.encoder.frame_samples:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.limits.tick)
+                    async with asyncio.timeout(self.limits.tick):  # no task per tick (100 a second)
+                        await stop.wait()
         finally:
             self.link.voice_listener = None
             self.link.bulk_allowed.set()
