@@ -24,6 +24,7 @@ def token(member: str, n: int) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from medcomm.core import wire
     from medcomm.core.delivery import Accepted, Acked
     from medcomm.session.service import Session
 
@@ -38,9 +39,16 @@ async def run(args: argparse.Namespace) -> None:
 
     async with Session.open(home=Path(args.home)) as s:
         seen_caught_up: set[float] = set()
+        backlog = {"opened": 0.0, "n": 0, "bytes": 0}  # received on this connection before caught up
 
         def listen(event: object) -> None:
             now = time.time()
+            st = s.link.status
+            if st.opened and st.opened != backlog["opened"]:
+                backlog.update(opened=st.opened, n=0, bytes=0)
+            if isinstance(event, Accepted) and st.caught_up is None:
+                backlog["n"] += 1
+                backlog["bytes"] += len(wire.encode(event.msg)) + 2  # + the WebSocket header
             if isinstance(event, Accepted) and event.msg.kind == 1:
                 text = event.msg.body.decode()
                 if text.startswith("bench "):
@@ -48,7 +56,6 @@ async def run(args: argparse.Namespace) -> None:
             elif isinstance(event, Acked) and event.cid in cids:
                 sent[cids[event.cid]]["acked"] = now
                 sent[cids[event.cid]]["seq"] = event.seq
-            st = s.link.status
             if st.caught_up is not None and st.caught_up not in seen_caught_up and st.connect_started:
                 seen_caught_up.add(st.caught_up)
                 catchups.append(
@@ -56,6 +63,9 @@ async def run(args: argparse.Namespace) -> None:
                         "from_connect": st.caught_up - st.connect_started,
                         "from_open": st.caught_up - (st.opened or st.connect_started),
                         "rtt": st.rtt or 0.0,
+                        "at": now - (time.monotonic() - st.caught_up),  # wall clock, for the stall schedule
+                        "backlog": backlog["n"],
+                        "backlog_bytes": backlog["bytes"],
                     }
                 )
 

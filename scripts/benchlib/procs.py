@@ -6,6 +6,8 @@ is left running when a benchmark stops early.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -15,11 +17,24 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
 _READY = re.compile(r"^medcomm relay listening on ws://127\.0\.0\.1:(\d+)$")
 _BADLINK = re.compile(r"^badlink listening on (\S+):(\d+) -> ")
+
+
+def load_badlink_profiles() -> dict[str, Any]:
+    """badlink's own profile table (the script is the one source of its numbers)."""
+    path = ROOT / "scripts" / "badlink"
+    loader = importlib.machinery.SourceFileLoader("badlink_profiles", str(path))
+    spec = importlib.util.spec_from_loader("badlink_profiles", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["badlink_profiles"] = module
+    loader.exec_module(module)
+    return dict(module.PROFILES)
 
 
 def medcomm(*args: str, home: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -51,6 +66,7 @@ class Relay:
     data: Path
     port: int = 0
     proc: subprocess.Popen[str] | None = None
+    started_at: float = 0.0
     kills: int = 0
 
     def start(self) -> Relay:
@@ -125,6 +141,7 @@ class Badlink:
             self.stop()
             raise RuntimeError(f"badlink did not start: {line!r}")
         self.port = int(m.group(2))
+        self.started_at = time.time()  # its stall schedule counts from about here
         return self
 
     @property

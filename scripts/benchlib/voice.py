@@ -38,8 +38,6 @@ seen to disturb the calls' timing on a 2-core box.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
@@ -62,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from benchlib import audiometrics as am
-from benchlib.procs import MEDCOMM, ROOT, Badlink, Relay, medcomm
+from benchlib.procs import MEDCOMM, ROOT, Badlink, Relay, load_badlink_profiles, medcomm
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 HEADER_BYTES = 52  # per TCP segment: IPv4 20 + TCP with the timestamp option 32
@@ -84,18 +82,6 @@ STALL_BAND = 0.100
 AUSC_DEV_TARGET = 1.0  # dB, every 1/3-octave band 20 Hz-1 kHz
 MAX_STREAMS = 2
 STREAMS_SLACK = 0.3  # stream equivalents of noise (rates of peers differ, feedback, rung changes)
-
-
-def load_badlink_profiles() -> dict[str, Any]:
-    """badlink's own profile table (the script is the one source of its numbers)."""
-    path = ROOT / "scripts" / "badlink"
-    loader = importlib.machinery.SourceFileLoader("badlink_profiles", str(path))
-    spec = importlib.util.spec_from_loader("badlink_profiles", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["badlink_profiles"] = module
-    loader.exec_module(module)
-    return dict(module.PROFILES)
 
 
 LINKS = load_badlink_profiles()
