@@ -7,10 +7,17 @@ dict out; errors are ``UsageError``/``LimitExceeded``/``AccessDenied``/``NotFoun
 the relay turns into ``Err`` frames)::
 
     blob.head {consult, sha, size}          -> {have, complete}
-    blob.put  {consult, sha, offset, data}  -> {have, complete}   data <= BlobLimits.chunk
+    blob.put  {consult, sha, offset, data[, size]}  -> {have, complete}   data <= BlobLimits.chunk
     blob.get  {sha, offset, length}         -> {data, size}       length <= BlobLimits.chunk
 
 ``sha`` is the 32-byte SHA-256 of the whole blob (binary: msgpack carries bytes).
+
+A put that carries ``size`` starts the upload itself when there is none (with every check a
+head makes), so a client that knows its blob is new skips the head and its round trip (on
+EDGE ~0.4 s, on GPRS ~0.7 s, per blob): a first view's chunks go out at once. If the relay
+already holds part of it, that put writes nothing and answers the stored offset, as any put
+at a wrong offset does, and the client goes on from there; if it holds all of it (and the
+user may read it), the answer is ``complete``.
 
 Durability, the reason for this layout:
 
@@ -141,25 +148,9 @@ class BlobStore:
         consult = _member(user, args, members)
         sha = _sha(args)
         size = _uint(args, "size")
-        if not 0 < size <= self.limits.max_size:
-            raise LimitExceeded(f"blob of {size} bytes: the limit is 1..{self.limits.max_size}")
-        stored = self._size(sha)
-        if stored is not None:
-            if stored != size:
-                raise UsageError(f"this blob has {stored} bytes, not {size}")
-            if self._link_if_readable(user, sha, consult, members):
-                return {"have": size, "complete": True}
-        partial = self._partial(user, sha)
-        if partial is not None and partial.size != size:  # an earlier head declared wrongly: restart
-            self._drop_partial(partial)
-            partial = None
+        partial = self._start(user, sha, consult, size, members)
         if partial is None:
-            self._make_room(user)
-            partial = Partial(user, sha, consult, size)
-            with self.db:
-                self.db.execute(
-                    "INSERT INTO partials VALUES (?,?,?,?,?)", (user, sha, consult, size, _now_ms())
-                )
+            return {"have": size, "complete": True}
         have = self._have(partial)
         if have == size:  # every byte arrived but the last put's answer failed (or a crash): finish
             self._complete(partial, consult)
@@ -168,7 +159,7 @@ class BlobStore:
 
     def put(self, user: str, args: dict[str, object], members: Members) -> dict[str, object]:
         """Append one chunk at the stored offset; any other offset writes nothing and answers
-        the stored one (the client re-aligns)."""
+        the stored one (the client re-aligns). With ``size`` it may also start the upload."""
         consult = _member(user, args, members)
         sha = _sha(args)
         offset = _uint(args, "offset")
@@ -177,12 +168,18 @@ class BlobStore:
             raise UsageError("data must be non-empty bytes")
         if len(data) > self.limits.chunk:
             raise LimitExceeded(f"chunk of {len(data)} bytes over the limit of {self.limits.chunk}")
-        stored = self._size(sha)
-        if stored is not None and self._link_if_readable(user, sha, consult, members):
-            return {"have": stored, "complete": True}
-        partial = self._partial(user, sha)
-        if partial is None:
-            raise NotFound("no upload of this blob in progress: blob.head first")
+        if "size" in args:  # a new blob's chunk sent without a head: the put starts the upload
+            size = _uint(args, "size")
+            partial = self._start(user, sha, consult, size, members)
+            if partial is None:
+                return {"have": size, "complete": True}
+        else:
+            stored = self._size(sha)
+            if stored is not None and self._link_if_readable(user, sha, consult, members):
+                return {"have": stored, "complete": True}
+            partial = self._partial(user, sha)
+            if partial is None:
+                raise NotFound("no upload of this blob in progress: blob.head first")
         if offset + len(data) > partial.size:
             raise LimitExceeded(f"chunk ends at {offset + len(data)}, past the declared {partial.size} bytes")
         path = self._partial_path(partial)
@@ -218,6 +215,31 @@ class BlobStore:
         with open(self._final_path(sha), "rb") as f:
             data = os.pread(f.fileno(), min(length, size - offset), offset)
         return {"data": data, "size": size}
+
+    def _start(self, user: str, sha: bytes, consult: str, size: int, members: Members) -> Partial | None:
+        """The user's upload of ``sha``, started (within the per-user limit) if there is none;
+        None when the blob is complete and now linked to ``consult``. Shared by ``head`` and a
+        put that carries ``size``, so skipping the head skips none of its checks."""
+        if not 0 < size <= self.limits.max_size:
+            raise LimitExceeded(f"blob of {size} bytes: the limit is 1..{self.limits.max_size}")
+        stored = self._size(sha)
+        if stored is not None:
+            if stored != size:
+                raise UsageError(f"this blob has {stored} bytes, not {size}")
+            if self._link_if_readable(user, sha, consult, members):
+                return None
+        partial = self._partial(user, sha)
+        if partial is not None and partial.size != size:  # declared wrongly before: restart
+            self._drop_partial(partial)
+            partial = None
+        if partial is None:
+            self._make_room(user)
+            partial = Partial(user, sha, consult, size)
+            with self.db:
+                self.db.execute(
+                    "INSERT INTO partials VALUES (?,?,?,?,?)", (user, sha, consult, size, _now_ms())
+                )
+        return partial
 
     # --- state ----------------------------------------------------------------------------
 

@@ -120,6 +120,74 @@ def test_a_put_without_a_head_is_not_found(store: BlobStore) -> None:
         put(store, "amina", "aaaaaa", sha, 0, data)
 
 
+def fresh_put(s: BlobStore, user: str, consult: str, sha: bytes, offset: int, data: bytes, size: int) -> dict:
+    """A put that declares the blob's size: a client that knows its blob is new skips the head."""
+    args = {"consult": consult, "sha": sha, "offset": offset, "data": data, "size": size}
+    return s.request(user, "blob.put", args, members)  # type: ignore[return-value]
+
+
+def test_a_put_that_declares_the_size_starts_the_upload_without_a_head(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    data, sha = blob(2 * CHUNK + 7)
+    assert fresh_put(store, "amina", "aaaaaa", sha, 0, data[:CHUNK], len(data)) == {
+        "have": CHUNK,
+        "complete": False,
+    }
+    assert partial_file(tmp_path, sha, "amina").read_bytes() == data[:CHUNK]
+    put(store, "amina", "aaaaaa", sha, CHUNK, data[CHUNK : 2 * CHUNK])
+    assert put(store, "amina", "aaaaaa", sha, 2 * CHUNK, data[2 * CHUNK :]) == {
+        "have": len(data),
+        "complete": True,
+    }
+    assert get(store, "dr.chen", sha, 0, CHUNK)["data"] == data[:CHUNK]
+    # the blob is there: the same put again writes nothing and says so (another consult too)
+    assert fresh_put(store, "amina", "cccccc", sha, 0, data[:CHUNK], len(data)) == {
+        "have": len(data),
+        "complete": True,
+    }
+
+
+def test_a_declaring_put_where_the_relay_holds_part_answers_its_offset(
+    tmp_path: Path, store: BlobStore
+) -> None:
+    data, sha = blob(3 * CHUNK)
+    head(store, "amina", "aaaaaa", sha, len(data))
+    put(store, "amina", "aaaaaa", sha, 0, data[:CHUNK])
+    put(store, "amina", "aaaaaa", sha, CHUNK, data[CHUNK : 2 * CHUNK])
+    assert fresh_put(store, "amina", "aaaaaa", sha, 0, data[:CHUNK], len(data)) == {
+        "have": 2 * CHUNK,
+        "complete": False,
+    }
+    assert partial_file(tmp_path, sha, "amina").read_bytes() == data[: 2 * CHUNK]  # nothing written
+
+
+def test_a_declaring_put_makes_every_check_a_head_makes(tmp_path: Path) -> None:
+    s = BlobStore(tmp_path, BlobLimits(max_partials=1))
+    try:
+        data, sha = blob(CHUNK + 50)
+        with pytest.raises(AccessDenied):
+            fresh_put(s, "bongani", "aaaaaa", sha, 0, data[:CHUNK], len(data))
+        with pytest.raises(LimitExceeded):
+            fresh_put(s, "amina", "aaaaaa", sha, 0, data[:CHUNK], 16 * 1024 * 1024 + 1)
+        with pytest.raises(LimitExceeded):  # past the size it declares
+            fresh_put(s, "amina", "aaaaaa", sha, 0, data[:CHUNK], CHUNK - 1)
+        assert fresh_put(s, "amina", "aaaaaa", sha, 0, data[:CHUNK], len(data))["have"] == CHUNK
+        other, other_sha = blob(100, seed=2)
+        with pytest.raises(LimitExceeded):  # one unfinished upload per user here: the one above
+            fresh_put(s, "amina", "aaaaaa", other_sha, 0, other, len(other))
+        assert put(s, "amina", "aaaaaa", sha, CHUNK, data[CHUNK:])["complete"]
+        # an outsider naming a known hash still uploads every byte to prove he holds it
+        assert fresh_put(s, "bongani", "bbbbbb", sha, 0, data[:100], len(data)) == {
+            "have": 100,
+            "complete": False,
+        }
+        with pytest.raises(NotFound):
+            get(s, "bongani", sha, 0, 10)
+    finally:
+        s.close()
+
+
 def test_bad_arguments_are_refused(store: BlobStore) -> None:
     with pytest.raises(UsageError):
         head(store, "amina", "aaaaaa", b"short", 10)

@@ -5,6 +5,7 @@ Small generated pictures keep every test to a few seconds; the relay is real (lo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from medcomm.adapters.blobcache import BlobCache, CacheLimits
+from medcomm.core import wire
 from medcomm.core.tiles import Region, TileId
-from medcomm.errors import LinkDown, WireError
+from medcomm.errors import LinkDown, NotFound, WireError
 from medcomm.session import imagefetch, images
 from medcomm.session.service import Session
 from tests.harness.relay import RelayProcess
@@ -56,26 +58,26 @@ def rows(home: Path) -> list[images.PendingImage]:
 
 
 async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original(
-    pair: tuple[Path, Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pair: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     nurse, doctor, consult = pair
     original = photo(tmp_path / "wound.png")
     steps: list[tuple[str, int, int]] = []
     recorded: list[bytes] = []
-    order: list[tuple[str, bytes]] = []
-    real_upload = images.upload
-
-    async def upload(link, consult, sha, data, **kw):  # noqa: ANN001, ANN003, ANN202
-        report = await real_upload(link, consult, sha, data, **kw)
-        order.append(("uploaded", sha))
-        return report
-
-    monkeypatch.setattr(images, "upload", upload)
+    on_wire: list[tuple[str, bytes, int]] = []  # frames in the order they were written
     async with Session.open(home=nurse, subscribe=False) as s:
-        real_enqueue = s.store.enqueue
-        monkeypatch.setattr(
-            s.store, "enqueue", lambda item: (order.append(("queued", item.cid)), real_enqueue(item))
-        )
+        write = s.link._send_frames
+
+        async def logged(frames: list[wire.Frame]) -> None:
+            for f in frames:
+                if isinstance(f, wire.Request) and f.op in ("blob.head", "blob.put"):
+                    end = f.args["offset"] + len(f.args["data"]) if f.op == "blob.put" else 0
+                    on_wire.append((f.op, f.args["sha"], end))
+                elif isinstance(f, wire.Send):
+                    on_wire.append(("send", f.cid, 0))
+            await write(frames)
+
+        s.link._send_frames = logged  # type: ignore[method-assign]
         shared = await images.share(
             s,
             consult,
@@ -88,8 +90,14 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
         )
         assert recorded == [shared.cid] and shared.seq == 2 and shared.kind == "photo"
         (row,) = rows(nurse)
-        # nobody ever sees a message whose first view is not at the relay
-        assert order == [("uploaded", row.plan.first.sha), ("queued", shared.cid)]
+        first = row.plan.first
+        # the first view was just made: no head; its chunks, then the message right behind the
+        # last one on the same connection (the relay reads in order: it has the first view
+        # before it stores the message), and nothing of the first view after it
+        assert not any(op == "blob.head" and sha == first.sha for op, sha, _ in on_wire)
+        ours = [(op, end) for op, sha, end in on_wire if sha in (first.sha, shared.cid)]
+        assert first.size > 8 * 1024 and ours[-1] == ("send", 0) and ours[-2] == ("blob.put", first.size)
+        assert [op for op, _ in ours].count("send") == 1
         assert 2000 < shared.first_bytes <= 25 * 1024  # the photo budget
         assert row.stage == images.QUEUED and row.done == 0  # the detail waits: share is done
         # the detail is pinned: a cache squeezed to nothing keeps everything still to upload
@@ -202,6 +210,38 @@ async def test_detail_resumes_where_it_stopped_and_a_fetch_says_what_is_missing(
         loc = imagefetch.locate_image(s, shared.cid.hex())
         res = await imagefetch.fetch_region(s, loc, Region(0, 0, 1300, 700), None, 20)
         assert res.missing == []
+
+
+async def test_a_message_ahead_of_its_first_view_says_later_and_sync_completes_it(
+    pair: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """What a cut under the first view's last chunk can leave: the outbox delivered the message
+    on the next connection, the first view is not whole at the relay yet."""
+    nurse, doctor, consult = pair
+    photo(tmp_path / "c.png", 900, 600, seed=4)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        made = images.make(tmp_path / "c.png", "photo")
+        pend = images.record(s, consult, made)
+        built = asyncio.get_running_loop().create_future()
+        built.set_result(images._store_detail(nurse, made.prepared, 1))
+        ready = await images._ready(s, pend, built)
+        await images._enqueue(s, ready)
+        await s.flush(10)
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, pend.cid.hex(), 20)
+        with pytest.raises(NotFound) as early:
+            await imagefetch.fetch_first(s, loc, 10)
+        assert early.value.data.get("later") and "not reached the relay yet" in str(early.value)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        result = await images.send_pending_images(s, 30)
+        assert result.finished == [pend.cid] and rows(nurse) == []
+        await s.flush(10)
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        loc = imagefetch.locate_image(s, pend.cid.hex())
+        first = imagefetch.decode_image(await imagefetch.fetch_first(s, loc, 20))
+        assert first.size == (loc.info.first.width, loc.info.first.height)
+        assert [ln.id for ln in s.history(consult) if ln.kind == "image"] == [pend.cid.hex()]  # once
 
 
 async def test_two_processes_never_work_on_the_same_image(

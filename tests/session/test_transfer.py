@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from medcomm.adapters.blobcache import BlobCache
+from medcomm.core import wire
 from medcomm.errors import AccessDenied, NotFound
 from medcomm.session.service import Session
 from medcomm.session.transfer import (
@@ -159,6 +160,91 @@ async def test_an_upload_stopped_with_its_session_resumes_in_the_next_one(
     assert report.rounds[0] >= stopped_at
     assert min(report.offsets) == report.rounds[0]  # nothing below the relay's offset is re-sent
     assert report.bytes == len(data) - report.rounds[0]
+
+
+async def test_a_fresh_blob_skips_the_head_and_what_follows_its_last_chunk_finds_it_complete(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data, sha = random_blob(3 * CHUNK - 100)
+    followers: list[asyncio.Future[object]] = []
+    async with Session.open(home=nurse, subscribe=False) as s:
+        await online(s)
+        head = {"consult": consult, "sha": sha, "size": len(data)}
+
+        def behind() -> None:  # what an image's message does: it goes right behind the last chunk
+            followers.append(asyncio.ensure_future(s.link.request("blob.head", head, 10)))
+
+        report = await upload(s.link, consult, sha, data, timeout=20, fresh=True, behind=behind)
+        assert report.heads == 0 and report.rounds == [0] and report.offsets == [0, CHUNK, 2 * CHUNK]
+        assert report.behind_early and len(followers) == 1  # sent before the last answer came back
+        # the relay read it after the last chunk (one connection, in order): the blob was whole
+        assert await followers[0] == {"have": len(data), "complete": True}
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "cache") as cache:
+            assert (await download(s.link, sha, cache, timeout=20)).read_bytes() == data
+
+
+async def test_puts_made_before_the_link_is_up_still_carry_what_follows_right_behind(
+    world: tuple[Path, Path, str],
+) -> None:
+    nurse, _, consult = world
+    data, sha = random_blob(CHUNK + 500)
+    followers: list[asyncio.Future[object]] = []
+    on_wire: list[str] = []
+    async with Session.open(home=nurse, subscribe=False) as s:
+        assert s.link.status.state != "online"  # a small first view made before the connect
+        write = s.link._send_frames
+
+        async def logged(frames: list[wire.Frame]) -> None:
+            for f in frames:
+                if isinstance(f, wire.Request) and f.op == "blob.put":
+                    on_wire.append(f"put {f.args['offset']}")
+                elif isinstance(f, wire.Send):
+                    on_wire.append("message")
+            await write(frames)
+
+        s.link._send_frames = logged  # type: ignore[method-assign]
+
+        def behind() -> None:  # a message (through the outbox, as an image's goes)
+            followers.append(asyncio.ensure_future(s.queue_text(consult, "right behind the blob")))
+
+        report = await upload(s.link, consult, sha, data, timeout=20, fresh=True, behind=behind)
+        assert report.behind_early and report.heads == 0 and len(followers) == 1
+        await followers[0]
+        await s.flush(10)
+    # an outbox message queued while offline would go out first on connect: it must not
+    assert on_wire == ["put 0", f"put {CHUNK}", "message"]
+
+
+async def test_a_fresh_upload_goes_on_from_what_the_relay_already_holds(
+    world: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = world
+    data, sha = random_blob(12 * CHUNK + 5)
+    enough = asyncio.Event()
+    acked: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        acked.append(done)
+        if len(acked) >= 3:
+            enough.set()
+
+    async with Session.open(home=nurse, subscribe=False) as s:
+        task = asyncio.ensure_future(upload(s.link, consult, sha, data, timeout=20, progress=progress))
+        await asyncio.wait_for(enough.wait(), 15)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        held = max(acked)
+        report = await upload(s.link, consult, sha, data, timeout=20, fresh=True)
+        # a blind start at 0 (one window of puts), answered with the relay's offset: on from there
+        assert report.heads == 0 and report.rounds == [0] and report.realigned >= 1
+        assert report.offsets[:2] == [0, CHUNK] and min(report.offsets[2:]) >= held
+        again = await upload(s.link, consult, sha, data, timeout=20, fresh=True)
+        assert again.heads == 0 and again.chunks <= 2  # whole already: the first answers say so
+    async with Session.open(home=doctor, subscribe=False) as s:
+        with BlobCache(tmp_path / "cache") as cache:
+            assert (await download(s.link, sha, cache, timeout=20)).read_bytes() == data
 
 
 async def test_a_relay_sigkill_mid_upload_keeps_the_acknowledged_offset(

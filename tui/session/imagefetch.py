@@ -94,9 +94,18 @@ async def _blob(session: Session, ref: BlobRef, timeout: float, progress: Any = 
 
 
 async def fetch_first(session: Session, loc: Located, timeout: float, progress: Any = None) -> bytes:
-    """The first view's bytes (cached after the first fetch)."""
+    """The first view's bytes (cached after the first fetch). NotFound with ``data["later"]``
+    when the relay has the message but not yet the whole first view: the sender sends the
+    message right behind the first view's last chunk, and when a cut takes that chunk the
+    message can arrive seconds before the resumed first view does."""
     f = loc.info.first
-    return await _blob(session, BlobRef(f.sha, f.size), timeout, progress)
+    try:
+        return await _blob(session, BlobRef(f.sha, f.size), timeout, progress)
+    except NotFound:
+        raise NotFound(
+            f"the first view of image {loc.cid.hex()[:12]} has not reached the relay yet; fetch again later",
+            later=True,
+        ) from None
 
 
 async def fetch_original(session: Session, loc: Located, timeout: float, progress: Any = None) -> bytes:

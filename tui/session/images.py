@@ -11,12 +11,18 @@ Sending, in this order (each step durable before the next can be seen by anyone)
    process or a flat battery cannot lose the image; ``share`` prints the id now;
 3. **first view up** while a thread encodes every tile of the pyramid into the cache, coarse
    to fine, and the manifest (tile id -> blob) with them: on EDGE the 20 KB upload takes
-   ~7 s, longer than encoding a 12 MP page, so the tiles cost the sender no waiting;
+   ~7 s, longer than encoding a 12 MP page, so the tiles cost the sender no waiting. A
+   share's first view was just made, so its upload skips the head round trip;
 4. **message**: the row turns ``ready`` (its body names first view, manifest, original),
    then the message goes into the outbox under the row's id (the same id on every retry,
-   so a crash between the two cannot duplicate it) and the row turns ``queued``.
-   ``share`` waits for the relay's acknowledgement and exits 0 (75 if the link is down:
-   the row stays and ``medcomm sync`` finishes it);
+   so a crash between the two cannot duplicate it) and onto the link right behind the first
+   view's last chunk, not a round trip after it (the relay reads one connection in order,
+   so it stores the chunk first); the row turns ``queued`` once the relay holds the whole
+   first view. ``share`` waits for the relay's acknowledgement and exits 0 (75 if the link
+   is down: the row stays and ``medcomm sync`` finishes it). The one price: when that last
+   chunk fails (a cut just then), the outbox may deliver the message on the next
+   connection a few seconds before the resumed first view completes; a receiver asking
+   then is told the first view is still on its way (``fetch`` exits 75), never wrong bytes;
 5. **detail**: the manifest first (so a receiver can ask for any region at once and be told
    precisely which tiles are still on their way), the tiles coarse to fine, the original
    last, and the tiles of every pending image before any original (a phone photo's
@@ -57,7 +63,7 @@ import msgpack
 
 from medcomm.adapters.blobcache import BlobCache
 from medcomm.core import imagemsg, wire
-from medcomm.core.delivery import OutItem
+from medcomm.core.delivery import Acked, OutItem, Rejected
 from medcomm.core.imagemsg import (
     BlobRef,
     Detail,
@@ -402,11 +408,23 @@ def record(
 
 
 async def _make_ready(
-    session: Session, pend: PendingImage, prepared: Prepared | None, deadline: float, step: Step | None
+    session: Session,
+    pend: PendingImage,
+    prepared: Prepared | None,
+    deadline: float,
+    step: Step | None,
+    *,
+    fresh: bool = False,
+    message: bool = False,
 ) -> PendingImage:
     """prepared -> ready: the first view at the relay and the detail encoded into the cache,
-    both at once (the upload waits on the link, the encoding on the CPU)."""
+    both at once (the upload waits on the link, the encoding on the CPU). ``fresh``: the
+    first view was just made (no head). With ``message`` it goes on to queued: the message
+    follows the first view's last chunk on the link (once the tiles are encoded: the body
+    names the manifest), and the row turns queued when the relay holds the first view."""
     data_dir = session.store.path.parent
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
 
     async def build() -> tuple[Detail, tuple[TileEntry, ...]]:
         p = prepared
@@ -420,36 +438,80 @@ async def _make_ready(
         detail, entries = await asyncio.to_thread(_store_detail, data_dir, p, SHARE.encode_threads)
         if step is not None:
             step("tiles", detail.tiles, detail.tiles)
+        log.info("image tiles cid=%s tiles=%d in %.2f s", pend.cid.hex(), detail.tiles, loop.time() - t0)
         return detail, entries
 
     def shown(done: int, total: int) -> None:
         if step is not None:
             step("first view", done, total)
 
-    build_task = asyncio.ensure_future(build())
+    ready_task = asyncio.ensure_future(_ready(session, pend, asyncio.ensure_future(build())))
+    sent: list[asyncio.Future[None]] = []
+
+    def behind() -> None:  # right behind the last chunk's put, or once the relay has it all
+        sent.append(asyncio.ensure_future(_enqueue_when(session, ready_task)))
+
+    up = False
     try:
-        await _upload_first(session, pend, deadline, shown)
+        await _upload_first(session, pend, deadline, shown, fresh=fresh, behind=behind if message else None)
+        up = True
+        log.info(
+            "image first view up cid=%s size=%d in %.2f s",
+            pend.cid.hex(),
+            pend.plan.first.size,
+            loop.time() - t0,
+        )
     finally:
-        detail, entries = await build_task  # even when the link failed: sync then only uploads
-        body = imagemsg.encode_body(replace(pend.plan, detail=detail))
-        uploads = [detail.manifest, *(BlobRef(e.sha, e.size) for e in entries)]
-        if pend.plan.original.sent:
-            uploads += list(pend.plan.original.blobs())
-        packed = msgpack.packb([[r.sha, r.size] for r in uploads], use_bin_type=True)
-        with open_cache(session) as cache, cache.db:
-            cache.db.execute("BEGIN IMMEDIATE")
-            cache.db.execute(
-                "UPDATE image_sends SET stage=?, body=?, uploads=?, done=0 WHERE cid=?",
-                (READY, body, packed, pend.cid),
-            )
-            cache.pin(pend.cid, [r.sha for r in uploads])
+        if not up:  # a message not yet in the outbox waits for the next sync (after its first view)
+            for task in sent:
+                task.cancel()
+        try:
+            ready = await ready_task  # even when the link failed: sync then only uploads
+        finally:
+            if sent:  # one already in the outbox stays there: the outbox never forgets
+                await asyncio.gather(*sent, return_exceptions=not up)
+    if message and up:
+        _mark_queued(session, ready)
+        return replace(ready, stage=QUEUED)
+    return ready
+
+
+async def _ready(
+    session: Session, pend: PendingImage, built: asyncio.Future[tuple[Detail, tuple[TileEntry, ...]]]
+) -> PendingImage:
+    """The row turns ``ready`` once the detail is encoded: its body is now the message's."""
+    detail, entries = await built
+    body = imagemsg.encode_body(replace(pend.plan, detail=detail))
+    uploads = [detail.manifest, *(BlobRef(e.sha, e.size) for e in entries)]
+    if pend.plan.original.sent:
+        uploads += list(pend.plan.original.blobs())
+    packed = msgpack.packb([[r.sha, r.size] for r in uploads], use_bin_type=True)
+    with open_cache(session) as cache, cache.db:
+        cache.db.execute("BEGIN IMMEDIATE")
+        cache.db.execute(
+            "UPDATE image_sends SET stage=?, body=?, uploads=?, done=0 WHERE cid=?",
+            (READY, body, packed, pend.cid),
+        )
+        cache.pin(pend.cid, [r.sha for r in uploads])
     return replace(pend, stage=READY, body=body, uploads=tuple(uploads), done=0)
 
 
+async def _enqueue_when(session: Session, ready: asyncio.Future[PendingImage]) -> None:
+    """The message once the row is ready (shielded: cancelling this never stops the tiles)."""
+    await _enqueue(session, await asyncio.shield(ready))
+
+
 async def _upload_first(
-    session: Session, pend: PendingImage, deadline: float, progress: Callable[[int, int], None] | None = None
+    session: Session,
+    pend: PendingImage,
+    deadline: float,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    fresh: bool = False,
+    behind: Callable[[], None] | None = None,
 ) -> None:
-    """The first view to the relay (one head round trip when it is there already)."""
+    """The first view to the relay (one head round trip when it is there already; none when
+    ``fresh``); ``behind`` runs right behind its last chunk (see ``transfer.upload``)."""
     loop = asyncio.get_running_loop()
     with open_cache(session) as cache:
         first = cache.read(pend.plan.first.sha)
@@ -460,22 +522,80 @@ async def _upload_first(
         first,
         timeout=max(0.001, deadline - loop.time()),
         progress=progress,
+        fresh=fresh,
+        behind=behind,
     )
+
+
+async def _first_then_message(session: Session, pend: PendingImage, deadline: float) -> PendingImage:
+    """ready -> queued: the first view (one head when it is there already), its message right
+    behind it, and the row moves once the relay holds the first view."""
+    sent: list[asyncio.Future[OutItem]] = []
+
+    def behind() -> None:
+        sent.append(asyncio.ensure_future(_enqueue(session, pend)))
+
+    up = False
+    try:
+        await _upload_first(session, pend, deadline, behind=behind)
+        up = True
+    finally:
+        if sent:
+            await asyncio.gather(*sent, return_exceptions=not up)
+    _mark_queued(session, pend)
+    return replace(pend, stage=QUEUED)
 
 
 def _as_kind(kind: str) -> str:
     return "auto" if kind == "slice" else kind  # a DICOM file finds its own way
 
 
-async def _queue(session: Session, pend: PendingImage) -> OutItem:
-    """ready -> queued: the message into the outbox under the row's id, then the row moves."""
+async def _enqueue(session: Session, pend: PendingImage) -> OutItem:
+    """The message into the outbox under the row's id (durable, fsync), then onto the link.
+    The same id on every retry: the outbox and the relay take it once."""
     assert pend.body is not None
     item = OutItem(pend.cid, pend.consult, wire.KINDS["image"], pend.body)
-    session.store.enqueue(item)  # durable (fsync) before the row says so
+    session.store.enqueue(item)
+    await session.link.submit(item)
+    log.info("image message sent cid=%s body=%d", pend.cid.hex(), len(pend.body))
+    return item
+
+
+def _mark_queued(session: Session, pend: PendingImage) -> None:
+    """ready -> queued: the message is in the outbox and the first view at the relay."""
     with open_cache(session) as cache, cache.db:
         cache.db.execute("UPDATE image_sends SET stage=? WHERE cid=?", (QUEUED, pend.cid))
-    await session.link.submit(item)
-    return item
+
+
+class _StoredWatch:
+    """The relay's answer to one message, listened for before the message can go out: with
+    the message right behind the first view, its acknowledgement may come before the code
+    that sent it asks for it."""
+
+    def __init__(self, session: Session, cid: bytes) -> None:
+        self.link = session.link
+        self.fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def listen(event: object) -> None:
+            if self.fut.done():
+                return
+            if isinstance(event, Acked) and event.cid == cid:
+                self.fut.set_result(event.seq)
+            elif isinstance(event, Rejected) and event.cid == cid:
+                self.fut.set_exception(RemoteError(event.code, event.reason))
+
+        self.listen = listen
+        self.link.listeners.append(listen)
+
+    async def wait(self, timeout: float) -> int:
+        await self.link.wait_until(self.fut.done, timeout)
+        return self.fut.result()
+
+    def close(self) -> None:
+        if self.listen in self.link.listeners:
+            self.link.listeners.remove(self.listen)
+        if self.fut.done() and not self.fut.cancelled():
+            self.fut.exception()  # retrieved: a rejection raised elsewhere is not logged twice
 
 
 async def share(
@@ -505,6 +625,12 @@ async def share(
     made = await asyncio.to_thread(make, source, as_kind, window)
     if step is not None:
         step("prepare", 1, 1)
+    log.info(
+        "image prepared kind=%s first=%d in %.2f s",
+        made.prepared.kind,
+        len(made.prepared.first.data),
+        loop.time() - t0,
+    )
     cid = secrets.token_bytes(wire.CID_LEN)
     with _row_lock(session.store.path.parent, cid) as mine:  # before the row exists: no sync takes it
         assert mine  # nobody else can know this id yet
@@ -514,9 +640,12 @@ async def share(
         )
         if on_recorded is not None:
             on_recorded(pend)
-        pend = await _make_ready(session, pend, made.prepared, deadline, step)
-        item = await _queue(session, pend)
-        seq = await session.wait_stored(item, max(0.001, deadline - loop.time()))
+        stored = _StoredWatch(session, cid)
+        try:
+            pend = await _make_ready(session, pend, made.prepared, deadline, step, fresh=True, message=True)
+            seq = await stored.wait(max(0.001, deadline - loop.time()))
+        finally:
+            stored.close()
     seconds = loop.time() - t0
     left = pend.uploads
     log.info(
@@ -620,11 +749,10 @@ async def send_pending_images(
                     continue
                 try:
                     if pend.stage == PREPARED:
-                        pend = await _make_ready(session, pend, None, deadline, step)
+                        pend = await _make_ready(session, pend, None, deadline, step, message=True)
+                        progressed = True
                     if pend.stage == READY:  # the first view may not have made it before a cut
-                        await _upload_first(session, pend, deadline)
-                        await _queue(session, pend)
-                        pend = replace(pend, stage=QUEUED)
+                        pend = await _first_then_message(session, pend, deadline)
                         progressed = True
                     stop = _tiles_end(pend) if phase == "tiles" else len(pend.uploads)
                     if pend.done < stop or pend.done == len(pend.uploads):

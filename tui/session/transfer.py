@@ -9,6 +9,15 @@ most ~5 s. After any drop the upload asks again (the relay's offset is the truth
 acknowledged are never re-sent), with bounded retries and jittered backoff. A download
 resumes the same way into a partial file and is verified by SHA-256 before it joins the cache.
 
+Round trips are what a small blob costs on a slow link, more than its bytes: a 20 KB first
+view is ~7 s of EDGE uplink, and each round trip ~0.4 s more. So a caller that has just made a
+blob says so (``fresh``): the first round skips the head and puts from 0, the first put
+declaring the size (the relay starts the upload there, or answers its own offset when it has
+some). And a caller with something that depends on the blob (an image's message) passes
+``behind``: it runs right after the last chunk's put is written, so the message follows the
+chunk on the same connection instead of a round trip later; the relay handles one
+connection's frames in order, so it has stored the chunk before it reads the message.
+
 Voice notes: :func:`record_note` makes a note durable on the device (cache + pending row)
 before any byte moves; :func:`send_pending_notes` (run by ``medcomm note`` and ``medcomm
 sync``) uploads each pending note, then queues its kind-``note`` message through the normal
@@ -82,6 +91,8 @@ class TransferReport:
     rounds: list[int] = field(default_factory=list)  # offset each round (head / resume) started at
     offsets: list[int] = field(default_factory=list)  # every chunk offset requested, in order
     realigned: int = 0  # times the relay's offset differed from ours
+    heads: int = 0  # blob.head round trips spent
+    behind_early: bool = False  # ``behind`` ran before the last chunk's answer (pipelined)
 
 
 class _Source:
@@ -104,6 +115,18 @@ class _Source:
 # --- upload -------------------------------------------------------------------------------
 
 
+class _Once:
+    """A ``behind`` callback that runs at most once, whichever path gets there first."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self.fn = fn
+
+    def __call__(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
+
+
 async def upload(
     link: Link,
     consult: str,
@@ -113,37 +136,60 @@ async def upload(
     timeout: float,
     progress: Progress | None = None,
     limits: TransferLimits = TRANSFER,
+    fresh: bool = False,
+    behind: Callable[[], None] | None = None,
 ) -> TransferReport:
     """Upload a blob for ``consult`` until the relay holds all of it; LinkDown when the link
     does not allow it within ``timeout`` (what was acknowledged stays at the relay and the
-    next call resumes there), a RemoteError when the relay refuses it for good."""
+    next call resumes there), a RemoteError when the relay refuses it for good.
+
+    ``fresh``: the blob was just made here, so the first round puts from 0 without a head
+    (should the relay hold part of it after all, that first window crosses the link for
+    nothing, once; later rounds, after a cut or an error, ask the head, so that a cut costs
+    at most the chunk it interrupted). ``behind`` runs once: right after the last chunk's
+    put is written when the link is up and free for blobs, else once the relay holds the
+    whole blob (see the module doc)."""
     src = _Source(source)
     if not 0 < src.size <= limits.max_blob:
         raise LimitExceeded(f"blob of {src.size} bytes: the limit is 1..{limits.max_blob}")
     report = TransferReport(src.size)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    failures, restarted = 0, False
+    started = loop.time()
+    deadline = started + timeout
+    failures, restarted, skip_head = 0, False, fresh
+    then = _Once(behind)
     while True:
         before = report.done
         try:
-            head = await link.request(
-                "blob.head", {"consult": consult, "sha": sha, "size": src.size}, _wait(limits, deadline, loop)
-            )
-            have, complete = _answer(head, src.size)
+            if skip_head:
+                skip_head, have, complete = False, 0, False
+            else:
+                head = await link.request(
+                    "blob.head",
+                    {"consult": consult, "sha": sha, "size": src.size},
+                    _wait(limits, deadline, loop),
+                )
+                report.heads += 1
+                have, complete = _answer(head, src.size)
+            declare = not report.rounds and fresh
             report.rounds.append(have)
             report.done = max(report.done, have)
             if not complete:
-                await _put_window(link, consult, sha, src, have, report, limits, deadline, progress)
+                await _put_window(
+                    link, consult, sha, src, have, report, limits, deadline, progress, declare, then
+                )
             report.done = src.size
+            then()
             if progress is not None:
                 progress(src.size, src.size)
             log.info(
-                "uploaded blob=%s size=%d chunks=%d rounds=%d",
+                "uploaded blob=%s size=%d chunks=%d rounds=%d heads=%d in %.2f s",
                 sha.hex()[:12],
                 src.size,
                 report.chunks,
                 len(report.rounds),
+                report.heads,
+                loop.time() - started,
             )
             return report
         except RemoteError as exc:
@@ -175,28 +221,52 @@ async def _put_window(
     limits: TransferLimits,
     deadline: float,
     progress: Progress | None,
+    declare: bool = False,
+    behind: Callable[[], None] | None = None,
 ) -> None:
     """Send chunks from ``have`` with up to ``limits.window`` in flight; returns when the
     relay says the blob is complete. The relay answers a chunk at the wrong offset with its
-    own offset and writes nothing, so a misalignment costs the window, never correctness."""
+    own offset and writes nothing, so a misalignment costs the window, never correctness.
+    ``declare``: the put at offset 0 carries the size (it starts the upload: no head).
+    ``behind`` runs right after the last chunk's put when that put goes out at once, else (the
+    puts wait for the link to come up, or for a call to end) at the round's first answer: the
+    waiting puts were released together, in order, and each wrote its frame as it woke, a
+    round trip before any answer can come back."""
     loop = asyncio.get_running_loop()
     inflight: deque[tuple[int, int, asyncio.Future[object]]] = deque()
     nxt = have
+    held = False  # the last chunk's put is waiting, and ``behind`` with it
     try:
         while True:
             while len(inflight) < limits.window and nxt < src.size:
                 n = min(limits.chunk, src.size - nxt)
-                args = {"consult": consult, "sha": sha, "offset": nxt, "data": src.read(nxt, n)}
+                args: dict[str, object] = {"consult": consult, "sha": sha, "offset": nxt}
+                args["data"] = src.read(nxt, n)
+                if declare and nxt == 0:
+                    args["size"] = src.size
+                # the task writes its frame when it first runs (the link is up and free for
+                # blobs): tasks start in the order they were made, so what ``behind`` sends
+                # in a task made after this one follows this chunk on the wire
                 task = asyncio.ensure_future(link.request("blob.put", args, _wait(limits, deadline, loop)))
                 inflight.append((nxt, n, task))
                 report.offsets.append(nxt)
                 report.chunks += 1
                 report.bytes += n
+                log.debug("put blob=%s offset=%d n=%d", sha.hex()[:12], nxt, n)
                 nxt += n
+                if nxt == src.size and behind is not None:
+                    held = not _goes_at_once(link)
+                    if not held:
+                        report.behind_early = True
+                        behind()
             if not inflight:
                 raise WireError("the relay took every byte but did not complete the blob")
             offset, n, task = inflight.popleft()
             got, complete = _answer(await task, src.size)
+            if held and behind is not None and _goes_at_once(link) and (complete or got == offset + n):
+                held = False
+                report.behind_early = not complete or bool(inflight)
+                behind()
             if complete:
                 return
             if got == offset + n:
@@ -230,6 +300,12 @@ def _answer(result: object, size: int) -> tuple[int, bool]:
     if type(have) is not int or not 0 <= have <= size or type(complete) is not bool:
         raise WireError("blob answer out of range")
     return have, complete  # only the relay's word: a full partial is not yet a verified blob
+
+
+def _goes_at_once(link: Link) -> bool:
+    """Will a request made now be written before anything made after it? Yes when the link
+    is up and no call holds blobs back (``Link.request`` then writes without waiting)."""
+    return link.status.state == "online" and link.bulk_allowed.is_set()
 
 
 def _wait(limits: TransferLimits, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
