@@ -260,21 +260,27 @@ def whoami(
 def consult_open(
     title: str,
     with_: Annotated[str, typer.Option("--with", help="Other members, comma-separated.")] = "",
+    urgency: Annotated[str | None, typer.Option(help="Case card: emergency, urgent or routine.")] = None,
+    complaint: Annotated[str | None, typer.Option(help="Case card: the chief complaint.")] = None,
+    patient: Annotated[str | None, typer.Option(help="Case card: the patient's name or a pseudonym.")] = None,
+    age: Annotated[str | None, typer.Option(help="Case card: years (34), months (8m) or days (10d).")] = None,
+    sex: Annotated[str | None, typer.Option(help="Case card: f, m, x or unknown.")] = None,
+    patient_id: Annotated[
+        str | None,
+        typer.Option("--patient-id", help="Case card: an earlier consult's patient key (links them)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Case card: any field as key=value (see medcomm case).")
+    ] = None,
     timeout: TimeoutOpt = 30.0,
 ) -> None:
-    """Open a consult with other members; prints its id."""
-    from medcomm.session.service import Session
+    """Open a consult with other members; prints its id. The case card options are checked
+    first and sent right behind the open (75: the card stays queued on this device)."""
+    from medcomm.clicase import open_consult
 
-    others = [n.strip().lower() for n in with_.split(",") if n.strip()]
-
-    async def main() -> str:
-        async with Session.open() as s:
-            return await s.open_consult(title, others, timeout)
-
-    try:
-        typer.echo(_run(main()))
-    except MedcommError as exc:
-        raise _fail(exc) from None
+    card = {"urgency": urgency, "complaint": complaint, "patient.name": patient, "patient.age": age,
+            "patient.sex": sex, "patient.id": patient_id}
+    open_consult(title, with_, card, set_ or [], timeout)
 
 
 @consult_app.command("list")
@@ -1094,6 +1100,11 @@ def demo(
         _run(run_demo(data, port, seconds))
     except MedcommError as exc:
         raise _fail(exc) from None
+
+
+from medcomm import clicase  # noqa: E402  (the workflow commands: case, status, claim, assign, ...)
+
+clicase.register(sys.modules[__name__])
 
 
 def main() -> None:

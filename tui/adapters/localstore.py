@@ -57,6 +57,7 @@ class Line:
     kind: str
     text: str
     state: str  # queued | stored | delivered | read | failed
+    data: dict[str, object] | None = None  # case/status/followup: the decoded fields
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -74,7 +75,20 @@ class Line:
             # an image: the id `medcomm fetch` and `medcomm view` take (the message id; its body
             # names the first view, the tile manifest and the original)
             **({"image": self.id} if self.kind == "image" else {}),
+            # a case, status or follow-up change: its decoded fields (medcomm.core.workflow)
+            **({self.kind: self.data} if self.data is not None else {}),
         }
+
+
+_WORKFLOW_KINDS = frozenset({wire.KINDS["case"], wire.KINDS["status"], wire.KINDS["followup"]})
+
+
+def _event_data(kind: int, body: bytes) -> dict[str, object] | None:
+    if kind not in _WORKFLOW_KINDS:
+        return None
+    from medcomm.core.workflow import event_fields
+
+    return event_fields(kind, body)
 
 
 def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
@@ -82,6 +96,10 @@ def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
     device's blob cache root) lets an image line say what of it has arrived here."""
     if kind == wire.KINDS["text"]:
         return body.decode("utf-8", "replace")
+    if kind in _WORKFLOW_KINDS:
+        from medcomm.core.workflow import event_text
+
+        return event_text(kind, body)
     if kind == wire.KINDS["system"]:
         try:
             ev = msgpack.unpackb(body, raw=False)
@@ -360,6 +378,7 @@ class LocalStore:
                 wire.KIND_NAMES.get(kind, "?"),
                 body_text(kind, body, self.path.parent / "blobs"),
                 state,
+                _event_data(kind, body),
             )
         if not queued:
             return
@@ -376,6 +395,7 @@ class LocalStore:
                 wire.KIND_NAMES.get(kind, "?"),
                 body_text(kind, body, self.path.parent / "blobs"),
                 "failed" if error else "queued",
+                _event_data(kind, body),
             )
 
     def overview(self, me: str) -> list[dict[str, object]]:
