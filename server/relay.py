@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -605,6 +606,7 @@ async def run_relay(
     limits: RelayLimits = RELAY,
     ready: asyncio.Future[int] | None = None,
     stop: asyncio.Event | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until ``stop`` is set; announce the bound port through ``ready``."""
     from websockets.asyncio.server import serve
@@ -626,6 +628,7 @@ async def run_relay(
             open_timeout=limits.auth_deadline,
             close_timeout=5,
             server_header=None,
+            ssl=tls,
         )
         bound = server.sockets[0].getsockname()[1]
         if ready is not None and not ready.done():

@@ -142,17 +142,46 @@ def serve(
     ping_timeout: Annotated[
         float, typer.Option(help="A peer silent this long after a ping is dead, seconds.")
     ] = RELAY.ping_timeout,
+    tls: Annotated[
+        str | None,
+        typer.Option(help="'self-signed': make a certificate once under DATA/tls/ and keep it."),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM, leaf first).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow plain ws:// on an address other than loopback.")
+    ] = False,
 ) -> None:
-    """Run the relay until SIGTERM/SIGINT; prints one line when it accepts connections."""
+    """Run the relay until SIGTERM/SIGINT; prints one line when it accepts connections.
+
+    With --tls self-signed or --tls-cert/--tls-key it speaks wss:// (TLS 1.2+) and prints the
+    key fingerprint that devices are shown at login, to compare. Plain ws:// is only for
+    loopback unless --insecure.
+    """
     import logging
     import signal
     from dataclasses import replace
 
+    from medcomm.adapters.tlspin import is_loopback
     from medcomm.server.relay import run_relay
 
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # 2 lines per connection otherwise
     limits = replace(RELAY, ping_interval=ping_interval, ping_timeout=ping_timeout)
+    try:
+        context, fingerprint = _relay_tls(data, host, tls, tls_cert, tls_key)
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    if context is None and not insecure and not is_loopback(host):
+        typer.echo(
+            f"medcomm: plain ws:// on {host} would carry health data unencrypted; use --tls self-signed "
+            "(or --tls-cert/--tls-key), or --insecure on a network you trust",
+            err=True,
+        )
+        raise typer.Exit(2)
+    scheme = "wss" if context is not None else "ws"
+    if fingerprint:
+        typer.echo(f"relay key {fingerprint} (devices are shown this at login: compare)", err=True)
 
     async def main() -> None:
         import asyncio
@@ -162,10 +191,10 @@ def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         ready: asyncio.Future[int] = loop.create_future()
-        task = asyncio.ensure_future(run_relay(data, host, port, limits, ready, stop))
+        task = asyncio.ensure_future(run_relay(data, host, port, limits, ready, stop, context))
         done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
-            print(f"medcomm relay listening on ws://{host}:{ready.result()}", flush=True)
+            print(f"medcomm relay listening on {scheme}://{host}:{ready.result()}", flush=True)
         await task
 
     try:
@@ -173,6 +202,25 @@ def serve(
     except OSError as exc:
         typer.echo(f"medcomm: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _relay_tls(
+    data: Path, host: str, tls: str | None, cert: Path | None, key: Path | None
+) -> tuple[Any, str | None]:
+    """The relay's TLS context and key fingerprint, or (None, None) for plain ws://."""
+    from medcomm.server import tls as relay_tls
+
+    if tls is not None and tls != "self-signed":
+        raise UsageError(f"--tls takes 'self-signed', not {tls!r} (or give --tls-cert and --tls-key)")
+    if tls and (cert or key):
+        raise UsageError("--tls self-signed or --tls-cert/--tls-key, not both")
+    if bool(cert) != bool(key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if tls:
+        cert, key = relay_tls.self_signed(data, host)
+    if cert is None or key is None:
+        return None, None
+    return relay_tls.server_context(cert, key), relay_tls.cert_fingerprint(cert)
 
 
 @admin_app.callback()
@@ -213,15 +261,47 @@ def admin_users(ctx: typer.Context) -> None:
 
 
 @app.command()
-def login(url: str, name: str, code: str, timeout: TimeoutOpt = 30.0) -> None:
-    """Create this device's key and register it with a one-time CODE (safe to re-run)."""
+def login(
+    url: str,
+    name: str,
+    code: str,
+    timeout: TimeoutOpt = 30.0,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(help="The relay key fingerprint its admin gave you (wss://): no question asked."),
+    ] = None,
+    repin: Annotated[
+        bool, typer.Option(help="Accept a relay key other than the one pinned before (after checking it).")
+    ] = False,
+    insecure: Annotated[bool, typer.Option(help="Allow plain ws:// to a relay beyond this machine.")] = False,
+) -> None:
+    """Create this device's key and register it with a one-time CODE (safe to re-run).
+
+    For a wss:// relay the relay's key fingerprint is shown and must match what its admin
+    announced (or --fingerprint); it is pinned, and a different key is refused from then on.
+    """
     from medcomm.session.service import login as do_login
 
+    def confirm(seen: str) -> bool:
+        typer.echo(f"relay key {seen}", err=True)
+        if not sys.stdin.isatty():
+            typer.echo(
+                "medcomm: compare it with the key the relay's admin announced, then run the same "
+                "login with --fingerprint " + seen,
+                err=True,
+            )
+            return False
+        return typer.confirm("is this the key the relay's admin announced?", default=False, err=True)
+
     try:
-        profile = _run(do_login(url, name, code, timeout))
+        login_call = do_login(
+            url, name, code, timeout, fingerprint=fingerprint, repin=repin, insecure=insecure, confirm=confirm
+        )
+        profile = _run(login_call)
     except MedcommError as exc:
         raise _fail(exc) from None
-    typer.echo(f"logged in as {profile.name} ({profile.role}) at {profile.relay}")
+    pinned = f", key {profile.pin} pinned" if profile.pin else ""
+    typer.echo(f"logged in as {profile.name} ({profile.role}) at {profile.relay}{pinned}")
 
 
 @app.command()

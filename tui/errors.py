@@ -11,6 +11,7 @@ message plus an exit code, and the TUI into a notification, without parsing stri
     ├── RemoteError                   exit 1   the relay refused a request (code, reason)
     │   ├── AuthError                 exit 77  bad enrolment code, unknown device, bad signature
     │   └── AccessDenied              exit 77  not a member of that consult
+    ├── RelayKeyChanged               exit 77  the relay's TLS key is not the one pinned at login
     ├── NotFound                      exit 4   unknown consult, user or message
     ├── LinkDown                      exit 75  no link within the time allowed (EX_TEMPFAIL)
     └── VoiceUnavailable              exit 69  libopus, PortAudio or a sound device missing
@@ -72,6 +73,13 @@ class AuthError(RemoteError):
 
 class AccessDenied(RemoteError):
     """The user is not a member of the consult asked for."""
+
+    exit_code = 77
+
+
+class RelayKeyChanged(MedcommError):
+    """The relay presented a TLS key other than the one pinned at login: someone may be in
+    the middle, so nothing (not even the signed proof) is sent. Only a new login re-pins."""
 
     exit_code = 77
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
-READY = re.compile(r"^medcomm relay listening on ws://127\.0\.0\.1:(\d+)$")
+READY = re.compile(r"^medcomm relay listening on (wss?)://127\.0\.0\.1:(\d+)$")
 
 
 def medcomm(
@@ -39,6 +39,7 @@ class RelayProcess:
     port: int = 0
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
+    scheme: str = "ws"
 
     def start(self, timeout: float = 20) -> RelayProcess:
         """Start (or restart on the same port) and wait for the one ready line."""
@@ -59,12 +60,12 @@ class RelayProcess:
         if not m:
             self.stop()
             raise AssertionError(f"relay did not become ready: {line!r}")
-        self.port = int(m.group(1))
+        self.scheme, self.port = m.group(1), int(m.group(2))
         return self
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         """SIGKILL: the crash the durability promise is about."""

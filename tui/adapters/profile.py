@@ -47,6 +47,8 @@ class Profile:
     name: str
     role: str
     home: Path | None = None  # None: $MEDCOMM_HOME or the platform dirs
+    pin: str | None = None  # the wss:// relay's key fingerprint, compared by a person at login
+    insecure: bool = False  # plain ws:// beyond loopback was accepted at login
 
     @property
     def seed(self) -> bytes:
@@ -83,7 +85,14 @@ def load_profile(home: Path | None = None) -> Profile:
     path = config_dir(home) / PROFILE_FILE
     try:
         raw = json.loads(path.read_text())
-        return Profile(relay=raw["relay"], name=raw["name"], role=raw["role"], home=home)
+        return Profile(
+            relay=raw["relay"],
+            name=raw["name"],
+            role=raw["role"],
+            home=home,
+            pin=raw.get("pin"),
+            insecure=bool(raw.get("insecure", False)),
+        )
     except FileNotFoundError:
         raise ProfileError(
             "no profile on this device yet: run  medcomm login URL NAME CODE"

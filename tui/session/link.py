@@ -31,7 +31,15 @@ from medcomm.core.delivery import (
     Rejected,
     backoff,
 )
-from medcomm.errors import AuthError, LinkDown, MedcommError, WireError, remote_error
+from medcomm.errors import (
+    AuthError,
+    LinkDown,
+    MedcommError,
+    RelayKeyChanged,
+    UsageError,
+    WireError,
+    remote_error,
+)
 from medcomm.limits import CLIENT, ClientLimits
 
 log = logging.getLogger("medcomm.link")
@@ -171,7 +179,7 @@ class Link:
             connects = self.status.connects
             try:
                 await self._session(stop)
-            except AuthError as exc:
+            except (AuthError, RelayKeyChanged, UsageError) as exc:  # retrying cannot help
                 self._fatal = exc
                 self._set_state("offline", str(exc))
                 self._changed.set()
@@ -209,6 +217,10 @@ class Link:
         sub_value = wire.header_value(sub) if sub is not None else ""
         if len(sub_value) > wire.MAX_EARLY_HEADER:
             sub_value = ""  # too many consults for a header: resume after the welcome instead
+        from medcomm.adapters import tlspin
+
+        tlspin.check_plain(self.profile.relay, self.profile.insecure)
+        secure = tlspin.connect_options(self.profile.relay, self.profile.pin)  # key checked before the proof
         ws = await asyncio.wait_for(
             connect(
                 self.profile.relay,
@@ -222,6 +234,7 @@ class Link:
                 close_timeout=2,
                 user_agent_header=None,
                 additional_headers=self._early_headers(sub_value),
+                **secure,
             ),
             self.limits.connect_timeout,
         )

@@ -369,20 +369,65 @@ def _consult(consult: str) -> str:
         raise UsageError(f"{consult!r} is not a consult id (6 letters/digits, e.g. k7m2qd)") from None
 
 
-async def login(url: str, name: str, code: str, timeout: float = 30.0, home: Path | None = None) -> Profile:
-    """Register this device's key with a one-time code; safe to re-run after a cut."""
+async def login(
+    url: str,
+    name: str,
+    code: str,
+    timeout: float = 30.0,
+    home: Path | None = None,
+    *,
+    fingerprint: str | None = None,
+    repin: bool = False,
+    insecure: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+) -> Profile:
+    """Register this device's key with a one-time code; safe to re-run after a cut.
+
+    A wss:// relay's key is pinned here: it must equal ``fingerprint`` or be confirmed by the
+    person (``confirm``), and a re-login never silently accepts a key other than the pinned one.
+    """
     from websockets.asyncio.client import connect
 
-    from medcomm.adapters.profile import check_relay_url, load_or_create_seed, save_profile
-    from medcomm.errors import remote_error
+    from medcomm.adapters import tlspin
+    from medcomm.adapters.profile import check_relay_url, load_or_create_seed, load_profile, save_profile
+    from medcomm.errors import ProfileError, RelayKeyChanged, remote_error
     from medcomm.session.link import sign_challenge
 
     url = check_relay_url(url)
+    tlspin.check_plain(url, insecure)
     name = wire.typed_user_name(name)
+    pin: str | None = None
+    if url.startswith("wss://"):
+        seen = await tlspin.probe(url, timeout)
+        try:
+            before = load_profile(home)
+        except ProfileError:
+            before = None
+        if before is not None and before.relay == url and before.pin and before.pin != seen and not repin:
+            raise RelayKeyChanged(
+                f"the relay's key changed: pinned {before.pin}, now {seen}. Nothing was sent. If its admin "
+                "confirms the new key, run the same login with --repin",
+                pinned=before.pin,
+                seen=seen,
+            )
+        if fingerprint is not None:
+            if tlspin.normalize_fingerprint(fingerprint) != seen:
+                raise RelayKeyChanged(
+                    f"the relay's key is {seen}, not the {fingerprint} you were given: nothing was sent",
+                    pinned=fingerprint,
+                    seen=seen,
+                )
+        elif not (before is not None and before.relay == url and before.pin == seen):
+            if confirm is None or not confirm(seen):
+                raise UsageError(f"relay key {seen} not accepted: nothing was sent")
+        pin = seen
     seed = load_or_create_seed(home)  # durable before the first attempt: re-runs reuse the key
+    options = tlspin.connect_options(url, pin)  # the key is checked again before the proof goes
     try:
         async with asyncio.timeout(timeout):
-            async with connect(url, compression=None, max_size=WIRE.max_frame, user_agent_header=None) as ws:
+            async with connect(
+                url, compression=None, max_size=WIRE.max_frame, user_agent_header=None, **options
+            ) as ws:
                 challenge = wire.decode(await ws.recv(), wire.RELAY_TYPES)
                 if not isinstance(challenge, wire.Challenge):
                     raise LinkDown("relay did not start with a challenge")
