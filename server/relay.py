@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgpack
 
+from medcomm.adapters.sockopts import delay_acks
 from medcomm.core import wire
 from medcomm.core.wire import (
     CaughtUp,
@@ -262,6 +263,7 @@ class Relay:
         try:
             async for data in conn.ws:  # type: ignore[attr-defined]
                 if type(data) is bytes and data and data[0] < 0x80:  # voice plane: never paced
+                    delay_acks(conn.ws.transport)  # type: ignore[attr-defined]  # ACK rides on voice out
                     dropped = self.calls.dropped
                     for target, out in self.calls.route(conn, data, time.monotonic()):
                         target.enqueue_voice(out)  # type: ignore[attr-defined]

@@ -355,7 +355,7 @@ def test_ladder_shape_and_profiles() -> None:
     assert LADDER[-1].bandwidth == "wb", "standard is wideband speech"
     wire = [r.wire_bps(83) for r in LADDER]
     assert wire == sorted(wire)
-    assert wire[0] < 12_000, "the thinnest rung fits a GPRS uplink even with TLS"
+    assert wire[0] < 13_400, "the thinnest rung fits one GPRS CS-2 timeslot even with TLS"
     assert 15_000 <= LADDER[-1].bitrate_bps <= 16_000 and LADDER[-1].frame_ms == 60
     assert 6_000 <= LADDER[0].bitrate_bps <= 8_000 and LADDER[0].frame_ms == 120
     assert AUSCULTATION not in LADDER and AUSCULTATION.application == "audio"

@@ -64,15 +64,19 @@ class Rung:
 
 
 #: Thinnest to standard. Wire rates with 63 header bytes (voice 5 + WebSocket/TCP/IP 58; TLS
-#: adds ~20): thin 10.2 kbit/s, low 14.0, mid 18.3, standard 24.4. The thin rung is 6 kbit/s,
-#: not 7, so it still fits a 12 kbit/s GPRS uplink with TLS (11.5 kbit/s on the wire) with room
-#: for chat and ACKs; mid fits EDGE's 24 kbit/s uplink, standard needs 3G.
-#: ``low`` and ``mid`` cap the band at mediumband (12 kHz sampling): at 9-12 kbit/s Opus spends
-#: its bits better there; measured PESQ-WB on the corpus speech at 120 ms packets: 9 kbit/s wb
-#: 2.38 vs mb 2.64, 12 kbit/s wb 2.97 vs mb 3.21 (at 6 kbit/s the band makes no difference).
+#: adds ~20) before pure ACKs and feedback: thin 11.2 kbit/s, low 13.2, mid 18.3, standard 23.3.
+#: Measured offline on the corpus speech (PESQ-WB / STOI, libopus 1.3.1, VBR, complexity 10):
+#: thin at 7 kbit/s 2.06 / 0.924 against 1.80 / 0.888 at 6 (STOI under the 0.9 that keeps words
+#: apart on EDGE), for +0.7 kbit/s on the wire (thin measured 13.3-14.0 at 6). Below 9 kbit/s
+#: libopus codes narrowband whatever band is allowed. ``low`` and ``mid`` cap the band at
+#: mediumband: at 9-12 kbit/s Opus spends its bits better there (9 kbit/s: mb 2.57 vs nb 2.47
+#: vs wb 2.31). Packets of 100 ms are coded as five 20 ms frames and score 0.1-0.3 lower than
+#: 80 or 120 ms (two 40 or 60 ms frames) at the same rate, so no rung uses them.
+#: thin fits one GPRS CS-2 timeslot (13.4 kbit/s) even with TLS (12.5 kbit/s), mid fits EDGE's
+#: 24 kbit/s uplink, standard needs 3G.
 LADDER: tuple[Rung, ...] = (
-    Rung("thin", 6000, 120),
-    Rung("low", 9000, 100, "mb"),
+    Rung("thin", 7000, 120),
+    Rung("low", 9000, 120, "mb"),
     Rung("mid", 12000, 80, "mb"),
     Rung("standard", 15000, 60),  # 16 kbit/s measured 28.1-28.9 kbit/s on the wire, over 28
 )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from medcomm.adapters.localstore import LocalStore
 from medcomm.adapters.profile import Profile
+from medcomm.adapters.sockopts import delay_acks
 from medcomm.core import wire
 from medcomm.core.delivery import (
     Accepted,
@@ -325,6 +326,7 @@ class Link:
             data = await ws.recv()  # type: ignore[attr-defined]
             self.status.last_contact = time.time()
             if type(data) is bytes and data and data[0] < 0x80:  # voice plane: straight to the call
+                delay_acks(ws.transport)  # type: ignore[attr-defined]  # our next voice packet carries the ACK
                 if self.voice_listener is not None:
                     self.voice_listener(data)
                 continue
