@@ -247,6 +247,13 @@ class BlobStore:
         row = self.db.execute("SELECT size FROM blobs WHERE sha=?", (sha,)).fetchone()
         return None if row is None else int(row[0])
 
+    def consult_of(self, user: str, sha: bytes, members: Members) -> str:
+        """A consult of ``user``'s that links the blob (for the audit log), or ""."""
+        rows = self.db.execute(
+            "SELECT consult FROM uploads WHERE sha=? LIMIT ?", (sha, self.limits.max_consults)
+        ).fetchall()
+        return next((consult for (consult,) in rows if user in members(consult)), "")
+
     def _readable(self, user: str, sha: bytes, members: Members) -> bool:
         rows = self.db.execute(
             "SELECT consult FROM uploads WHERE sha=? LIMIT ?", (sha, self.limits.max_consults)

@@ -56,6 +56,7 @@ from medcomm.errors import (
     WireError,
 )
 from medcomm.limits import RELAY, WIRE, RelayLimits
+from medcomm.server.audit import AuditLog
 from medcomm.server.auth import FailureThrottle, ReplayCache, new_nonce, verify
 from medcomm.server.calls import Call, CallRegistry
 from medcomm.server.store import RelayStore, StoredMessage
@@ -151,6 +152,8 @@ class Relay:
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
         self.replays = ReplayCache(limits.early_auth_window, limits.early_auth_nonces)
         self.calls = CallRegistry()
+        self.audit = AuditLog(store.data_dir)
+        self._audit_handle: asyncio.TimerHandle | None = None
         self._call_timer: asyncio.TimerHandle | None = None
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -436,6 +439,8 @@ class Relay:
                 continue
             last = self.store.last_seq(consult)
             msgs = self.store.messages_after(consult, cursor, budget)
+            if msgs:
+                self._audit(conn.user, "read", consult, after=cursor, count=len(msgs))
             budget -= len(msgs) + 1
             for m in msgs:
                 conn.enqueue(wire.encode(m))
@@ -489,6 +494,7 @@ class Relay:
             names = [wire.user_name(n) for n in others]
             consult = self.store.open_consult(title, conn.user, names)
             members = self.store.members(consult)
+            self._audit(conn.user, "open", consult, members=len(members))
             self._system(consult, conn.user, {"event": "open", "title": title, "members": members})
             return {"id": consult, "members": members}
         if op == "add":
@@ -496,12 +502,25 @@ class Relay:
             name = wire.user_name(args.get("name"))
             if self.store.add_member(consult, conn.user, name):
                 self._members.pop(consult, None)
+                self._audit(conn.user, "add", consult, member=name)
                 self._system(consult, conn.user, {"event": "add", "member": name})
             return {"id": consult, "members": self.store.members(consult)}
         if op in ("call", "answer", "decline", "hangup"):
             return self._call_request(conn, op, args)
-        if op.startswith("blob."):  # voice notes (and later images): chunked, resumable
-            return self.blobs.request(conn.user, op, args, self.members)
+        if op.startswith("blob."):  # voice notes and images: chunked, resumable
+            result = self.blobs.request(conn.user, op, args, self.members)
+            if op == "blob.get" and args.get("offset") == 0:  # one entry per fetch, not per chunk
+                sha = args["sha"]
+                assert isinstance(sha, bytes)  # checked by the blob store
+                consult = self.blobs.consult_of(conn.user, sha, self.members)
+                self._audit(conn.user, "fetch", consult, blob=sha[:8].hex(), size=result["size"])  # type: ignore[index]
+            return result
+        if op == "audit.export":  # a device exported a consult's record: it says so here
+            consult = wire.consult_id(args.get("consult"))
+            self.store.check_member(consult, conn.user)
+            fmt = _arg_text(args, "format", 16)
+            self._audit(conn.user, "export", consult, format=fmt)
+            return {}
         raise UsageError(f"unknown request {op!r}")
 
     # --- calls ------------------------------------------------------------------------------
@@ -525,6 +544,7 @@ class Relay:
                 call = self.calls.decline(call_id, conn.user, now)
             else:
                 call = self.calls.hangup(call_id, conn.user, now)
+        self._audit(conn.user, "call", call.consult, op=op, call=call.id, state=call.state)
         self._announce([call], conn.user)
         return {"call": call.id, "state": call.state, "slots": call.slots()}
 
@@ -561,6 +581,17 @@ class Relay:
     def _call_tick(self) -> None:
         self._call_timer = None
         self._announce(self.calls.tick(time.monotonic()))
+
+    def _audit(self, actor: str, action: str, consult: str, **detail: object) -> None:
+        """Chain an audit entry now; the writer thread puts it on disk within ``flush_delay``."""
+        self.audit.record(actor, action, consult, **detail)
+        if self._audit_handle is None:
+            loop = asyncio.get_running_loop()
+            self._audit_handle = loop.call_later(self.audit.flush_delay, self._flush_audit)
+
+    def _flush_audit(self) -> None:
+        self._audit_handle = None
+        self.writer.submit(self.audit.flush)
 
     def _system(self, consult: str, actor: str, event: dict[str, object]) -> None:
         """Record a membership event in the consult's log, so it syncs like any message.
@@ -642,6 +673,9 @@ async def run_relay(
         except TimeoutError:
             log.info("shutdown: gave up waiting for connections still opening")
     finally:
+        if relay._audit_handle is not None:
+            relay._audit_handle.cancel()  # close() below writes what it would have
         relay.writer.shutdown(wait=True)  # a batch being committed finishes first
+        relay.audit.close()  # what is still buffered goes to disk
         relay.blobs.close()
         store.close()

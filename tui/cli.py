@@ -257,6 +257,36 @@ def admin_users(ctx: typer.Context) -> None:
         typer.echo(f"{name}\t{role}")
 
 
+@admin_app.command("audit")
+def admin_audit(
+    ctx: typer.Context,
+    consult: Annotated[str | None, typer.Option(help="Only this consult's entries.")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user's entries.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check the whole hash chain and print its head.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show the relay's audit log (who opened, joined, read, fetched, exported, called), or
+    --verify its hash chain: exit 1 naming the first entry that was changed or removed."""
+    import datetime as dt
+
+    from medcomm.server import audit
+
+    if verify:
+        v = audit.verify(ctx.obj)
+        if not v.ok:
+            typer.echo(f"audit log BROKEN at entry {v.broken_at}: {v.why} ({v.entries} read)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"audit log intact: {v.entries} entries, head {v.head_seq} {v.head_hash}")
+        typer.echo("(note the head elsewhere: a log cut short at its end can only be told by it)")
+        return
+    for e in audit.read(ctx.obj, consult=consult, actor=user):
+        if as_json:
+            typer.echo(json.dumps(e.as_dict(), ensure_ascii=False))
+            continue
+        when = dt.datetime.fromtimestamp(e.at_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{e.seq}\t{when}\t{e.actor}\t{e.action}\t{e.consult or '-'}\t{e.detail}")
+
+
 # --- identity -----------------------------------------------------------------------------
 
 

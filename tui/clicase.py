@@ -432,7 +432,12 @@ def export(
     except MedcommError as exc:
         raise c._fail(exc) from None
 
+    audited: list[bool] = []
+
     async def first_views(s: Any) -> None:
+        # The relay's audit log accounts for every export of health data; say it before writing.
+        await s.link.request("audit.export", {"consult": consult, "format": fmt}, timeout)
+        audited.append(True)
         await exporter.fetch_first_views(s, consult, timeout)
 
     tz = dt.datetime.now().astimezone().tzinfo or dt.UTC
@@ -453,6 +458,8 @@ def export(
     typer.echo(
         f"wrote {out}: {done.messages} messages, {done.images} images, {done.size / 1000:.1f} KB", err=True
     )
+    if not audited:
+        typer.echo("medcomm: written offline: the relay's audit log does not know of this export", err=True)
 
 
 def register(cli_module: ModuleType) -> None:
