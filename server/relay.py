@@ -486,6 +486,11 @@ class Relay:
             return self.store.consults_of(conn.user)
         if op == "users":  # the directory a clinic picks consult members from
             return [{"name": n, "role": r} for n, r in self.store.users()]
+        if op == "keys":  # device keys, for safety numbers (public keys: not secret, but bounded)
+            names = args.get("names")
+            if not isinstance(names, list) or len(names) > WIRE.max_members * 8:
+                raise UsageError(f"'names' must be a list of at most {WIRE.max_members * 8} names")
+            return self.store.device_keys([wire.user_name(n) for n in names])
         if op == "open":
             title = _arg_text(args, "title", WIRE.max_title)
             others = args.get("with", [])

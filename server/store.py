@@ -166,6 +166,16 @@ class RelayStore:
             raise NotFound(f"no user named {name}")
         return str(row[0])
 
+    def device_keys(self, names: list[str]) -> dict[str, list[bytes]]:
+        """Each named user's registered device keys (users without a device are left out)."""
+        found: dict[str, list[bytes]] = {}
+        for name in names:
+            rows = self.db.execute("SELECT pubkey FROM devices WHERE user=? ORDER BY pubkey", (name,))
+            keys = [bytes(r[0]) for r in rows]
+            if keys:
+                found[name] = keys
+        return found
+
     def users(self) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.db.execute("SELECT name, role FROM users ORDER BY name")]
 

@@ -469,19 +469,24 @@ def sync(timeout: TimeoutOpt = 60.0) -> None:
     """Deliver the outbox and catch up on every consult."""
     from medcomm.session.service import Session
 
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, list[Any]]:
         from medcomm.session.transfer import send_pending_notes
+        from medcomm.session.verify import refresh
 
         async with Session.open() as s:
             await send_pending_notes(s, timeout)  # voice notes recorded while the link was down
             await s.sync(timeout)
+            changed = await refresh(s, timeout)  # verified members whose device keys changed
             await _send_pending_images(s, timeout)  # image detail last: it is the bulk
-            return len(s.store.consults()), s.store.outbox_count()
+            return len(s.store.consults()), s.store.outbox_count(), changed
 
     try:
-        consults, queued = _run(main())
+        consults, queued, changed = _run(main())
     except MedcommError as exc:
         raise _fail(exc) from None
+    from medcomm.cliverify import announce
+
+    announce(changed)
     typer.echo(f"in sync: {consults} consults, {queued} queued", err=True)
 
 
@@ -1212,9 +1217,10 @@ def demo(
         raise _fail(exc) from None
 
 
-from medcomm import clicase  # noqa: E402  (the workflow commands: case, status, claim, assign, ...)
+from medcomm import clicase, cliverify  # noqa: E402  (workflow commands: case, status, ...; verify)
 
 clicase.register(sys.modules[__name__])
+cliverify.register(sys.modules[__name__])
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +208,14 @@ class LocalStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, msgpack.packb(value))
             )
 
+    #: Called with each item before it is queued; raising refuses it (nothing is stored). The
+    #: session sets it to stop sending to a member whose verified keys changed.
+    before_enqueue: Callable[[OutItem], None] | None = None
+
     def enqueue(self, item: OutItem) -> None:
         """Durably queue an outgoing message (fsync) before it is shown or sent."""
+        if self.before_enqueue is not None:
+            self.before_enqueue(item)
         self.db.execute("PRAGMA synchronous=FULL")
         try:
             with self.db:

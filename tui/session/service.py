@@ -32,9 +32,15 @@ class Session:
         self.profile = profile
         self.store = store
         self.link = link
+        store.before_enqueue = self._check_send
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._calls: Any = None
+
+    def _check_send(self, item: OutItem) -> None:
+        from medcomm.session.verify import check_send
+
+        check_send(self, item.consult)
 
     @classmethod
     @asynccontextmanager
