@@ -39,20 +39,23 @@ def pct(values: list[float], q: float) -> float:
 class Scenario:
     """One relay, three proxied members, one consult."""
 
-    def __init__(self, root: Path, profile: str, seed: int) -> None:
+    def __init__(self, root: Path, profile: str, seed: int, tls: bool = False) -> None:
         self.root = root
         self.profile = profile
-        self.relay = Relay(root / "relay").start()
+        self.relay = Relay(root / "relay", extra=["--tls", "self-signed"] if tls else []).start()
+        pin = self.relay.fingerprint()
         self.links: list[Badlink] = []
         self.homes: list[Path] = []
         for i, (name, role) in enumerate(MEMBERS):
             link = Badlink(self.relay.port, profile, root / f"link-{i}.json", seed=seed + i).start()
+            link.scheme = self.relay.scheme
             self.links.append(link)
             home = root / name
             code = self.relay.enroll(name, role)
-            out = medcomm("login", link.url, name, code, home=home, timeout=120)
+            login = ["login", link.url, name, code, *(["--fingerprint", pin] if pin else [])]
+            out = medcomm(*login, home=home, timeout=120)
             if out.returncode:  # a cut during login: the same code again is fine
-                out = medcomm("login", link.url, name, code, home=home, timeout=120)
+                out = medcomm(*login, home=home, timeout=120)
             if out.returncode:
                 raise RuntimeError(f"login failed: {out.stderr.strip()}")
             self.homes.append(home)
@@ -349,9 +352,10 @@ def check(
     }
 
 
-def wire_cost(root: Path, n: int) -> dict[str, object]:
-    """Bytes per 60-character message on a clean link, both directions, acks and receipts."""
-    sc = Scenario(root, "clean", 7)
+def wire_cost(root: Path, n: int, tls: bool = False) -> dict[str, object]:
+    """Bytes per 60-character message on a clean link, both directions, acks and receipts
+    (with ``tls``: through a wss:// relay, TLS records included)."""
+    sc = Scenario(root, "clean", 7, tls=tls)
     procs: list[subprocess.Popen[str]] = []
     try:
         procs = start_members(sc, [n, 0, 0], 20.0, root, start_delay=1.5)
@@ -477,6 +481,7 @@ def main(argv: list[str]) -> int:
             report["runs"].append(r)  # type: ignore[union-attr]
             print_run(r)
         wc = wire_cost(root / "wire", 100 if not args.quick else 30)
+        wc["tls"] = wire_cost(root / "wire-tls", 100 if not args.quick else 30, tls=True)
         report["wire"] = wc
         st = startup(root)
         report["startup"] = st
@@ -553,7 +558,7 @@ def print_run(r: dict[str, object]) -> None:
 
 
 def print_wire(wc: dict[str, object], st: dict[str, float]) -> None:
-    print("\n== wire cost of one 60-character message (clean link, 3 members) ==")
+    print("\n== wire cost of one 60-character message (clean link, 3 members; TCP payload bytes) ==")
     print(
         f"  sender, WebSocket bytes both directions incl. ack + receipts: {wc['sender_ws_bytes_per_msg']} "
         f"(up {wc['sender_up_per_msg']}, down {wc['sender_down_per_msg']})   target < 250"
@@ -568,6 +573,14 @@ def print_wire(wc: dict[str, object], st: dict[str, float]) -> None:
         f"  one message's frames (send, stored, 2 receipts): msgpack {jc['msgpack']} B vs "  # type: ignore[index]
         f"named-field JSON {jc['json']} B"
     )  # type: ignore[index]
+    tls = wc.get("tls")
+    if isinstance(tls, dict):
+        print(
+            f"  the same through a wss:// relay (TLS records): sender {tls['sender_ws_bytes_per_msg']} B "
+            f"(+{tls['sender_ws_bytes_per_msg'] - wc['sender_ws_bytes_per_msg']:.1f}), with headers "  # type: ignore[operator]
+            f"{tls['sender_wire_bytes_per_msg']} B ({tls['sender_segments_per_msg']} segments/msg); "
+            f"each receiver {tls['receiver_ws_bytes_per_msg']} B"
+        )
     print("\n== process start (median of 7) ==")
     print(
         f"  medcomm --help: {st['help_median_s']} s (target < 0.3)   "

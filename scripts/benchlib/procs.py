@@ -21,7 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
-_READY = re.compile(r"^medcomm relay listening on ws://127\.0\.0\.1:(\d+)$")
+_READY = re.compile(r"^medcomm relay listening on (wss?)://127\.0\.0\.1:(\d+)$")
 _BADLINK = re.compile(r"^badlink listening on (\S+):(\d+) -> ")
 
 
@@ -68,10 +68,12 @@ class Relay:
     proc: subprocess.Popen[str] | None = None
     started_at: float = 0.0
     kills: int = 0
+    extra: list[str] = field(default_factory=list)  # e.g. ["--tls", "self-signed"]
+    scheme: str = "ws"
 
     def start(self) -> Relay:
         self.proc = subprocess.Popen(
-            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port)],
+            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -81,8 +83,17 @@ class Relay:
         if not m:
             self.stop()
             raise RuntimeError(f"relay did not start: {line!r}")
-        self.port = int(m.group(1))
+        self.scheme, self.port = m.group(1), int(m.group(2))
         return self
+
+    def fingerprint(self) -> str | None:
+        """The TLS key devices pin at login (a --tls self-signed relay), else None."""
+        cert = self.data / "tls" / "relay.crt"
+        if self.scheme != "wss" or not cert.exists():
+            return None
+        from medcomm.server.tls import cert_fingerprint
+
+        return cert_fingerprint(cert)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -144,9 +155,11 @@ class Badlink:
         self.started_at = time.time()  # its stall schedule counts from about here
         return self
 
+    scheme: str = "ws"  # wss when the relay behind it speaks TLS (badlink passes bytes through)
+
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def cut(self) -> None:
         if self.proc and self.proc.poll() is None:
