@@ -11,12 +11,17 @@ Ordering and durability rules that the clients rely on:
   between, so nothing stored can fall between the page and the live stream.
 * Every outgoing frame of a connection passes through one bounded queue; a client that
   cannot keep up is disconnected (it resumes from its cursor), never allowed to grow memory.
+  Incoming sends waiting for the store are bounded too: past the limit, reading pauses.
+* Connections are counted per remote address from TCP accept (``AddressGate``): a clinic's
+  devices share one NAT address, so the bound on open connections is high, and the bound on
+  connections not yet authenticated is low; over either, a 1013 close says why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -57,7 +62,15 @@ from medcomm.errors import (
 )
 from medcomm.limits import RELAY, WIRE, RelayLimits
 from medcomm.server.audit import AuditLog
-from medcomm.server.auth import FailureThrottle, ReplayCache, new_nonce, verify
+from medcomm.server.auth import (
+    AddressGate,
+    AttemptWindow,
+    FailureThrottle,
+    ReplayCache,
+    Verdict,
+    new_nonce,
+    verify,
+)
 from medcomm.server.calls import Call, CallRegistry
 from medcomm.server.store import RelayStore, StoredMessage
 
@@ -100,6 +113,8 @@ class Conn:
     bad_frames: int = 0
     closing: bool = False
     early_sub: Sub | None = None  # resume request that came with the upgrade request
+    unstored: int = 0  # sends read and not yet answered by the store (bounded: reading pauses)
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set while unstored is under its limit
     # Voice goes ahead of everything else and is never queued long: drop-oldest, bounded.
     voice: deque[bytes] = field(default_factory=lambda: deque(maxlen=RELAY.voice_queue))
     voice_dropped: int = 0
@@ -150,6 +165,8 @@ class Relay:
         self.limits = limits
         self.conns: dict[str, set[Conn]] = defaultdict(set)
         self.throttle = FailureThrottle(limits.login_failures, limits.login_delay_max)
+        self.enrolments = AttemptWindow(limits.enrol_attempts, limits.enrol_window)
+        self.gate = AddressGate(limits.max_per_address, limits.max_pending_per_address)
         self.replays = ReplayCache(limits.early_auth_window, limits.early_auth_nonces)
         self.calls = CallRegistry()
         self.audit = AuditLog(store.data_dir)
@@ -166,6 +183,11 @@ class Relay:
 
     async def handler(self, ws: object) -> None:
         addr = _peer(ws)
+        admission: Admission | None = getattr(ws, "admission", None)  # counted at TCP accept
+        if admission is not None and admission.verdict != "admit":
+            log.info("refused addr=%s (per-address limit)", addr)
+            await ws.close(CLOSE_TRY_LATER, admission.why)  # type: ignore[attr-defined]
+            return
         if self.connections >= self.limits.max_connections:
             await ws.close(CLOSE_TRY_LATER, "relay full, try again later")  # type: ignore[attr-defined]
             return
@@ -174,6 +196,8 @@ class Relay:
             conn = await self._authenticate(ws, addr)
             if conn is None:
                 return
+            if admission is not None:
+                admission.authenticated(self.gate)
             await self._serve(conn)
         except Exception as exc:  # ConnectionClosed and friends end the handler quietly
             if not _is_closed(exc):
@@ -197,6 +221,14 @@ class Relay:
                     await ws.close(CLOSE_POLICY, "authentication deadline passed")  # type: ignore[attr-defined]
                     return None
                 frame = wire.decode(data, frozenset({wire.T.AUTH, wire.T.REGISTER}))
+                if isinstance(frame, Register):  # checked before any signature or database work
+                    wait = self.enrolments.attempt(addr, time.monotonic())
+                    if wait > 0:  # not a failure: nothing was tried, so no failure delay either
+                        log.info("enrolment refused addr=%s (rate)", addr)
+                        why = f"too many attempts, wait {math.ceil(wait)} s"
+                        await ws.send(wire.encode(Err(0, "auth", why)))  # type: ignore[attr-defined]
+                        await ws.close(CLOSE_TRY_LATER, "too many enrolment attempts")  # type: ignore[attr-defined]
+                        return None
                 user, role = self._check_identity(frame, nonce)
         except MedcommError as exc:
             now = time.monotonic()
@@ -213,6 +245,7 @@ class Relay:
         conn.tokens = self.limits.rate_burst
         conn.refill_at = time.monotonic()
         conn.early_sub = early_sub
+        conn.room.set()
         await ws.send(wire.encode(Welcome(user, role, int(time.time() * 1000))))  # type: ignore[attr-defined]
         log.info("authenticated user=%s addr=%s early=%s", user, addr, early is not None)
         return conn
@@ -286,6 +319,8 @@ class Relay:
                         break
                     continue
                 self._dispatch(conn, frame)
+                if not conn.room.is_set():  # the store is behind: stop reading (TCP pushes back)
+                    await conn.room.wait()
         finally:
             self._announce(self.calls.detached(conn, time.monotonic()))
             self.conns[conn.user].discard(conn)
@@ -356,6 +391,9 @@ class Relay:
             conn.enqueue(wire.encode(Reject(frame.cid, error_code(exc), reason(exc))))
             return
         self._pending.append((conn, frame))
+        conn.unstored += 1
+        if conn.unstored >= self.limits.max_unstored:
+            conn.room.clear()
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -385,6 +423,10 @@ class Relay:
                 if new:
                     self._fanout(msg, exclude=conn)
         finally:
+            for conn, _ in batch:  # answered (or closing): the sender may send more
+                conn.unstored -= 1
+                if conn.unstored < self.limits.max_unstored:
+                    conn.room.set()
             self._writing = False
             if self._pending and self._flush_handle is None:
                 self._flush_handle = loop.call_soon(self._flush)
@@ -406,7 +448,9 @@ class Relay:
         if found is None:
             if len(self._members) > 100_000:
                 self._members.clear()
-            found = self._members[consult] = self.store.members(consult)
+            found = self.store.members(consult)
+            if found:  # no members: no such consult (yet); caching that would hide it once opened
+                self._members[consult] = found
         return found
 
     def _on_sub(self, conn: Conn, frame: Sub) -> None:
@@ -477,7 +521,13 @@ class Relay:
         except MedcommError as exc:
             conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), reason(exc))))
             return
-        conn.enqueue(wire.encode(Ok(frame.rid, result)))
+        data = wire.encode(Ok(frame.rid, result))
+        if len(data) > WIRE.max_frame:  # the client would close the link on it (1009), then ask again
+            log.warning("answer to %s over the frame limit: %d bytes user=%s", frame.op, len(data), conn.user)
+            why = f"the answer to {frame.op} is over the {WIRE.max_frame}-byte frame limit"
+            conn.enqueue(wire.encode(Err(frame.rid, "limit", why)))
+            return
+        conn.enqueue(data)
 
     def _request(self, conn: Conn, op: str, args: dict[str, object]) -> object:
         if op == "whoami":
@@ -619,6 +669,58 @@ class Relay:
         return msg
 
 
+@dataclass(eq=False)
+class Admission:
+    """What the address gate decided for one TCP connection, kept on the connection so that
+    the count it took is given back exactly once, however the connection ends."""
+
+    addr: str
+    verdict: Verdict
+    why: str
+    is_authenticated: bool = False
+    released: bool = False
+
+    def authenticated(self, gate: AddressGate) -> None:
+        if not self.is_authenticated and not self.released:
+            self.is_authenticated = True
+            gate.authenticated(self.addr)
+
+    def release(self, gate: AddressGate) -> None:
+        if not self.released:
+            self.released = True
+            gate.leave(self.addr, self.verdict, self.is_authenticated)
+
+
+def _gated_connection(gate: AddressGate) -> type:
+    """A websockets server connection counted per remote address from TCP accept (so that
+    connections still in their upgrade count as pending too) until the socket is gone.
+
+    One over the address's limits still gets its upgrade, then a 1013 close with the reason;
+    past that many, the next is dropped before any byte is read: a WebSocket close code
+    needs a finished upgrade, and a slow upgrade is exactly what is being bounded.
+    """
+    from websockets.asyncio.server import ServerConnection
+
+    class GatedConnection(ServerConnection):
+        admission: Admission
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            peer = transport.get_extra_info("peername")
+            addr = str(peer[0]) if peer else "?"
+            verdict, why = gate.arrive(addr)
+            self.admission = Admission(addr, verdict, why)
+            super().connection_made(transport)
+            if verdict == "drop":
+                log.info("dropped addr=%s at accept (per-address limit)", addr)
+                transport.abort()  # type: ignore[attr-defined]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.admission.release(gate)
+            super().connection_lost(exc)
+
+    return GatedConnection
+
+
 def _arg_text(args: dict[str, object], key: str, limit: int) -> str:
     value = args.get(key)
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
@@ -667,6 +769,7 @@ async def run_relay(
             close_timeout=5,
             server_header=None,
             ssl=tls,
+            create_connection=_gated_connection(relay.gate),
         )
         bound = server.sockets[0].getsockname()[1]
         if ready is not None and not ready.done():

@@ -151,6 +151,30 @@ def serve(
     insecure: Annotated[
         bool, typer.Option(help="Allow plain ws:// on an address other than loopback.")
     ] = False,
+    max_per_address: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Concurrent connections from one address (a clinic's devices share one NAT "
+            "address); more are closed with 1013.",
+        ),
+    ] = RELAY.max_per_address,
+    max_pending_per_address: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Of those, connections not yet authenticated (bounds connections that never "
+            "sign in); more are closed with 1013.",
+        ),
+    ] = RELAY.max_pending_per_address,
+    enrolments_per_minute: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Enrolments (first logins with a code) from one address per minute, good or "
+            "bad; more are told how long to wait.",
+        ),
+    ] = RELAY.enrol_attempts,
 ) -> None:
     """Run the relay until SIGTERM/SIGINT; prints one line when it accepts connections.
 
@@ -167,7 +191,15 @@ def serve(
 
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("websockets").setLevel(logging.WARNING)  # 2 lines per connection otherwise
-    limits = replace(RELAY, ping_interval=ping_interval, ping_timeout=ping_timeout)
+    limits = replace(
+        RELAY,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        max_per_address=max_per_address,
+        max_pending_per_address=max_pending_per_address,
+        enrol_attempts=enrolments_per_minute,
+        enrol_window=60.0,
+    )
     try:
         context, fingerprint = _relay_tls(data, host, tls, tls_cert, tls_key)
     except MedcommError as exc:

@@ -38,6 +38,14 @@ class RelayLimits:
     login_delay_max: float = 8.0  # longest delay (seconds) for a failing address
     enrol_code_ttl: float = 7 * 24 * 3600.0  # seconds an enrolment code stays valid
     max_connections: int = 10000  # concurrent connections before new ones are refused
+    # A clinic puts every device (and every desk, CLI and call) behind one NAT address: 256
+    # leaves room for a large site; the pending bound stops one address holding many
+    # connections that never authenticate (each would wait out auth_deadline).
+    max_per_address: int = 256  # concurrent connections from one remote address (1013 beyond)
+    max_pending_per_address: int = 16  # of those, not yet authenticated (1013 beyond)
+    enrol_attempts: int = 10  # enrolments (Register) per address per enrol_window, good or bad
+    enrol_window: float = 60.0  # seconds
+    max_unstored: int = 256  # sends read from one connection and not yet committed: reading pauses
     early_auth_window: float = 300.0  # seconds an upgrade-request proof may be off the relay's clock
     early_auth_nonces: int = 100_000  # used early-proof nonces remembered (full: challenge instead)
     voice_queue: int = 6  # voice frames waiting per connection (drop-oldest; ~0.4-0.7 s of audio)

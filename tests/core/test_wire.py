@@ -527,3 +527,82 @@ def test_early_challenge_binds_time_nonce_and_resume_request():
     assert wire.early_challenge(T_MS + 1, b"\x06" * 16, "abc") != base
     assert wire.early_challenge(T_MS, b"\x07" * 16, "abc") != base
     assert wire.early_challenge(T_MS, b"\x06" * 16, "abd") != base
+
+
+# --- structured fuzzing: frames of the right shape with wrong types and sizes ----------------
+
+
+def _hostile_value(valid: object) -> st.SearchStrategy:
+    """Values for one field: its valid value, the wrong type, and sizes just around the limits."""
+    near: list[st.SearchStrategy] = [st.just(valid), _scalars, _nested(8)]
+    if isinstance(valid, bytes):
+        n = len(valid)
+        near.append(st.integers(max(0, n - 1), n + 1).flatmap(lambda k: st.binary(min_size=k, max_size=k)))
+        near.append(st.sampled_from([WIRE.max_text, WIRE.max_text + 1]).map(bytes))
+        near.append(st.just(valid.decode("latin-1")))  # the same content as text
+    elif isinstance(valid, bool):
+        near.append(st.sampled_from([0, 1, "true", None]))
+    elif isinstance(valid, int):
+        near.append(st.sampled_from([-1, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0.0, float(valid), True]))
+    elif isinstance(valid, str):
+        near.append(st.sampled_from([31, 32, 33, 64, 65, 200, 201, 500, 501]).map(lambda k: "a" * k))
+        near.append(st.just(valid.upper()) | st.just(valid + "\n") | st.just(valid.encode()))
+    elif isinstance(valid, dict):
+        near.append(
+            st.sampled_from([WIRE.max_cursors, WIRE.max_cursors + 1]).map(
+                lambda k: {f"{i:06d}": i for i in range(k)}
+            )
+        )
+        keys = _scalars.filter(lambda k: type(k) in (str, bytes, int))
+        near.append(st.dictionaries(keys, _scalars, max_size=4))
+        near.append(st.lists(st.tuples(st.text(max_size=6), st.integers()), max_size=3))
+    return st.one_of(*near)
+
+
+@st.composite
+def _shaped_frames(draw: st.DrawFn) -> tuple[type[Frame], list]:
+    cls = draw(st.sampled_from(list(SAMPLES)))
+    valid = fields_of(SAMPLES[cls])
+    values = [draw(_hostile_value(v)) for v in valid]
+    return cls, values
+
+
+@FUZZ
+@given(_shaped_frames())
+def test_every_frame_type_with_wrong_types_and_sizes_is_a_frame_or_a_wire_error(case):
+    cls, values = case
+    data = msgpack.packb([int(cls.TYPE), *values], use_bin_type=True)
+    for allowed in (None, CLIENT_TYPES, RELAY_TYPES):
+        frame = _decode_or_wire_error(data, allowed)
+        if frame is not None:  # everything passed its check: the frame is exactly what was sent
+            assert type(frame) is cls
+            assert decode(encode(frame)) == frame
+            assert msgpack.unpackb(encode(frame), raw=False) == msgpack.unpackb(data, raw=False)
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_the_structured_fuzzer_starts_from_frames_that_decode(cls):
+    """Guard for the fuzzer above: its valid values are valid, so what it finds is the fields'."""
+    data = msgpack.packb([int(cls.TYPE), *fields_of(SAMPLES[cls])], use_bin_type=True)
+    assert decode(data) == SAMPLES[cls]
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+_header_payloads = st.binary(max_size=150) | _shaped_frames().map(
+    lambda case: msgpack.packb([int(case[0].TYPE), *case[1]], use_bin_type=True)
+)
+
+
+@FUZZ
+@given(st.text(max_size=200) | _header_payloads.map(_b64))
+def test_random_header_values_are_a_frame_or_a_wire_error(value):
+    try:
+        frame = wire.from_header(value, frozenset({T.EARLY, T.SUB}))
+    except WireError:
+        return
+    assert frame.TYPE in (T.EARLY, T.SUB)

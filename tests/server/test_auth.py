@@ -214,3 +214,115 @@ def test_replay_cache_admits_a_nonce_once_and_forgets_it_after_its_lifetime():
     assert len(cache) == 3
     assert not cache.admit(b"b", 600.5)  # b still remembered until 601
     assert cache.admit(b"b", 601.5)
+
+
+# --- AttemptWindow (enrolment rate) ---------------------------------------------------------
+
+
+def test_attempt_window_defaults_match_relay_limits():
+    from medcomm.server.auth import AttemptWindow
+
+    w = AttemptWindow()
+    assert (w.limit, w.window) == (RELAY.enrol_attempts, RELAY.enrol_window)
+
+
+def test_attempts_within_the_window_are_counted_and_the_wait_is_exact():
+    from medcomm.server.auth import AttemptWindow
+
+    w = AttemptWindow(limit=3, window=60.0)
+    assert [w.attempt("a", t) for t in (0.0, 10.0, 20.0)] == [0.0, 0.0, 0.0]
+    assert w.attempt("a", 30.0) == 30.0  # the first attempt leaves the window at 60
+    assert w.attempt("a", 59.5) == 0.5  # a refused attempt is not recorded: the wait only shrinks
+    assert w.attempt("a", 60.0) == 0.0  # the one at 0 has left; this one takes its place
+    assert w.attempt("a", 61.0) == 9.0  # now the one at 10 is the oldest
+    assert w.attempt("b", 61.0) == 0.0  # addresses are counted separately
+
+
+def test_attempt_window_is_a_sliding_window_not_a_fixed_minute():
+    from medcomm.server.auth import AttemptWindow
+
+    w = AttemptWindow(limit=2, window=60.0)
+    assert w.attempt("a", 59.0) == 0.0 and w.attempt("a", 59.9) == 0.0
+    assert w.attempt("a", 61.0) > 0  # a new calendar minute does not reset it
+    assert w.attempt("a", 119.0) == 0.0
+
+
+def test_attempt_window_remembers_a_bounded_number_of_addresses_and_times():
+    from medcomm.server.auth import AttemptWindow
+
+    w = AttemptWindow(limit=2, window=60.0, max_addresses=3)
+    for i in range(50):
+        w.attempt(f"10.0.0.{i}", float(i))
+        assert len(w._times) <= 3
+    for _ in range(100):
+        w.attempt("x", 100.0)
+    assert all(len(times) <= 2 for times in w._times.values())
+    assert w.attempt("10.0.0.49", 100.0) == 0.0  # the newest kept; the stalest forgotten
+
+
+# --- AddressGate (connections per address) --------------------------------------------------
+
+
+def test_address_gate_defaults_match_relay_limits():
+    from medcomm.server.auth import AddressGate
+
+    g = AddressGate()
+    assert (g.max_open, g.max_pending) == (RELAY.max_per_address, RELAY.max_pending_per_address)
+    assert RELAY.max_pending_per_address < RELAY.max_per_address
+
+
+def test_pending_connections_are_bounded_then_refused_then_dropped():
+    from medcomm.server.auth import AddressGate
+
+    g = AddressGate(max_open=100, max_pending=2)
+    assert [g.arrive("a")[0] for _ in range(2)] == ["admit", "admit"]
+    verdict, why = g.arrive("a")
+    assert verdict == "refuse" and "authenticating" in why and "limit 2" in why
+    assert g.arrive("a")[0] == "refuse"
+    assert g.arrive("a")[0] == "drop"  # as many waiting to be refused as may wait to sign in
+    assert g.counts("a") == (2, 2, 2)
+    assert g.arrive("b")[0] == "admit"  # another address is not affected
+    g.authenticated("a")
+    assert g.arrive("a")[0] == "admit"  # one signed in: room for one more to wait
+    assert g.counts("a") == (3, 2, 2)
+
+
+def test_open_connections_are_bounded_per_address():
+    from medcomm.server.auth import AddressGate
+
+    g = AddressGate(max_open=3, max_pending=3)
+    for _ in range(3):
+        assert g.arrive("a")[0] == "admit"
+        g.authenticated("a")
+    verdict, why = g.arrive("a")
+    assert verdict == "refuse" and "too many connections from your address" in why and "limit 3" in why
+    g.leave("a", "admit", authenticated=True)
+    assert g.arrive("a")[0] == "admit"
+
+
+def test_every_leave_gives_back_exactly_what_arrive_took():
+    from medcomm.server.auth import AddressGate
+
+    g = AddressGate(max_open=4, max_pending=2)
+    taken = [g.arrive("a")[0] for _ in range(6)]
+    assert taken == ["admit", "admit", "refuse", "refuse", "drop", "drop"]
+    g.authenticated("a")
+    g.leave("a", "admit", authenticated=True)
+    g.leave("a", "admit", authenticated=False)
+    g.leave("a", "refuse", authenticated=False)
+    g.leave("a", "refuse", authenticated=False)
+    for verdict in ("drop", "drop"):
+        g.leave("a", verdict, authenticated=False)  # a dropped connection took nothing
+    assert g.counts("a") == (0, 0, 0)
+    assert len(g) == 0  # nothing is kept for an address without connections
+
+
+def test_address_gate_holds_only_addresses_with_connections():
+    from medcomm.server.auth import AddressGate
+
+    g = AddressGate(max_open=2, max_pending=1)
+    for i in range(1000):
+        addr = f"10.0.{i // 256}.{i % 256}"
+        assert g.arrive(addr)[0] == "admit"
+        g.leave(addr, "admit", authenticated=False)
+    assert len(g) == 0

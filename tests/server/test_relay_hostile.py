@@ -10,15 +10,20 @@ can still register, open a consult and get a message stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import random
+import re
 import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -45,8 +50,10 @@ from medcomm.core.wire import (
     Sub,
     Welcome,
 )
-from medcomm.limits import RELAY, WIRE
+from medcomm.limits import RELAY, WIRE, RelayLimits
 from medcomm.server import admin
+from medcomm.server.relay import Relay
+from medcomm.server.store import RelayStore
 from medcomm.session.link import sign_challenge
 from tests.harness.relay import RelayProcess
 
@@ -902,3 +909,382 @@ async def test_silent_client_is_not_closed_early(relay: RelayProcess) -> None:
     assert welcomed(await client.recv()) == ("alice", "clinic")
     await client.close()
     await assert_healthy(relay, ["alice"])
+
+
+# --- 11. per-address limits --------------------------------------------------------------------
+
+SMALL_OPEN, SMALL_PENDING = 6, 2  # small limits so that reaching them takes a handful of sockets
+
+
+@pytest.fixture
+def small_relay(tmp_path: Path) -> Iterator[RelayProcess]:
+    extra = ["--max-per-address", str(SMALL_OPEN), "--max-pending-per-address", str(SMALL_PENDING)]
+    r = RelayProcess(tmp_path / "relay", extra=extra).start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+async def open_ws(relay: RelayProcess) -> Client:
+    ws = await connect(relay.url, open_timeout=WAIT, close_timeout=2, ping_interval=None, compression=None)
+    return Client(ws)
+
+
+async def refused_try_later(relay: RelayProcess) -> str:
+    """Dial: the upgrade goes through, then a 1013 close with a reason and not one frame."""
+    client = await open_ws(relay)
+    code, reason, frames = await client.closed()
+    assert (code, frames) == (1013, []), (code, reason, frames)
+    assert reason
+    return reason
+
+
+async def challenged_soon(relay: RelayProcess) -> tuple[Client, Challenge]:
+    """Dial until challenged: a connection that just ended gives its count back a moment
+    after its close (when the relay sees the socket go), so a 1013 meanwhile is retried."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            client = await open_ws(relay)
+            try:
+                first = await client.recv()
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None and exc.rcvd.code == 1013, exc
+                await asyncio.sleep(0.05)
+                continue
+            assert isinstance(first, Challenge), first
+            return client, first
+
+
+async def login_soon(relay: RelayProcess, device: Device) -> Client:
+    client, challenge = await challenged_soon(relay)
+    pubkey, sig = sign_challenge(device.seed, challenge.nonce, b"auth")
+    await client.send(Auth(pubkey, sig))
+    assert welcomed(await client.recv()) == (device.name, device.role)
+    return client
+
+
+def silent_sockets(relay: RelayProcess, n: int) -> list[socket.socket]:
+    """TCP connections that never send their upgrade request: the slow-handshake attack."""
+    return [socket.create_connection(("127.0.0.1", relay.port), timeout=WAIT) for _ in range(n)]
+
+
+async def assert_limits_free(relay: RelayProcess, device: Device) -> None:
+    """Every count of the address is back at zero: exactly SMALL_PENDING connections may
+    wait to authenticate, and exactly SMALL_OPEN may be open at once."""
+    waiting = [(await challenged_soon(relay))[0] for _ in range(SMALL_PENDING)]
+    assert "authenticating" in await refused_try_later(relay)
+    for client in waiting:
+        await client.close()
+    opened = [await login_soon(relay, device) for _ in range(SMALL_OPEN)]
+    assert "too many connections" in await refused_try_later(relay)
+    for client in opened:
+        await client.close()
+
+
+async def test_connections_waiting_to_authenticate_are_bounded_per_address(small_relay: RelayProcess) -> None:
+    relay = small_relay
+    alice, device = await register(relay, "alice")
+    a, challenge = await dial(relay)
+    b, _ = await dial(relay)
+    reason = await refused_try_later(relay)
+    assert "authenticating" in reason and f"limit {SMALL_PENDING}" in reason, reason
+    # One of them signs in: it stops counting as pending, and a new connection is challenged.
+    code = await enroll(relay, "bob")
+    bob_key = sign_challenge(secrets.token_bytes(32), challenge.nonce, b"register")
+    await a.send(Register("bob", code, *bob_key))
+    assert welcomed(await a.recv()) == ("bob", "clinic")
+    c, _ = await challenged_soon(relay)
+    assert "authenticating" in await refused_try_later(relay)
+    for client in (b, c):
+        await client.close()
+
+    # The slow-handshake attack: sockets that never finish their upgrade count as pending
+    # from the moment they are accepted. Past the pending bound they would only be refused
+    # after an upgrade, so one more set of them is let in to be refused; after that the
+    # next connection is dropped at accept (no HTTP answer at all), not read or held.
+    await asyncio.sleep(0.2)  # b and c gone at the relay too (their counts given back)
+    held = silent_sockets(relay, 2 * SMALL_PENDING)
+    try:
+        await asyncio.sleep(0.2)  # accepted by the relay's loop
+        started = time.monotonic()
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - any failure to upgrade will do
+            await open_ws(relay)
+        assert not isinstance(caught.value, ConnectionClosed), caught.value
+        assert time.monotonic() - started < 2.0, "a dropped connection must not be held"
+        # Authenticated connections are untouched by all this.
+        assert await alice.barrier() == []
+        assert await a.barrier() == []
+    finally:
+        for s in held:
+            s.close()
+    # Their counts come back when the sockets go.
+    client, _ = await challenged_soon(relay)
+    await client.close()
+    await a.close()
+    await alice.close()
+    await assert_limits_free(relay, device)
+    await assert_healthy(relay)
+
+
+async def test_open_connections_are_bounded_per_address(small_relay: RelayProcess) -> None:
+    relay = small_relay
+    first, device = await register(relay, "alice")
+    clients = [first, *[await login_soon(relay, device) for _ in range(SMALL_OPEN - 1)]]
+    reason = await refused_try_later(relay)
+    assert "too many connections from your address" in reason and f"limit {SMALL_OPEN}" in reason, reason
+    for client in clients:  # the ones inside keep working
+        assert await client.barrier() == []
+    await clients.pop().close()
+    clients.append(await login_soon(relay, device))
+    assert "too many connections" in await refused_try_later(relay)
+    for client in clients:
+        await client.close()
+    await assert_limits_free(relay, device)
+
+
+async def test_address_counts_are_given_back_on_every_exit_path(small_relay: RelayProcess) -> None:
+    relay = small_relay
+    alice, device = await register(relay, "alice")
+    await alice.close()
+
+    # Closed by the client, after authenticating.
+    client = await login_soon(relay, device)
+    await client.close()
+    # Refused authentication: garbage first frame, and a bad signature (1008 both).
+    client, _ = await challenged_soon(relay)
+    await client.send(b"\xc1")
+    await refused(client)
+    client, challenge = await challenged_soon(relay)
+    pubkey, _ = sign_challenge(device.seed, challenge.nonce, b"auth")
+    await client.send(Auth(pubkey, bytes(64)))
+    assert (await refused(client)).code == "auth"
+    # Too big a message (1009), before and after authenticating.
+    client, _ = await challenged_soon(relay)
+    await client.send(b"\x00" * (WIRE.max_frame + 1))
+    assert (await client.closed())[0] == 1009
+    client = await login_soon(relay, device)
+    await client.send(b"\x93" + b"\x00" * WIRE.max_frame)
+    assert (await client.closed())[0] == 1009
+    # Closed by the relay for bad frames (1008) after authenticating.
+    client = await login_soon(relay, device)
+    try:
+        for data in _bad_frames():
+            await client.send(data)
+    except ConnectionClosed:
+        pass
+    assert (await client.closed())[0] == 1008
+    # The TCP connection simply vanishing, waiting to authenticate and authenticated.
+    client, _ = await challenged_soon(relay)
+    client.ws.transport.abort()
+    client = await login_soon(relay, device)
+    client.ws.transport.abort()
+    # Silent sockets that never upgrade, and connections refused for being over a limit.
+    held = silent_sockets(relay, SMALL_PENDING)
+    await asyncio.sleep(0.2)
+    assert "authenticating" in await refused_try_later(relay)
+    for s in held:
+        s.close()
+    # Relay-side: every count back at zero.
+    await assert_limits_free(relay, device)
+    await assert_healthy(relay)
+
+
+# --- 12. enrolment rate -------------------------------------------------------------------------
+
+
+async def test_enrolment_attempts_per_address_are_bounded(relay: RelayProcess) -> None:
+    names = [f"nurse{i:02d}" for i in range(RELAY.enrol_attempts + 1)]
+    codes = {name: await enroll(relay, name) for name in names}
+    devices = []
+    for name in names[:-1]:  # successful enrolments count too
+        client, device = await register_with(relay, name, codes[name])
+        devices.append(device)
+        await client.close()
+    # One more within the minute: an auth error that says how long to wait, before any
+    # signature is checked; a code that is right all the same.
+    client, challenge = await dial(relay)
+    seed = secrets.token_bytes(32)
+    last = names[-1]
+    await client.send(Register(last, codes[last], *sign_challenge(seed, challenge.nonce, b"register")))
+    code, why, frames = await client.closed()
+    assert code == 1013 and why, (code, why)
+    assert len(frames) == 1 and isinstance(frames[0], Err) and frames[0].code == "auth", frames
+    wait = re.fullmatch(r"too many attempts, wait (\d+) s", frames[0].reason)
+    assert wait is not None and 1 <= int(wait.group(1)) <= int(RELAY.enrol_window), frames[0].reason
+
+    # Logging in with an enrolled device is not an enrolment: never held back by it.
+    alice = await login(relay, devices[0])
+    await alice.close()
+    # Failed logins stay throttled: the free ones are answered at once, then each waits longer.
+    for i in range(RELAY.login_failures + 3):
+        client, challenge = await dial(relay)
+        pubkey, _ = sign_challenge(devices[0].seed, challenge.nonce, b"auth")
+        started = time.monotonic()
+        await client.send(Auth(pubkey, bytes(64)))
+        assert (await refused(client)).code == "auth"
+        elapsed = time.monotonic() - started
+        if i == RELAY.login_failures:
+            assert elapsed >= 0.2, f"failure {i + 1} answered after {elapsed:.2f} s: not throttled"
+    # An enrolment refused for the rate is no guess: it is answered at once (not after the
+    # 2 s a ninth failure costs), and does not add to the failures.
+    client, challenge = await dial(relay)
+    started = time.monotonic()
+    last = names[-1]
+    await client.send(Register(last, codes[last], *sign_challenge(seed, challenge.nonce, b"register")))
+    code, _, frames = await client.closed()
+    assert code == 1013 and "too many attempts" in frames[0].reason, frames
+    assert time.monotonic() - started < 1.5
+    # Still serving (a fresh enrolment would be refused for the next minute, so: a login).
+    alice = await login(relay, devices[0])
+    consult = await alice.open_consult("after the storm", [devices[1].name])
+    assert (await alice.send_text(consult, b"still here")).seq == 2
+    await alice.close()
+
+
+async def register_with(relay: RelayProcess, name: str, code: str) -> tuple[Client, Device]:
+    device = Device(name, "clinic", secrets.token_bytes(32))
+    client, challenge = await dial(relay)
+    await client.send(Register(name, code, *sign_challenge(device.seed, challenge.nonce, b"register")))
+    assert welcomed(await client.recv()) == (name, "clinic")
+    return client, device
+
+
+# --- 13. answers that would not fit a frame -----------------------------------------------------
+
+
+async def test_an_answer_over_the_frame_limit_is_an_error_not_a_dropped_link(tmp_path: Path) -> None:
+    """A directory of ~900 long names is over 64 KiB: the client would close its link on
+    such a frame (1009), reconnect and ask again, forever; it gets an error instead."""
+    from medcomm.server.store import RelayStore
+
+    data = tmp_path / "relay"
+    store = RelayStore(data)
+    try:
+        store.db.execute("PRAGMA synchronous=OFF")  # setup rows only; the relay opens its own
+        code = store.enroll("alice", "clinic", 3600)
+        for i in range(WIRE.max_frame // 64 + 50):
+            store.enroll(f"user{i:04d}-" + "x" * 54, "clinic", 3600)
+    finally:
+        store.close()
+    relay = RelayProcess(data).start()
+    try:
+        alice, _ = await register_with(relay, "alice", code)
+        answer, _ = await alice.request("users")
+        assert isinstance(answer, Err) and answer.code == "limit" and "frame limit" in answer.reason, answer
+        assert await alice.barrier() == []  # the link is still up
+        await alice.close()
+    finally:
+        relay.stop()
+
+
+# --- 14. in-process: what a subprocess cannot show -----------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def in_process_relay(
+    data: Path, limits: RelayLimits = RELAY
+) -> AsyncIterator[tuple[Relay, RelayProcess]]:
+    """The relay's logic served on this test's loop, for tests that must look inside it or
+    slow its disk down; the RelayProcess returned only lends ``dial`` its url."""
+    from websockets.asyncio.server import serve
+
+    store = RelayStore(data)
+    relay = Relay(store, limits)
+    server = await serve(relay.handler, "127.0.0.1", 0, compression=None, max_size=WIRE.max_frame)
+    try:
+        yield relay, RelayProcess(data, port=server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+        if relay._audit_handle is not None:
+            relay._audit_handle.cancel()
+        relay.writer.shutdown(wait=True)
+        relay.audit.close()
+        relay.blobs.close()
+        store.close()
+
+
+async def test_reading_pauses_while_too_many_sends_wait_for_the_store(tmp_path: Path) -> None:
+    """A stalled disk must not let one connection pile up unbounded sends in memory: past
+    ``max_unstored`` the relay stops reading that connection until the store catches up."""
+    limit = 8
+    disk = threading.Event()  # the "disk" answers only once this is set
+    limits = dataclasses.replace(RELAY, max_unstored=limit)
+    async with in_process_relay(tmp_path / "relay", limits) as (relay, local):
+        code = relay.store.enroll("alice", "clinic", 3600)
+        relay.store.enroll("bob", "clinic", 3600)
+        real_write = relay.store.store_batch_writer
+
+        def stalled_write(items: list) -> list:
+            disk.wait(WAIT)
+            return real_write(items)
+
+        relay.store.store_batch_writer = stalled_write  # type: ignore[method-assign]
+        try:
+            alice, _ = await register_with(local, "alice", code)
+            consult = await alice.open_consult("stalled disk", ["bob"])
+            cids = [secrets.token_bytes(wire.CID_LEN) for _ in range(3 * limit)]
+            for cid in cids:
+                await alice.send(Send(consult, cid, TEXT, b"x"))
+            await asyncio.sleep(0.5)
+            (conn,) = relay.conns["alice"]
+            assert conn.unstored == limit, f"{conn.unstored} sends read while the store was stalled"
+            disk.set()
+            acks = set()
+            async with asyncio.timeout(WAIT):
+                while len(acks) < len(cids):
+                    frame = await alice.recv()
+                    if isinstance(frame, Stored):
+                        acks.add(frame.cid)
+            assert acks == set(cids) and conn.unstored == 0
+            assert await alice.barrier() == []
+            await alice.close()
+        finally:
+            disk.set()
+
+
+async def test_asking_about_a_consult_before_it_exists_does_not_hide_it_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request naming a consult id nobody holds yet (a call into it, say) must not leave
+    the relay believing that consult has no members once it is opened: its messages would
+    then reach no one live."""
+    from medcomm.server import store as store_module
+
+    async with in_process_relay(tmp_path / "relay") as (relay, local):
+        code_a = relay.store.enroll("alice", "clinic", 3600)
+        code_b = relay.store.enroll("bob", "clinic", 3600)
+        alice, _ = await register_with(local, "alice", code_a)
+        bob, _ = await register_with(local, "bob", code_b)
+        await bob.sync({}, full=True)
+        future_id = "aaaaaa"
+        answer, _ = await alice.request("call", {"consult": future_id})
+        assert isinstance(answer, Err) and answer.code == "denied", answer
+        # The next consult id the store makes is "aaaaaa" (index 10 of its alphabet).
+        monkeypatch.setattr(store_module.secrets, "choice", lambda alphabet: alphabet[10])
+        consult = await alice.open_consult("opened after", ["bob"])
+        monkeypatch.undo()
+        assert consult == future_id
+        stored = await alice.send_text(consult, b"for bob, live")
+        msg, _ = await bob.until(lambda f: isinstance(f, Msg) and f.seq == stored.seq)
+        assert isinstance(msg, Msg) and msg.body == b"for bob, live"
+        for client in (alice, bob):
+            await client.close()
+
+
+# --- 15. no compression -------------------------------------------------------------------------
+
+
+async def test_the_relay_never_agrees_to_compression(relay: RelayProcess) -> None:
+    """permessage-deflate costs memory per connection and cannot shrink Opus or ciphertext:
+    a client that offers it gets a connection without it."""
+    offer = "deflate"
+    ws = await connect(relay.url, open_timeout=WAIT, close_timeout=2, ping_interval=None, compression=offer)
+    try:
+        assert ws.request is not None
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert isinstance(Client(ws)._decode(await ws.recv()), Challenge)
+    finally:
+        await ws.close()
