@@ -13,7 +13,7 @@ What is measured, per voice profile and link:
 * wire cost while both talk: bytes and TCP segments of the clinic's socket from the kernel
   (``ss -tin``: ``bytes_sent``/``bytes_received``, ``segs_out``/``segs_in``, pure ACKs
   included), plus 52 bytes per segment (IPv4 20 + TCP with timestamps 32), over the talking
-  part of the call; no TLS (loopback), no link-layer framing;
+  part of the call; TLS records only with ``--tls`` (a wss:// relay), no link-layer framing;
 * quality: PESQ-WB and STOI of the received speech against the sent, at 16 kHz, over the
   overlapping part, time-aligned by cross-correlation piece by piece where the delay track
   shows the delay changed (a jitter buffer growing or shrinking moves the audio; that is
@@ -232,9 +232,9 @@ class Rig:
     """A relay and the members, each logged in through a badlink on a port of its own that is
     restarted with another profile for every call (the members' relay URL stays valid)."""
 
-    def __init__(self, root: Path, members: int) -> None:
+    def __init__(self, root: Path, members: int, tls: bool = False) -> None:
         self.root = root
-        self.relay = Relay(root / "relay")
+        self.relay = Relay(root / "relay", extra=["--tls", "self-signed"] if tls else [])
         self.members: list[Member] = []
         self.count = members
         self.consults = 0
@@ -247,7 +247,10 @@ class Rig:
         with self.links({m.name: ("clean", []) for m in self.members}):
             for m in self.members:
                 code = self.relay.enroll(m.name, m.role)
-                out = medcomm("login", f"ws://127.0.0.1:{m.port}", m.name, code, home=m.home, timeout=60)
+                pin = self.relay.fingerprint()
+                url = f"{self.relay.scheme}://127.0.0.1:{m.port}"
+                login = ["login", url, m.name, code, *(["--fingerprint", pin] if pin else [])]
+                out = medcomm(*login, home=m.home, timeout=60)
                 if out.returncode:
                     raise RuntimeError(f"login of {m.name} failed: {out.stderr.strip()[:200]}")
         return self
@@ -1097,6 +1100,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--party", type=int, default=3, choices=(3, 4), help="members in the multi-party call")
     p.add_argument("--doctor-link", default="clean", help="badlink profile of the doctors (default clean)")
     p.add_argument("--faults", action="store_true", help="keep the link profiles' scheduled stalls and drops")
+    p.add_argument("--tls", action="store_true", help="a wss:// relay: wire cost with TLS records")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -1167,7 +1171,9 @@ def main(argv: list[str]) -> int:
         print(
             f"  wire cost = bytes + {HEADER_BYTES} B per TCP segment (IPv4 20 + TCP with timestamps 32), "
             "kernel counters of the client's socket (ss -tin: bytes_sent/bytes_received, segs_out/segs_in "
-            "incl. pure ACKs) over the call minus its first second; no TLS (loopback), no link framing",
+            "incl. pure ACKs) over the call minus its first second; "
+            + ("TLS records included (--tls)" if args.tls else "no TLS (--tls adds it)")
+            + ", no link framing",
             flush=True,
         )
         print(
@@ -1189,7 +1195,7 @@ def main(argv: list[str]) -> int:
             "auscultation": [],
         }
         offline = Offline()
-        rig = Rig(root, args.party if "threeway" in runs else 2)
+        rig = Rig(root, args.party if "threeway" in runs else 2, tls=args.tls)
         try:
             rig.start()
             base = root / "runs"
