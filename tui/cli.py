@@ -686,7 +686,13 @@ class _Steps:
     """Progress of a share or fetch on stderr: rich bars on a terminal, a line per finished
     step otherwise (a log file should not get a line per 8 KiB chunk)."""
 
-    LABELS = {"prepare": "preparing", "first view": "first view", "tiles": "tiles", "detail": "detail"}
+    LABELS = {
+        "prepare": "preparing",
+        "first view": "first view",
+        "tiles": "tiles",
+        "detail": "detail",
+        "original": "original",
+    }
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -724,7 +730,7 @@ class _Steps:
 
     @staticmethod
     def amount(step: str, done: int, total: int) -> str:
-        if step in ("first view", "detail"):
+        if step in ("first view", "detail", "original"):
             return f"{done / 1000:.1f}/{total / 1000:.1f} KB"
         if step == "tiles":
             return f"{done}/{total} tiles" if done >= total else f"encoding {total} tiles"
@@ -764,19 +770,21 @@ def share(
         str,
         typer.Option(
             "--detail",
-            help="After the first view is stored, the tiles and the original: background (a "
-            "background medcomm sync uploads them), wait (this command does), later (the next "
-            "medcomm sync does).",
+            help="After the first view is stored, the tiles (and with --original the original): "
+            "background (a background medcomm sync uploads them), wait (this command does), later "
+            "(the next medcomm sync does).",
         ),
     ] = "background",
     original: Annotated[
         bool,
         typer.Option(
             "--original/--no-original",
-            help="Upload the file as it is (last, after the tiles). It keeps its metadata "
-            "(a photo's EXIF, a DICOM header): --no-original keeps it on this device.",
+            help="Upload the file as it is too (last, after the tiles), e.g. for a doctor known to "
+            "need it; it keeps its metadata (a photo's EXIF, a DICOM header). Without it the "
+            "original stays on this device until a member asks for it (medcomm fetch --original); "
+            "the next sync here then uploads it.",
         ),
-    ] = True,
+    ] = False,
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """Share an image: exits 0 once its first view is stored at the relay (75 if the link is
@@ -840,6 +848,8 @@ def share(
         images.start_background(data_dir())
         background = True
     what = f"detail: {shared.detail_blobs} blobs, {kb(shared.detail_bytes)}"
+    if not original:
+        what += " (the original stays on this device until asked for)"
     if rest is not None and rest.left == 0 and not rest.failed:
         typer.echo(f"{what}, all at the relay", err=True)
     elif rest is not None:
@@ -849,6 +859,25 @@ def share(
         typer.echo(f"{what}, uploading in the background (log: {data_dir() / 'background.log'})", err=True)
     else:
         typer.echo(f"{what}, left for the next medcomm sync", err=True)
+
+
+def _said_requested(loc: Any, req: Any, wait: float) -> None:
+    """`fetch --original`: say that the original was asked for, by whom, and what happens next."""
+    from medcomm.core.imagemsg import kb
+
+    o = loc.info.original
+    what = f"the original ({o.mime.split('/')[-1].upper()}, {kb(o.size)})"
+    sender = f"{loc.sender}'s device" if loc.sender else "the sender's device"
+    if not req.new:
+        where = f" (#{req.seq})" if req.seq is not None else " (queued on this device)"
+        line = f"{what} was already requested by {req.by}{where}"
+    elif req.seq is not None:
+        line = f"requested {what} from {sender} (#{req.seq}): it goes up at that device's next sync"
+    else:
+        line = f"request for {what} queued on this device (no link): it goes with the next medcomm sync"
+    if wait:
+        line += f"; waiting up to {wait:.0f} s"
+    typer.echo(line, err=True)
 
 
 def _save_picture(data: bytes, mime: str, out: Path) -> None:
@@ -872,8 +901,21 @@ def fetch(
     image: ImageOpt,
     region: RegionOpt = None,
     original: Annotated[
-        bool, typer.Option("--original", help="The file exactly as the sender gave it (verified).")
+        bool,
+        typer.Option(
+            "--original",
+            help="The file exactly as the sender gave it (verified). When it is not at the relay, "
+            "asks the sender's device for it (once), which uploads it at its next sync.",
+        ),
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            help="With --original: wait this long for it to reach the relay, then download it.",
+        ),
+    ] = 0.0,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write here (default: a name from the id).")
     ] = None,
@@ -885,7 +927,8 @@ def fetch(
     """Fetch an image to a file: its first view; with --region X,Y,W,H that part at native
     resolution from 512-px tiles (centre first); with --original the original file, verified.
     Exits 75 when the sender's device has not uploaded what was asked for yet: some tiles (the
-    file is written, grey where they go), all of them, or the original (nothing is written)."""
+    file is written, grey where they go), all of them, or the original (nothing is written;
+    it has been requested from the sender's device: run the same fetch later, or give --wait)."""
     from medcomm.core.imagemsg import kb
     from medcomm.core.tiles import parse_region
     from medcomm.errors import NotFound
@@ -900,6 +943,10 @@ def fetch(
             raise UsageError("--width goes with --region")
         if width < 0:
             raise UsageError("--width must be positive")
+        if wait and not original:
+            raise UsageError("--wait goes with --original")
+        if not 0 <= wait <= images.ORIGINALS.max_wait:
+            raise UsageError(f"--wait must be 0..{images.ORIGINALS.max_wait:.0f} seconds")
         want = check_consult(consult)
         images.check_image_id(image)
         asked = parse_region(region) if region is not None else None
@@ -912,7 +959,11 @@ def fetch(
             if loc.consult != want:
                 raise UsageError(f"image {image[:12]} is in consult {loc.consult}, not {want}")
             if original:
-                return loc, await images.fetch_original(s, loc, timeout, _progress("fetching original")), None
+                data = await images.get_original(
+                    s, loc, timeout, wait=wait, progress=_progress("fetching original"),
+                    on_request=lambda req: _said_requested(loc, req, wait),
+                )
+                return loc, data, None
             if asked is not None:
                 d = loc.info.detail
                 view = None

@@ -57,7 +57,7 @@ def test_pending_notes_survive_a_reopen_until_done_and_failed_ones_are_kept(tmp_
 
 
 def test_trim_removes_the_least_recently_used_but_never_a_pending_blob(tmp_path: Path) -> None:
-    with BlobCache(tmp_path, CacheLimits(max_cache_bytes=2500)) as cache:
+    with BlobCache(tmp_path, CacheLimits(max_cache_bytes=1500)) as cache:
         old, mid, new = (cache.put(bytes([i]) * 1000) for i in range(3))
         for age, sha in ((300, old), (200, mid), (100, new)):
             t = cache.path(sha).stat().st_mtime - age
@@ -65,6 +65,20 @@ def test_trim_removes_the_least_recently_used_but_never_a_pending_blob(tmp_path:
         cache.add_pending("abcdef", old, 1000, b"body")  # the oldest still waits to be sent
         assert cache.trim() == 1000
         assert cache.has(old) and not cache.has(mid) and cache.has(new)
+
+
+def test_pinned_blobs_neither_go_nor_push_fetched_ones_out(tmp_path: Path) -> None:
+    """Originals kept for requests are pinned and bounded on their own: however many there
+    are, the fetched blobs keep the whole of the cache's budget."""
+    with BlobCache(tmp_path, CacheLimits(max_cache_bytes=1500)) as cache:
+        kept = [cache.put(bytes([i]) * 1000) for i in range(5)]
+        cache.pin(b"original:x", kept)
+        fetched = cache.put(b"f" * 1000)
+        t = cache.path(fetched).stat().st_mtime + 100  # the most recently used
+        os.utime(cache.path(fetched), (t, t))
+        assert cache.trim() == 0 and all(cache.has(s) for s in [*kept, fetched])
+        cache.unpin(b"original:x")
+        assert cache.trim() == 5000 and cache.has(fetched)  # the five older go first
 
 
 def test_a_note_body_round_trips_and_garbage_is_refused() -> None:

@@ -151,4 +151,18 @@ def test_the_history_line_says_sizes_and_what_is_here():
     assert imagemsg.describe(info(), Arrived(True, 12, False)).endswith("here: first view, 12/65 tiles")
     assert imagemsg.describe(info(), Arrived(False, None, False)).endswith("here: nothing yet")
     kept = replace(info().original, sent=False)
-    assert "(kept by sender)" in imagemsg.describe(info(original=kept))
+    assert "original JPEG 4000x3000 2.1 MB (on request) ·" in imagemsg.describe(info(original=kept))
+    asked = imagemsg.describe(info(original=kept), Arrived(True, None, False), "requested")
+    assert "2.1 MB (requested) ·" in asked and asked.endswith("here: first view")
+    assert "2.1 MB ·" in imagemsg.describe(info(), Arrived(True, None, True), "downloaded")
+
+
+def test_a_two_level_first_view_says_so_and_stays_a_lossy_preview():
+    two = FirstView(sha(1), 12_600, "image/png", 1067, 1509, "png", 100, True)
+    assert two.label == "lossy preview 1067x1509 PNG two-level"
+    assert FirstView(sha(1), 9_000, "image/png", 128, 128, "png", 100, False).label == "lossless 128x128 PNG"
+    assert info().first.label == "lossy preview 1000x1414 AVIF q42"
+    body = imagemsg.encode_body(info(first=two))
+    back = imagemsg.parse_body(body)
+    assert back.first == two
+    assert "first view 1067x1509 PNG two-level 12.6 KB" in imagemsg.describe(back)

@@ -63,6 +63,7 @@ def test_a_report_shared_by_the_clinic_is_fetched_and_viewed_by_the_doctor(
         and "original JPEG 1200x900" in line["text"]
     )
     assert "page straightened" in line["text"] and line["text"].endswith("here: nothing yet")
+    assert line["original"] == "on request" and "(on request)" in line["text"]
     dims = re.search(r"detail (\d+)x\d+, \d+ tiles", line["text"])
     assert dims
     w = int(dims.group(1))
@@ -84,7 +85,21 @@ def test_a_report_shared_by_the_clinic_is_fetched_and_viewed_by_the_doctor(
     assert region.returncode == 0, region.stderr
     assert Image.open(tmp_path / "r.png").size == (w - 10, 300)  # clipped to the image, native pixels
     assert "at level 0 (1/1 of native)" in region.stderr
-    orig = medcomm("fetch", consult, image_id, "--original", "--out", str(tmp_path / "o.jpg"), home=doctor)
+    # the original stayed on the clinic's device: the first fetch asks for it, once
+    get_original = ["fetch", consult, image_id, "--original", "--out", str(tmp_path / "o.jpg")]
+    asked = medcomm(*get_original, home=doctor)
+    assert asked.returncode == 75, asked.stderr
+    assert re.search(r"requested the original \(JPEG, \d+\.\d KB\) from amina's device \(#3\)", asked.stderr)
+    assert "requested from the sender's device; run the same fetch later" in asked.stderr
+    assert not (tmp_path / "o.jpg").exists()
+    again = medcomm(*get_original, home=doctor)
+    assert again.returncode == 75 and "already requested by dr.chen (#3)" in again.stderr, again.stderr
+    assert "never retrieved" not in again.stderr  # the window's second "not found" is no error
+    said = medcomm("history", consult, home=nurse, check=True).stdout
+    assert said.count("asked for the original") == 1
+    assert f"dr.chen: asked for the original of image {image_id[:12]}" in said
+    assert medcomm("sync", "--timeout", "20", home=nurse).returncode == 0  # the clinic's next sync
+    orig = medcomm(*get_original, home=doctor)
     assert orig.returncode == 0, orig.stderr
     assert (tmp_path / "o.jpg").read_bytes() == (tmp_path / "report.jpg").read_bytes()
 
@@ -104,6 +119,9 @@ def test_a_report_shared_by_the_clinic_is_fetched_and_viewed_by_the_doctor(
 
     (after,) = image_lines(doctor, consult)
     assert re.search(r"here: first view, \d+/\d+ tiles, original$", after["text"])
+    assert after["original"] == "downloaded"
+    (mine,) = image_lines(nurse, consult)
+    assert mine["original"] == "at the relay"
 
 
 def test_an_image_shared_while_the_relay_is_down_is_delivered_by_sync(
@@ -147,9 +165,9 @@ def test_the_detail_follows_in_the_background_or_with_the_next_sync(
 ) -> None:
     nurse, doctor, consult = pair
     report_photo(tmp_path / "b.jpg", 800, 600, seed=2)
-    out = medcomm("share", consult, str(tmp_path / "b.jpg"), "--as", "photo", home=nurse)
+    out = medcomm("share", consult, str(tmp_path / "b.jpg"), "--as", "photo", "--original", home=nurse)
     assert out.returncode == 0, out.stderr
-    assert "uploading in the background" in out.stderr
+    assert "uploading in the background" in out.stderr and "until asked for" not in out.stderr
     log = nurse / "background.log"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and "in sync:" not in (log.read_text() if log.exists() else ""):
@@ -165,6 +183,7 @@ def test_the_detail_follows_in_the_background_or_with_the_next_sync(
         "share", consult, str(tmp_path / "b.jpg"), "--as", "film", "--detail", "later", home=nurse
     )
     assert later.returncode == 0 and "left for the next medcomm sync" in later.stderr, later.stderr
+    assert "the original stays on this device until asked for" in later.stderr
     image_id = later.stdout.strip()
     region = ["fetch", consult, image_id, "--region", "0,0,300,300", "--out", str(tmp_path / "t.png")]
     early = medcomm(*region, home=doctor)
@@ -176,6 +195,43 @@ def test_the_detail_follows_in_the_background_or_with_the_next_sync(
     assert seen.returncode == 0 and "the first view, enlarged" in seen.stderr and seen.stdout.strip()
     assert medcomm("sync", "--timeout", "20", home=nurse).returncode == 0
     assert medcomm(*region, home=doctor).returncode == 0 and Image.open(tmp_path / "t.png").size == (300, 300)
+
+
+def test_fetch_original_wait_asks_then_downloads_once_the_clinic_has_synced(
+    pair: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    from tests.harness.relay import MEDCOMM
+
+    nurse, doctor, consult = pair
+    report_photo(tmp_path / "w.jpg", 700, 500, seed=3)
+    out = medcomm("share", consult, str(tmp_path / "w.jpg"), "--as", "photo", "--detail", "wait", home=nurse)
+    assert out.returncode == 0, out.stderr
+    image_id = out.stdout.strip()
+    fetch = ["fetch", consult, image_id, "--original", "--wait", "60", "--out", str(tmp_path / "o.jpg")]
+    waiting = subprocess.Popen(
+        [*MEDCOMM, *fetch],
+        env={**os.environ, "MEDCOMM_HOME": str(doctor)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(20):  # the clinic syncs now and then; one of them finds the request
+            time.sleep(1)
+            assert medcomm("sync", "--timeout", "20", home=nurse).returncode == 0
+            if waiting.poll() is not None:
+                break
+        _, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+    assert waiting.returncode == 0, err
+    assert "from amina's device (#3)" in err and "waiting up to 60 s" in err and "wrote " in err
+    assert (tmp_path / "o.jpg").read_bytes() == (tmp_path / "w.jpg").read_bytes()
 
 
 def test_bad_input_fails_with_a_usage_error_before_anything_moves(
@@ -201,6 +257,8 @@ def test_bad_input_fails_with_a_usage_error_before_anything_moves(
         (["fetch", consult, "1234"], "is not an image id"),
         (["fetch", consult, "ab" * 16, "--region", "1,2,3,4", "--original"], "not both"),
         (["fetch", consult, "ab" * 16, "--region", "1,2,0,4"], "width and height must be at least 1"),
+        (["fetch", consult, "ab" * 16, "--wait", "30"], "--wait goes with --original"),
+        (["fetch", consult, "ab" * 16, "--original", "--wait", "-1"], "--wait must be 0..21600 seconds"),
         (["view", "ab" * 16, "--graphics", "iterm"], "--graphics must be none, kitty or sixel"),
     ]
     for args, said in cases:

@@ -25,8 +25,6 @@ from tests.harness.relay import RelayProcess
 pytestmark = pytest.mark.timeout(60)
 
 
-
-
 def photo(path: Path, w: int = 1300, h: int = 700, seed: int = 0) -> bytes:
     """A smooth colour picture with sharp marks: a stand-in for a wound photo (kind photo:
     no correction, so the tile source is the file's own pixels)."""
@@ -61,7 +59,7 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
     pair: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     nurse, doctor, consult = pair
-    original = photo(tmp_path / "wound.png")
+    photo(tmp_path / "wound.png")
     steps: list[tuple[str, int, int]] = []
     recorded: list[bytes] = []
     on_wire: list[tuple[str, bytes, int]] = []  # frames in the order they were written
@@ -110,6 +108,9 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
         with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
             cache.trim()  # uploaded: no longer pinned, the cache may let them go
             assert not any(cache.has(r.sha) for r in row.uploads)
+            # not the original: it was not sent, and stays here (pinned) until someone asks
+            assert row.plan.original.sha not in {r.sha for r in row.uploads}
+            assert cache.has(row.plan.original.sha)
     ends = {st: (d, t) for st, d, t in steps}
     assert ends["prepare"] == (1, 1) and ends["first view"] == (shared.first_bytes,) * 2
     assert ends["tiles"] == (9, 9) and ends["detail"][0] == ends["detail"][1] == shared.detail_bytes
@@ -131,12 +132,15 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
         small = await imagefetch.fetch_region(s, loc, Region(0, 0, 1300, 700), (330, 180), 20)
         assert small.level == 2 and small.tiles == [TileId(2, 0, 0)] and small.image.size == (325, 175)
 
-        assert await imagefetch.fetch_original(s, loc, 20) == original
+        with pytest.raises(NotFound) as kept:  # on request only: nobody asked, so not at the relay
+            await imagefetch.fetch_original(s, loc, 20)
+        assert kept.value.data.get("later") and "sends it on request" in str(kept.value)
         (line,) = [ln for ln in s.history(consult) if ln.kind == "image"]
         assert line.as_json()["image"] == shared.cid.hex() == line.id
         assert line.text.startswith('image photo "left shin" · first view ')
-        assert "original PNG 1300x700" in line.text
-        assert line.text.endswith("here: first view, 5/9 tiles, original")  # 4 native + 1 level-2
+        assert "original PNG 1300x700" in line.text and "(on request)" in line.text
+        assert line.as_json()["original"] == "on request"
+        assert line.text.endswith("here: first view, 5/9 tiles")  # 4 native + 1 level-2
 
 
 async def test_images_kept_offline_or_cut_off_by_a_crash_are_finished_by_sync_once(
@@ -190,7 +194,7 @@ async def test_detail_resumes_where_it_stopped_and_a_fetch_says_what_is_missing(
         shared = await images.share(s, consult, tmp_path / "w.png", as_kind="photo", timeout=30)
         monkeypatch.setattr(images, "upload", cut_after_five)
         result = await images.send_pending_images(s, 10, limits=images.ShareLimits(upload_parallel=1))
-        assert result.finished == [] and result.left == 11 - 5  # manifest + 9 tiles + original
+        assert result.finished == [] and result.left == 10 - 5  # manifest + 9 tiles
         (row,) = rows(nurse)
         assert row.done == 5 and calls == [r.sha for r in row.uploads[:5]]
     async with Session.open(home=doctor) as s:
@@ -267,7 +271,7 @@ async def test_a_dicom_slice_keeps_its_window_caption_and_its_exact_file(
     nurse, doctor, consult = pair
     path = Path(get_testdata_file("CT_small.dcm"))
     async with Session.open(home=nurse, subscribe=False) as s:
-        shared = await images.share(s, consult, path, window="lung", timeout=30)
+        shared = await images.share(s, consult, path, window="lung", send_original=True, timeout=30)
         await images.send_pending_images(s, 30)
     async with Session.open(home=doctor) as s:
         loc = await imagefetch.find_image(s, shared.cid.hex(), 20)
@@ -278,7 +282,7 @@ async def test_a_dicom_slice_keeps_its_window_caption_and_its_exact_file(
         assert res.image.size == (128, 128) and res.missing == []
 
 
-async def test_an_original_larger_than_a_blob_goes_in_parts_and_comes_back_whole(
+async def test_an_original_larger_than_a_blob_goes_up_in_parts_on_request_and_comes_back_whole(
     pair: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     nurse, doctor, consult = pair
@@ -289,10 +293,19 @@ async def test_an_original_larger_than_a_blob_goes_in_parts_and_comes_back_whole
         )
         assert len(pend.plan.original.parts) == 3
         result = await images.send_pending_images(s, 30)  # from "prepared": tiles cut here
-        assert result.finished == [pend.cid]
+        assert result.finished == [pend.cid] and result.originals == []
     async with Session.open(home=doctor) as s:
         loc = await imagefetch.find_image(s, pend.cid.hex(), 20)
-        got = await imagefetch.fetch_original(s, loc, 20)
+        with pytest.raises(NotFound) as asked:
+            await imagefetch.get_original(s, loc, 20)
+        assert asked.value.data.get("later") and asked.value.data.get("requested")
+    async with Session.open(home=nurse) as s:
+        await s.sync(20)
+        result = await images.send_pending_images(s, 30)
+        assert result.originals == [pend.cid] and result.left == 0
+    async with Session.open(home=doctor) as s:
+        loc = imagefetch.locate_image(s, pend.cid.hex())
+        got = await imagefetch.get_original(s, loc, 20)
         assert got == data and hashlib.sha256(got).digest() == loc.info.original.sha
 
 
@@ -315,3 +328,275 @@ def test_an_unreadable_image_body_is_said_so_in_the_history() -> None:
     from medcomm.core import wire
 
     assert body_text(wire.KINDS["image"], b"\x81\xa1v\x07") == "(unreadable image message)"
+
+
+# --- originals on request -----------------------------------------------------------------------
+
+
+def at_relay(relay: RelayProcess, sha: bytes) -> bool:
+    """Does the relay hold this blob whole (its own metadata, read beside the running relay)?"""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{relay.data / 'blobs.sqlite3'}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT 1 FROM blobs WHERE sha=?", (sha,)).fetchone() is not None
+    finally:
+        con.close()
+
+
+def count_ops(s: Session) -> list[tuple[str, bytes, bool]]:
+    """Every blob request the session writes: (op, sha, a put that declares the size: one
+    that starts the upload without a head)."""
+    seen: list[tuple[str, bytes, bool]] = []
+    write = s.link._send_frames
+
+    async def logged(frames: list[wire.Frame]) -> None:
+        for f in frames:
+            if isinstance(f, wire.Request) and f.op.startswith("blob."):
+                seen.append((f.op, f.args["sha"], f.op == "blob.put" and "size" in f.args))
+        await write(frames)
+
+    s.link._send_frames = logged  # type: ignore[method-assign]
+    return seen
+
+
+def held(home: Path, cid: bytes) -> images.HeldOriginal | None:
+    with BlobCache(home) as cache:
+        images.migrate(cache)
+        return images.held_original(cache, cid)
+
+
+async def test_the_original_goes_up_only_when_a_member_asks_and_once(
+    pair: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = pair
+    data = photo(tmp_path / "w.png", 900, 600, seed=5)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(s, consult, tmp_path / "w.png", as_kind="photo", timeout=30)
+        result = await images.send_pending_images(s, 30)
+        assert result.finished == [shared.cid] and result.originals == []
+    sha = hashlib.sha256(data).digest()
+    assert not at_relay(relay, sha)  # the tiles are up, the original is not
+    assert held(nurse, shared.cid).state == images.KEPT  # type: ignore[union-attr]
+
+    async with Session.open(home=doctor) as s:
+        loc = await imagefetch.find_image(s, shared.cid.hex(), 20)
+        assert loc.sender == "amina" and not loc.info.original.sent
+        heard: list[imagefetch.Requested] = []
+        with pytest.raises(NotFound) as first:
+            await imagefetch.get_original(s, loc, 20, on_request=heard.append)
+        assert first.value.data == {"later": True, "requested": True}
+        assert "requested from the sender's device; run the same fetch later" in str(first.value)
+        (req,) = heard
+        assert req.new and req.by == "dr.chen" and req.seq == 3
+        with pytest.raises(NotFound):  # asked again: the same request, not a second one
+            await imagefetch.get_original(s, loc, 20, on_request=heard.append)
+        assert not heard[1].new and heard[1].seq == 3
+        lines = s.history(consult)
+        (asked,) = [ln for ln in lines if ln.kind == "request"]
+        assert asked.sender == "dr.chen"
+        assert asked.text == f"asked for the original of image {shared.cid.hex()[:12]}"
+        assert asked.as_json()["request"] == {"image": shared.cid.hex(), "want": "original", "answer": None}
+        (image,) = [ln for ln in lines if ln.kind == "image"]
+        assert image.as_json()["original"] == "requested" and "(requested)" in image.text
+    assert not at_relay(relay, sha)
+
+    async with Session.open(home=nurse) as s:  # the clinic's next sync
+        await s.sync(20)
+        (mine,) = [ln for ln in s.history(consult) if ln.kind == "image"]
+        assert mine.original == "requested"
+        ops = count_ops(s)
+        result = await images.send_pending_images(s, 30)
+        assert result.originals == [shared.cid] and result.left == 0
+        assert ops[0] == ("blob.head", sha, False)  # is it there already? then the upload
+        assert {o[1] for o in ops} == {sha}
+        (mine,) = [ln for ln in s.history(consult) if ln.kind == "image"]
+        assert mine.original == "at the relay" and "(at the relay)" in mine.text
+        ops.clear()
+        again = await images.send_pending_images(s, 10)  # answered: never asked about again
+        assert again.originals == [] and ops == []
+    assert at_relay(relay, sha)
+    assert held(nurse, shared.cid).state == images.UP  # type: ignore[union-attr]
+    with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
+        cache.trim()  # at the relay now: the pin is gone, the cache may let it go
+        assert not cache.has(sha)
+
+    async with Session.open(home=doctor) as s:
+        loc = imagefetch.locate_image(s, shared.cid.hex())
+        got = await imagefetch.get_original(s, loc, 20, on_request=heard.append)
+        assert got == data and hashlib.sha256(got).digest() == loc.info.original.sha
+        assert len(heard) == 2  # no third request
+        (image,) = [ln for ln in s.history(consult) if ln.kind == "image"]
+        assert image.original == "downloaded" and image.text.endswith("here: original")
+        kinds = [ln.kind for ln in s.history(consult)]
+        assert kinds.count("request") == 1
+
+
+async def test_a_request_made_offline_waits_and_the_clinic_fulfils_it_at_its_next_sync(
+    pair: tuple[Path, Path, str], relay: RelayProcess, tmp_path: Path
+) -> None:
+    nurse, doctor, consult = pair
+    data = photo(tmp_path / "o.png", 700, 500, seed=6)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(s, consult, tmp_path / "o.png", as_kind="photo", timeout=30)
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+    relay.stop()
+    async with Session.open(home=doctor) as s:  # no link: the request waits in the outbox
+        loc = imagefetch.locate_image(s, shared.cid.hex())
+        heard: list[imagefetch.Requested] = []
+        with pytest.raises(NotFound) as asked:
+            await imagefetch.get_original(
+                s, loc, 2, on_request=heard.append, limits=imagefetch.OriginalLimits(store_wait=1)
+            )
+        assert asked.value.data.get("later") and heard[0].new and heard[0].seq is None
+        (queued,) = [ln for ln in s.history(consult) if ln.kind == "request"]
+        assert queued.state == "queued"
+        assert [ln.original for ln in s.history(consult) if ln.kind == "image"] == ["requested"]
+    relay.start()
+
+    async def doctor_waits() -> bytes:
+        async with Session.open(home=doctor) as s:  # its outbox goes first, then it waits
+            loc = imagefetch.locate_image(s, shared.cid.hex())
+            return await imagefetch.get_original(
+                s, loc, 20, wait=40, limits=imagefetch.OriginalLimits(poll_first=0.5, poll_max=1)
+            )
+
+    waiting = asyncio.ensure_future(doctor_waits())
+    async with Session.open(home=nurse) as s:  # the clinic comes online later and syncs
+        for _ in range(100):
+            await s.sync(20)
+            if images.requested_originals(s):
+                break
+            await asyncio.sleep(0.2)
+        result = await images.send_pending_images(s, 30)  # the tiles first, then the original
+        assert result.finished == [shared.cid] and result.originals == [shared.cid]
+    assert await asyncio.wait_for(waiting, 40) == data
+
+
+async def test_an_original_no_longer_kept_is_answered_not_waited_for(
+    pair: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    nurse, doctor, consult = pair
+    photo(tmp_path / "a.png", 600, 400, seed=7)
+    photo(tmp_path / "b.png", 600, 400, seed=8)
+    small = images.ShareLimits(keep_originals_bytes=1)  # keeps only the newest
+    async with Session.open(home=nurse, subscribe=False) as s:
+        a = images.record(s, consult, images.make(tmp_path / "a.png", "photo"), limits=small)
+        b = images.record(s, consult, images.make(tmp_path / "b.png", "photo"), limits=small)
+        await images.send_pending_images(s, 30)
+    assert held(nurse, a.cid).state == images.DROPPED and held(nurse, b.cid).state == images.KEPT  # type: ignore[union-attr]
+    with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
+        cache.trim()  # the dropped one may go now; the kept one may not
+        assert not cache.has(a.plan.original.sha) and cache.has(b.plan.original.sha)
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        for img in (a, b):
+            with pytest.raises(NotFound):
+                await imagefetch.get_original(s, imagefetch.locate_image(s, img.cid.hex()), 20)
+    async with Session.open(home=nurse) as s:
+        await s.sync(20)
+        result = await images.send_pending_images(s, 30)
+        assert result.originals == [b.cid] and result.answered == [a.cid]
+        await s.flush(10)
+        again = await images.send_pending_images(s, 10)
+        assert again.originals == again.answered == []  # answered once
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        loc = imagefetch.locate_image(s, a.cid.hex())
+        with pytest.raises(NotFound) as gone:
+            await imagefetch.get_original(s, loc, 20, wait=30)  # no waiting for what will not come
+        assert not gone.value.data.get("later")
+        assert "amina's device no longer keeps the original" in str(gone.value)
+        said = [ln for ln in s.history(consult) if ln.kind == "request"]
+        assert [ln.sender for ln in said] == ["dr.chen", "dr.chen", "amina"]
+        assert said[-1].text.startswith(f"cannot send the original of image {a.cid.hex()[:12]}")
+        states = {ln.id: ln.original for ln in s.history(consult) if ln.kind == "image"}
+        assert states == {a.cid.hex(): "gone", b.cid.hex(): "requested"}
+        got = await imagefetch.get_original(s, imagefetch.locate_image(s, b.cid.hex()), 20)
+        assert got == (tmp_path / "b.png").read_bytes()
+
+
+async def test_tiles_this_device_never_began_go_without_a_head_and_a_begun_one_asks_first(
+    pair: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    """One round trip per tile instead of two; after a cut, the blob that was on its way asks
+    the relay where it stands (here: whole, so nothing of it crosses the link again)."""
+    nurse, _, consult = pair
+    photo(tmp_path / "t.png", 1300, 700, seed=9)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(s, consult, tmp_path / "t.png", as_kind="photo", timeout=30)
+        (row,) = rows(nurse)
+        assert len(row.uploads) == 10 and row.started == 0  # manifest + 9 tiles, none begun
+        ops = count_ops(s)
+        real = s.link.request
+        cut_at = row.uploads[4].sha
+
+        down = {"now": False}
+
+        async def cut_after_put(op: str, args: dict, timeout: float) -> object:
+            if down["now"]:
+                raise LinkDown("no link")
+            answer = await real(op, args, timeout)
+            if op == "blob.put" and args["sha"] == cut_at:
+                down["now"] = True  # the put went, its answer and the link were lost
+                raise LinkDown("cut")
+            return answer
+
+        s.link.request = cut_after_put  # type: ignore[method-assign]
+        one = images.ShareLimits(upload_parallel=1)
+        result = await images.send_pending_images(s, 3, limits=one)
+        assert result.finished == [] and result.left == 6
+        assert [o for o, sha, _ in ops if o == "blob.head"] == []  # 5 blobs, 5 puts, no head
+        assert [(sha, sized) for o, sha, sized in ops] == [(r.sha, True) for r in row.uploads[:5]]
+        (cut,) = rows(nurse)
+        assert cut.done == 4 and cut.started == 5  # the fifth was begun: durable before its put
+        s.link.request = real  # type: ignore[method-assign]
+        ops.clear()
+        result = await images.send_pending_images(s, 20, limits=one)
+        assert result.finished == [shared.cid]
+        # the begun one asks first (the relay has it whole: nothing more); the rest go at once
+        assert ops[0] == ("blob.head", cut_at, False)
+        assert [(sha, sized) for o, sha, sized in ops[1:]] == [(r.sha, True) for r in row.uploads[5:]]
+        assert sum(1 for o, _, _ in ops if o == "blob.head") == 1  # of 10 blobs: 9 round trips saved
+
+
+def test_rows_from_before_the_started_mark_head_every_blob_first(tmp_path: Path) -> None:
+    """A device that shared before ``started`` existed: nothing says which blobs it began,
+    so every one of them asks the relay first (the old behaviour), and nothing is lost."""
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "pending.sqlite3")
+    con.execute(
+        "CREATE TABLE image_sends (cid BLOB PRIMARY KEY, consult TEXT NOT NULL, stage TEXT NOT NULL, "
+        "plan BLOB NOT NULL, window TEXT, body BLOB, uploads BLOB, done INTEGER NOT NULL DEFAULT 0, "
+        "created REAL NOT NULL, error TEXT)"
+    )
+    made = images.make(photo(tmp_path / "p.png", 300, 200), "photo")
+    body = imagemsg_body(made)
+    con.execute(
+        "INSERT INTO image_sends (cid, consult, stage, plan, created) VALUES (?,?,?,?,?)",
+        (b"\1" * 16, "abc123", images.PREPARED, body, 1.0),
+    )
+    con.commit()
+    con.close()
+    with BlobCache(tmp_path) as cache:
+        images.migrate(cache)
+        images.migrate(cache)  # twice: nothing changes
+        (row,) = images.pending_images(cache)
+        assert row.cid == b"\1" * 16 and row.done == 0 and row.started == images._ALL_BEGUN
+
+
+def imagemsg_body(made: images.Made) -> bytes:
+    """The plan body a row of that time held (what ``record`` writes)."""
+    from medcomm.core import imagemsg
+    from medcomm.core.imagemsg import FirstView, ImageInfo, Original
+
+    p, f = made.prepared, made.prepared.first
+    first = FirstView(
+        hashlib.sha256(f.data).digest(), len(f.data), f.mime, f.width, f.height, f.codec, f.quality, f.lossy
+    )
+    o = Original(
+        hashlib.sha256(made.original).digest(), len(made.original), made.original_mime, 300, 200, True
+    )
+    return imagemsg.encode_body(ImageInfo(p.kind, "", "", first, o, None))

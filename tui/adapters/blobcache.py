@@ -188,7 +188,9 @@ class BlobCache:
     def trim(self, keep: bytes | None = None) -> int:
         """Keep fetched blobs under ``max_cache_bytes`` by removing the least recently
         used (a removed note is fetched again if played). A blob a pending note or a
-        pin (an image still uploading) needs is never removed; returns the bytes freed."""
+        pin (an image still uploading, an original kept for requests) needs is never
+        removed, nor counted: kept originals have their own bound (``ShareLimits``), and
+        must not push every fetched blob out. Returns the bytes freed."""
         needed = {row[0] for row in self.db.execute("SELECT sha FROM pending")}
         needed |= {row[0] for row in self.db.execute("SELECT sha FROM pins")}
         if keep is not None:
@@ -197,6 +199,8 @@ class BlobCache:
         for sub in self.root.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
                 for f in sub.iterdir():
+                    if _HEX64.fullmatch(f.name) and bytes.fromhex(f.name) in needed:
+                        continue
                     st = f.stat()
                     files.append((max(st.st_atime, st.st_mtime), st.st_size, f))
         total = sum(size for _, size, _ in files)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.core import imagemsg, wire
+from medcomm.core import imagemsg, imagereq, wire
 from medcomm.core.delivery import OutItem
 
 SCHEMA = """
@@ -57,7 +57,8 @@ class Line:
     kind: str
     text: str
     state: str  # queued | stored | delivered | read | failed
-    data: dict[str, object] | None = None  # case/status/followup: the decoded fields
+    data: dict[str, object] | None = None  # case/status/followup/request: the decoded fields
+    original: str | None = None  # an image: where its original stands (imagereq.original_state)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -75,6 +76,9 @@ class Line:
             # an image: the id `medcomm fetch` and `medcomm view` take (the message id; its body
             # names the first view, the tile manifest and the original)
             **({"image": self.id} if self.kind == "image" else {}),
+            # an image's original as this device knows it: on request, requested, sent, at the
+            # relay (the sender's own device), downloaded, gone (see medcomm.core.imagereq)
+            **({"original": self.original} if self.original is not None else {}),
             # a case, status or follow-up change: its decoded fields (medcomm.core.workflow)
             **({self.kind: self.data} if self.data is not None else {}),
         }
@@ -84,6 +88,13 @@ _WORKFLOW_KINDS = frozenset({wire.KINDS["case"], wire.KINDS["status"], wire.KIND
 
 
 def _event_data(kind: int, body: bytes) -> dict[str, object] | None:
+    if kind == wire.KINDS["request"]:
+        from medcomm.errors import WireError
+
+        try:
+            return imagereq.fields(imagereq.parse(body))
+        except WireError:
+            return None
     if kind not in _WORKFLOW_KINDS:
         return None
     from medcomm.core.workflow import event_fields
@@ -116,7 +127,20 @@ def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
         return note_text(body)
     if kind == wire.KINDS["image"]:
         return image_text(body, blobs)
+    if kind == wire.KINDS["request"]:
+        return request_text(body)
     return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
+
+
+def request_text(body: bytes) -> str:
+    """A request for an image's original (or the sender's answer), after the asker's name:
+    "dr.chen: asked for the original of image 3fa2c1d0e9b8"."""
+    from medcomm.errors import WireError
+
+    try:
+        return imagereq.text(imagereq.parse(body))
+    except WireError:
+        return "(unreadable request)"
 
 
 def call_text(body: bytes) -> str:
@@ -153,13 +177,77 @@ def image_text(body: bytes, blobs: Path | None = None) -> str:
     """An image as the history shows it: kind, caption, sizes of what can be fetched (first
     view, detail tiles, original), and with ``blobs`` what of it is on this device, so a
     doctor on a slow link knows what a fetch will cost before asking for it."""
+    return image_line(body, blobs)[0]
+
+
+def image_line(
+    body: bytes,
+    blobs: Path | None = None,
+    originals: _Originals | None = None,
+    cid: bytes = b"",
+    mine: bool = False,
+) -> tuple[str, str | None]:
+    """:func:`image_text` and where the image's original stands (with ``originals``: the
+    page's requests and, on the sending device, its own record), or None."""
     from medcomm.errors import MedcommError
 
     try:
         info = imagemsg.parse_body(body)
     except MedcommError:
-        return "(unreadable image message)"
-    return imagemsg.describe(info, None if blobs is None else image_arrived(blobs, info))
+        return "(unreadable image message)", None
+    arrived = None if blobs is None else image_arrived(blobs, info)
+    state = None
+    if originals is not None:
+        state = originals.state(cid, info, mine, arrived is not None and arrived.original)
+    return imagemsg.describe(info, arrived, state), state
+
+
+class _Originals:
+    """What one history page knows of its images' originals, looked up at most once per
+    page and only when it has an image line: the consult's requests (stored and queued),
+    folded, and this device's record of the originals it shared (in the blob cache's
+    pending file, ``image_originals``; read only, absent on a device that never shared)."""
+
+    def __init__(self, db: sqlite3.Connection, directory: Path, consult: str, me: str) -> None:
+        self._db, self._dir, self._consult, self._me = db, directory, consult, me
+        self._asked: dict[bytes, imagereq.Asked] | None = None
+        self._held: dict[bytes, str] | None = None
+
+    def state(self, cid: bytes, info: imagemsg.ImageInfo, mine: bool, here: bool) -> str:
+        if self._asked is None:
+            kind = wire.KINDS["request"]
+            rows = self._db.execute(
+                "SELECT sender, seq, body FROM messages WHERE consult=? AND kind=? ORDER BY seq",
+                (self._consult, kind),
+            ).fetchall()
+            queued = self._db.execute(
+                "SELECT body FROM outbox WHERE consult=? AND kind=? AND error IS NULL", (self._consult, kind)
+            ).fetchall()
+            self._asked = imagereq.fold([*rows, *((self._me, None, b) for (b,) in queued)])
+        asked = self._asked.get(cid)
+        if asked is not None and asked.sha != info.original.sha:
+            asked = None
+        held = self._held_state(cid) if mine else None
+        return imagereq.original_state(info.original.sent, here, mine, asked, held)
+
+    def _held_state(self, cid: bytes) -> str | None:
+        if self._held is None:
+            self._held = {}
+            path = self._dir / "pending.sqlite3"
+            if path.exists():
+                try:
+                    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+                    try:
+                        self._held = dict(
+                            con.execute(
+                                "SELECT cid, state FROM image_originals WHERE consult=?", (self._consult,)
+                            ).fetchall()
+                        )
+                    finally:
+                        con.close()
+                except sqlite3.Error:  # no such table yet: this device never shared an image here
+                    pass
+        return self._held.get(cid)
 
 
 def image_arrived(blobs: Path, info: imagemsg.ImageInfo) -> imagemsg.Arrived:
@@ -365,6 +453,7 @@ class LocalStore:
         all_read = min((r for _, r in others), default=0) if len(others) >= n_others else 0
         mine = {m: (d, r) for m, d, r in marks}.get(me, (0, 0))
         upper = before if before is not None else 2**62
+        originals = _Originals(self.db, self.path.parent, consult, me)
         rows = self.db.execute(
             "SELECT seq, cid, sender, time, kind, body FROM messages "
             "WHERE consult=? AND seq>? AND seq<? ORDER BY seq DESC LIMIT ?",
@@ -375,6 +464,7 @@ class LocalStore:
                 state = "read" if all_read >= seq else "delivered" if all_delivered >= seq else "stored"
             else:
                 state = "read" if mine[1] >= seq else "delivered"
+            text, original = self._text(kind, body, originals, cid, sender == me)
             yield Line(
                 consult,
                 seq,
@@ -382,9 +472,10 @@ class LocalStore:
                 sender,
                 when,
                 wire.KIND_NAMES.get(kind, "?"),
-                body_text(kind, body, self.path.parent / "blobs"),
+                text,
                 state,
                 _event_data(kind, body),
+                original,
             )
         if not queued:
             return
@@ -392,6 +483,7 @@ class LocalStore:
             "SELECT cid, kind, body, created, error FROM outbox WHERE consult=? ORDER BY created",
             (consult,),
         ).fetchall():
+            text, original = self._text(kind, body, originals, cid, True)
             yield Line(
                 consult,
                 None,
@@ -399,10 +491,19 @@ class LocalStore:
                 me,
                 int(created * 1000),
                 wire.KIND_NAMES.get(kind, "?"),
-                body_text(kind, body, self.path.parent / "blobs"),
+                text,
                 "failed" if error else "queued",
                 _event_data(kind, body),
+                original,
             )
+
+    def _text(
+        self, kind: int, body: bytes, originals: _Originals, cid: bytes, mine: bool
+    ) -> tuple[str, str | None]:
+        blobs = self.path.parent / "blobs"
+        if kind == wire.KINDS["image"]:
+            return image_line(body, blobs, originals, cid, mine)
+        return body_text(kind, body, blobs), None
 
     def overview(self, me: str) -> list[dict[str, object]]:
         """One row per consult for a consult list: last message, unread count, and since when

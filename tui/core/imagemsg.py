@@ -91,7 +91,11 @@ class FirstView:
     def label(self) -> str:
         """Mirrors ``imaging.Encoded.label``: a preview must never pass for the original."""
         size = f"{self.width}x{self.height} {self.codec.upper()}"
-        return f"lossless {size}" if not self.lossy else f"lossy preview {size} q{self.quality}"
+        if not self.lossy:
+            return f"lossless {size}"
+        if self.codec == "png":  # a lossy PNG is two-level (1-bit): the greys were dropped
+            return f"lossy preview {size} two-level"
+        return f"lossy preview {size} q{self.quality}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,7 @@ class Original:
     mime: str
     width: int
     height: int
-    sent: bool  # False: the sender kept it on their device (share --no-original)
+    sent: bool  # False: kept on the sender's device until a member asks for it (see core.imagereq)
     parts: tuple[BlobRef, ...] = ()
 
     def blobs(self) -> tuple[BlobRef, ...]:
@@ -416,21 +420,28 @@ class Arrived:
     original: bool
 
 
-def describe(info: ImageInfo, arrived: Arrived | None = None) -> str:
+def describe(info: ImageInfo, arrived: Arrived | None = None, original: str | None = None) -> str:
     """One history line: kind, caption, sizes, and (given ``arrived``) what is on this device.
 
     ``image report "Hb low?" · first view 1000x1414 AVIF 19.6 KB · detail 2480x3508, 65
-    tiles 121.0 KB · original JPEG 2.1 MB · here: first view, 12/65 tiles``
+    tiles 121.0 KB · original JPEG 2.1 MB (on request) · here: first view, 12/65 tiles``
+
+    ``original`` is where the original stands as this device knows it
+    (``imagereq.original_state``); said in brackets unless "here:" or the sender's choice to
+    send it already say it. Without it, an original not sent is "on request".
     """
     f, o = info.first, info.original
     parts = [f"image {info.kind}" + (f' "{info.caption}"' if info.caption else "")]
-    parts.append(f"first view {f.width}x{f.height} {f.codec.upper()} {kb(f.size)}")
+    levels = " two-level" if f.lossy and f.codec == "png" else ""
+    parts.append(f"first view {f.width}x{f.height} {f.codec.upper()}{levels} {kb(f.size)}")
     if info.detail is not None:
         d = info.detail
         parts.append(f"detail {d.width}x{d.height}, {d.tiles} tiles {kb(d.tile_bytes)}")
     fmt = o.mime.split("/")[-1].upper()
+    state = original if original is not None else ("sent" if o.sent else "on request")
+    quiet = ("sent", "downloaded")
     parts.append(
-        f"original {fmt} {o.width}x{o.height} {kb(o.size)}" + ("" if o.sent else " (kept by sender)")
+        f"original {fmt} {o.width}x{o.height} {kb(o.size)}" + ("" if state in quiet else f" ({state})")
     )
     if info.info:
         parts.append(info.info)

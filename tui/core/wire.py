@@ -33,10 +33,12 @@ _CONSULT_RE = re.compile(rf"^[{CONSULT_ALPHABET}]{{{CONSULT_ID_LEN}}}$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CID_LEN = 16  # client message id bytes: random, constant across retries
 
-# case/status/followup carry the consult's workflow (medcomm.core.casecard, .workflow): the
-# relay stores and fans them out like text, blind to their bodies.
+# case/status/followup carry the consult's workflow (medcomm.core.casecard, .workflow), and
+# request asks an image's sender for its original (medcomm.core.imagereq): the relay stores
+# and fans them out like text, blind to their bodies.
 KINDS: dict[str, int] = {
     "text": 1, "image": 2, "note": 3, "call": 4, "system": 5, "case": 6, "status": 7, "followup": 8,
+    "request": 9,
 }
 KIND_NAMES: dict[int, str] = {v: k for k, v in KINDS.items()}
 ROLES = ("clinic", "doctor", "admin")

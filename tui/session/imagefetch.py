@@ -11,6 +11,13 @@ sender has not uploaded yet come back in ``missing`` (drawn mid-grey, never gues
 whole against its SHA-256. All of it goes through the resumable, verified downloads of
 :mod:`medcomm.session.transfer` into the blob cache, so a second look costs no link at all.
 
+The original stays on the sender's device until someone asks for it (unless the sender
+chose ``share --original``): :func:`get_original` asks, with a kind-``request`` message
+through the durable outbox (once per user and image: its id is derived, see
+:mod:`medcomm.core.imagereq`), and either returns at once (``later``: the sender's device
+uploads it at its next sync) or waits, bounded, asking the relay now and then (one small
+``blob.get`` each) until it is there.
+
 A tile from another device is decoded with Pillow's bomb guard on and must be exactly the
 size its id says, or the region is refused (a wrong size would shift every pixel after it).
 Nothing here logs pixels.
@@ -21,22 +28,39 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medcomm.adapters.blobcache import BlobCache
-from medcomm.core import imagemsg, wire
+from medcomm.core import imagemsg, imagereq, wire
+from medcomm.core.delivery import OutItem
 from medcomm.core.imagemsg import BlobRef, ImageInfo, Manifest
 from medcomm.core.tiles import TILES, Region, TileId
-from medcomm.errors import NotFound, UsageError, WireError
-from medcomm.session.images import SHARE, ShareLimits, open_cache, pending_image
+from medcomm.errors import LinkDown, NotFound, UsageError, WireError
+from medcomm.session.images import SHARE, ShareLimits, _StoredWatch, open_cache, pending_image
 from medcomm.session.transfer import download
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from medcomm.session.service import Session
+
+log = logging.getLogger("medcomm.imagefetch")
+
+
+@dataclass(frozen=True)
+class OriginalLimits:
+    """How a fetch of an original that is not at the relay asks for it and waits."""
+
+    store_wait: float = 20.0  # for the relay to store the request (then it stays queued here)
+    poll_first: float = 2.0  # first pause between asks of the relay while waiting (--wait)
+    poll_max: float = 15.0  # longest pause: each ask is one blob.get (~70 bytes up)
+    max_wait: float = 6 * 3600.0  # the longest --wait: the sender's device may sync only hours later
+
+
+ORIGINALS = OriginalLimits()
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,16 @@ class Located:
     cid: bytes
     consult: str
     info: ImageInfo
+    sender: str = ""  # who shared it ("" when not known)
+
+
+@dataclass(frozen=True)
+class Requested:
+    """The request for an original that a fetch found or made."""
+
+    new: bool  # this fetch queued it (False: it was there already, from this user or another)
+    by: str  # who asked first
+    seq: int | None  # the request's seq at the relay; None while it waits in this device's outbox
 
 
 def check_image_id(image_id: str) -> bytes:
@@ -64,17 +98,20 @@ def locate_image(session: Session, image_id: str) -> Located:
     """Find an image message by id in history, the outbox, or this device's pending sends."""
     cid = check_image_id(image_id)
     db: Any = session.store.db
-    row = db.execute("SELECT consult, kind, body FROM messages WHERE cid=?", (cid,)).fetchone()
-    row = row or db.execute("SELECT consult, kind, body FROM outbox WHERE cid=?", (cid,)).fetchone()
+    row = db.execute("SELECT consult, kind, body, sender FROM messages WHERE cid=?", (cid,)).fetchone()
+    if row is None:
+        out = db.execute("SELECT consult, kind, body FROM outbox WHERE cid=?", (cid,)).fetchone()
+        row = None if out is None else (*out, session.me)
     if row is None:
         with open_cache(session) as cache:
             pend = pending_image(cache, cid)
         if pend is None:
             raise NotFound(f"no image {cid.hex()} on this device (try medcomm sync)")
-        return Located(cid, pend.consult, imagemsg.parse_body(pend.body) if pend.body else pend.plan)
+        info = imagemsg.parse_body(pend.body) if pend.body else pend.plan
+        return Located(cid, pend.consult, info, session.me)
     if row[1] != wire.KINDS["image"]:
         raise UsageError(f"message {cid.hex()} is not an image")
-    return Located(cid, row[0], imagemsg.parse_body(row[2]))
+    return Located(cid, row[0], imagemsg.parse_body(row[2]), row[3])
 
 
 async def find_image(session: Session, image_id: str, timeout: float) -> Located:
@@ -110,21 +147,143 @@ async def fetch_first(session: Session, loc: Located, timeout: float, progress: 
 
 async def fetch_original(session: Session, loc: Located, timeout: float, progress: Any = None) -> bytes:
     """The byte-exact original: each part verified on arrival, then the whole by SHA-256.
-    NotFound when the sender kept it, or (``data["later"]``) has not uploaded it yet."""
+    NotFound with ``data["later"]`` while it is not at the relay (not uploaded yet, or kept
+    on the sender's device until asked for: :func:`get_original` asks)."""
     o = loc.info.original
     parts = []
     try:
         for ref in o.blobs():
             parts.append(await _blob(session, ref, timeout, progress))
     except NotFound:
-        why = "the sender kept it on their device" if not o.sent else "it has not reached the relay yet"
+        why = "it has not reached the relay yet" if o.sent else "the sender's device sends it on request"
         raise NotFound(
-            f"the original of image {loc.cid.hex()[:12]} is not available: {why}", later=o.sent
+            f"the original of image {loc.cid.hex()[:12]} is not at the relay: {why}", later=True
         ) from None
     data = b"".join(parts)
     if hashlib.sha256(data).digest() != o.sha or len(data) != o.size:
         raise WireError("the original's parts do not add up to its SHA-256")
     return data
+
+
+def original_here(session: Session, loc: Located) -> bool:
+    """Is every part of the original in this device's cache (no link needed)?"""
+    with BlobCache(session.store.path.parent) as cache:
+        return all(cache.has(r.sha) for r in loc.info.original.blobs())
+
+
+def original_requests(session: Session, loc: Located) -> imagereq.Asked | None:
+    """The requests for this image's original in its consult, folded: stored ones, then
+    those still in this device's outbox (seq None)."""
+    db: Any = session.store.db
+    kind = wire.KINDS["request"]
+    rows = db.execute(
+        "SELECT sender, seq, body FROM messages WHERE consult=? AND kind=? ORDER BY seq", (loc.consult, kind)
+    ).fetchall()
+    queued = db.execute(
+        "SELECT body FROM outbox WHERE consult=? AND kind=? AND error IS NULL ORDER BY created",
+        (loc.consult, kind),
+    ).fetchall()
+    folded = imagereq.fold([*rows, *((session.me, None, b) for (b,) in queued)])
+    asked = folded.get(loc.cid)
+    return asked if asked is not None and asked.sha == loc.info.original.sha else None
+
+
+async def request_original(session: Session, loc: Located, limits: OriginalLimits = ORIGINALS) -> Requested:
+    """Ask the sender's device for the original, unless someone in the consult already has
+    (and it was not answered "gone"): a kind-``request`` message, durable in the outbox
+    first, under an id derived from this user and the image (a second ask, from here or
+    from another of this user's devices, is the same message). Waits ``store_wait`` at
+    most for the relay to store it; with no link it stays queued (``seq`` None) and goes
+    with the next sync."""
+    asked = original_requests(session, loc)
+    if asked is not None and asked.by:
+        return Requested(False, asked.by[0], asked.seq)
+    req = imagereq.Request(loc.cid, loc.info.original.sha)
+    cid = imagereq.request_cid(session.me, loc.cid)
+    item = OutItem(cid, loc.consult, wire.KINDS["request"], imagereq.encode(req))
+    watch = _StoredWatch(session, cid)  # listening before it can be acknowledged
+    try:
+        session.store.enqueue(item)
+        await session.link.submit(item)
+        log.info("original requested image=%s request=%s", loc.cid.hex(), cid.hex())
+        try:
+            seq: int | None = await watch.wait(limits.store_wait)
+        except LinkDown:
+            seq = None
+    finally:
+        watch.close()
+    return Requested(True, session.me, seq)
+
+
+async def get_original(
+    session: Session,
+    loc: Located,
+    timeout: float,
+    *,
+    wait: float = 0.0,
+    progress: Any = None,
+    on_request: Callable[[Requested], None] | None = None,
+    limits: OriginalLimits = ORIGINALS,
+) -> bytes:
+    """The original, asking the sender's device for it when it is not at the relay.
+
+    Kept here already: no link. Sent by choice (``share --original``) or asked for before:
+    one try at the relay. Not at the relay and not sent: a request (:func:`request_original`,
+    reported to ``on_request``), then NotFound with ``data["later"]`` (``medcomm fetch``
+    exits 75), or with ``wait`` > 0 a bounded wait, asking the relay after 2, 4, 8, 15, 15...
+    seconds. NotFound without ``later`` when the sender's device answered that it no longer
+    holds it."""
+    if not 0 <= wait <= limits.max_wait:
+        raise UsageError(f"--wait must be 0..{limits.max_wait:.0f} seconds")
+    o, short = loc.info.original, loc.cid.hex()[:12]
+    if original_here(session, loc):
+        return await fetch_original(session, loc, timeout, progress)
+    asked = original_requests(session, loc)
+    _check_not_gone(loc, asked)
+    if o.sent or (asked is not None and asked.by):  # it may be there: one ask (a blob.get)
+        try:
+            return await fetch_original(session, loc, timeout, progress)
+        except NotFound as exc:
+            if not exc.data.get("later"):
+                raise
+    if not o.sent:
+        req = await request_original(session, loc, limits)
+        if on_request is not None:
+            on_request(req)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pause = limits.poll_first
+    while (left := deadline - loop.time()) > 0:
+        await asyncio.sleep(min(pause, left))
+        pause = min(limits.poll_max, pause * 2)
+        _check_not_gone(loc, original_requests(session, loc))
+        try:
+            return await fetch_original(session, loc, max(timeout, deadline - loop.time()), progress)
+        except NotFound as exc:
+            if not exc.data.get("later"):
+                raise
+        except LinkDown:
+            continue  # the link may come back before the wait is over
+    if o.sent:
+        raise NotFound(
+            f"the original of image {short} has not reached the relay yet; fetch again later", later=True
+        )
+    waited = f"not there after {wait:.0f} s; " if wait else ""
+    raise NotFound(
+        f"the original of image {short} was requested from the sender's device; "
+        f"{waited}run the same fetch later",
+        later=True,
+        requested=True,
+    )
+
+
+def _check_not_gone(loc: Located, asked: imagereq.Asked | None) -> None:
+    if asked is not None and asked.gone:
+        raise NotFound(
+            f"{asked.gone}'s device no longer keeps the original of image {loc.cid.hex()[:12]}: "
+            "its first view and tiles are what there is",
+            later=False,
+        )
 
 
 async def fetch_manifest(session: Session, loc: Located, timeout: float) -> Manifest | None:

@@ -24,13 +24,31 @@ Sending, in this order (each step durable before the next can be seen by anyone)
    connection a few seconds before the resumed first view completes; a receiver asking
    then is told the first view is still on its way (``fetch`` exits 75), never wrong bytes;
 5. **detail**: the manifest first (so a receiver can ask for any region at once and be told
-   precisely which tiles are still on their way), the tiles coarse to fine, the original
-   last, and the tiles of every pending image before any original (a phone photo's
-   original is minutes of EDGE uplink; the next image's tiles must not wait behind it):
-   whether ``share`` waits for this, leaves it to a background ``medcomm sync``, or to
-   the next sync is the user's choice (``--detail``). Each finished blob advances the row's
-   ``done`` count durably, so a resume never asks the relay about a finished blob again (on
-   a 1.5 s round trip that is 3 s per tile); the row and its pins go when all are up.
+   precisely which tiles are still on their way), then the tiles coarse to fine, the tiles
+   of every pending image before any original: whether ``share`` waits for this, leaves it
+   to a background ``medcomm sync``, or to the next sync is the user's choice
+   (``--detail``). Each finished blob advances the row's ``done`` count durably, so a
+   resume never asks the relay about a finished blob again (on a 1.5 s round trip that is
+   3 s per tile); and a blob this device has never begun to upload (the row's ``started``
+   mark, written before its first put) skips the head too: its first put declares its size
+   and starts the upload at the relay. One round trip per tile instead of two; a resumed
+   blob asks first. Tiles that are the same blob (blank paper) go up once. The row and its
+   pins go when all are up.
+
+**Originals on request.** The byte-exact original stays on this device unless ``share
+--original`` sends it anyway (then it goes last, after every pending image's tiles): a
+phone photo's original is ~7 minutes of a 24 kbit/s uplink, and it carries its EXIF (GPS)
+or its DICOM header. ``record`` keeps it in the cache under a pin of its own and a row of
+``image_originals`` (kept | up | dropped | gone). A member who wants it sends a kind-
+``request`` message (:mod:`medcomm.core.imagereq`, ``medcomm fetch --original``); every
+:func:`send_pending_images` run (``medcomm sync``, a background sync, the desk's image work)
+folds the requests in this device's history and, after the tiles of pending images, uploads
+each requested original this device holds (a head first: another run may have done it
+already), then marks it ``up`` and lets its pin go: the relay holds it now. What bounds the
+device's store: ``ShareLimits.keep_originals_bytes`` (2 GiB) of kept originals; past it the
+oldest are dropped from the pin (``dropped``: the cache may then let them go), and a request
+for one this device no longer holds is answered in the consult ("gone") so the asker is told
+instead of waiting.
 
 A row whose process died during step 3 is taken up by :func:`send_pending_images` from the
 cached original (same kind, same window). Two processes never work on the same row: each
@@ -50,19 +68,20 @@ import io
 import logging
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from medcomm.adapters.blobcache import BlobCache
-from medcomm.core import imagemsg, wire
+from medcomm.core import imagemsg, imagereq, wire
 from medcomm.core.delivery import Acked, OutItem, Rejected
 from medcomm.core.imagemsg import (
     BlobRef,
@@ -107,6 +126,7 @@ class ShareLimits:
     fetch_parallel: int = 2  # tile downloads in flight, same reasoning downhill
     part_size: int = 16 * 1024 * 1024  # one part of an original: the relay's largest blob
     background_seconds: float = 3600.0  # a background sync's time budget (then `medcomm sync` goes on)
+    keep_originals_bytes: int = 2 * 1024**3  # originals kept for requests; past it the oldest go
 
 
 SHARE = ShareLimits()
@@ -115,10 +135,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_sends (
     cid BLOB PRIMARY KEY, consult TEXT NOT NULL, stage TEXT NOT NULL, plan BLOB NOT NULL,
     window TEXT, body BLOB, uploads BLOB, done INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, error TEXT
+    created REAL NOT NULL, error TEXT, started INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS image_originals (
+    cid BLOB PRIMARY KEY, consult TEXT NOT NULL, sha BLOB NOT NULL, size INTEGER NOT NULL,
+    parts BLOB NOT NULL, created REAL NOT NULL, state TEXT NOT NULL
 );
 """
 PREPARED, READY, QUEUED = "prepared", "ready", "queued"
+KEPT, UP, DROPPED, GONE = "kept", "up", "dropped", "gone"  # image_originals.state
+_ALL_BEGUN = 1 << 30  # a ``started`` mark past any row's uploads
 _PERMANENT = ("denied", "limit", "bad_request")  # relay codes a retry cannot change
 
 
@@ -136,6 +162,7 @@ class PendingImage:
     done: int  # uploads[:done] are complete at the relay
     created: float
     error: str | None = None
+    started: int = 0  # uploads[:started] may have been begun (their first put may have gone)
 
 
 @dataclass(frozen=True)
@@ -156,9 +183,24 @@ class ImagesResult:
     """What :func:`send_pending_images` did."""
 
     finished: list[bytes]  # image ids whose every blob is at the relay
-    left: int  # blobs still to upload (time ran out)
+    left: int  # blobs still to upload (time ran out), requested originals' parts included
     busy: int  # images another process was working on (skipped)
     failed: list[tuple[bytes, MedcommError]]
+    originals: list[bytes] = field(default_factory=list)  # requested originals now at the relay
+    answered: list[bytes] = field(default_factory=list)  # requested, no longer here: said so
+
+
+@dataclass(frozen=True)
+class HeldOriginal:
+    """An original this device shared (a row of ``image_originals``)."""
+
+    cid: bytes  # the image message's id
+    consult: str
+    sha: bytes
+    size: int
+    parts: tuple[BlobRef, ...]  # the blobs, in order (one when it fits in one)
+    created: float
+    state: str  # kept | up | dropped | gone
 
 
 # --- the pending table ------------------------------------------------------------------------
@@ -167,19 +209,30 @@ class ImagesResult:
 def open_cache(session: Session) -> BlobCache:
     """The session's blob cache, with the ``image_sends`` table in its pending file."""
     cache = BlobCache(session.store.path.parent)
-    cache.db.executescript(SCHEMA)
+    migrate(cache)
     return cache
 
 
+def migrate(cache: BlobCache) -> None:
+    """The image tables in the cache's pending file, brought up to this version (a device
+    that shared images before ``started`` existed keeps its rows: their blobs head first)."""
+    cache.db.executescript(SCHEMA)
+    cols = {r[1] for r in cache.db.execute("PRAGMA table_info(image_sends)")}
+    if "started" not in cols:
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+            cache.db.execute("ALTER TABLE image_sends ADD COLUMN started INTEGER NOT NULL DEFAULT 0")
+        cache.db.execute("UPDATE image_sends SET started=?", (_ALL_BEGUN,))  # unknown: head first
+
+
 def _row(r: tuple[Any, ...]) -> PendingImage:
-    cid, consult, stage, plan, window, body, uploads, done, created, error = r
+    cid, consult, stage, plan, window, body, uploads, done, created, error, started = r
     refs = tuple(BlobRef(s, n) for s, n in msgpack.unpackb(uploads)) if uploads else ()
     return PendingImage(
-        cid, consult, stage, imagemsg.parse_body(plan), window, body, refs, done, created, error
+        cid, consult, stage, imagemsg.parse_body(plan), window, body, refs, done, created, error, started
     )
 
 
-_COLS = "cid, consult, stage, plan, window, body, uploads, done, created, error"
+_COLS = "cid, consult, stage, plan, window, body, uploads, done, created, error, started"
 
 
 def pending_images(cache: BlobCache, include_failed: bool = False) -> list[PendingImage]:
@@ -195,10 +248,62 @@ def pending_image(cache: BlobCache, cid: bytes) -> PendingImage | None:
     return None if r is None else _row(r)
 
 
+def held_originals(cache: BlobCache) -> list[HeldOriginal]:
+    """Every original this device shared and still has a record of, oldest first."""
+    rows = cache.db.execute(
+        "SELECT cid, consult, sha, size, parts, created, state FROM image_originals ORDER BY created"
+    ).fetchall()
+    return [_held(r) for r in rows]
+
+
+def held_original(cache: BlobCache, cid: bytes) -> HeldOriginal | None:
+    r = cache.db.execute(
+        "SELECT cid, consult, sha, size, parts, created, state FROM image_originals WHERE cid=?", (cid,)
+    ).fetchone()
+    return None if r is None else _held(r)
+
+
+def _held(r: tuple[Any, ...]) -> HeldOriginal:
+    cid, consult, sha, size, parts, created, state = r
+    refs = tuple(BlobRef(s, n) for s, n in msgpack.unpackb(parts))
+    return HeldOriginal(cid, consult, sha, size, refs, created, state)
+
+
+def _original_owner(cid: bytes) -> bytes:
+    """The pin owner of an original kept for requests (the row's own pins use ``cid``)."""
+    return b"original:" + cid
+
+
+def _set_held(cache: BlobCache, cid: bytes, state: str) -> None:
+    """Move an original's record on; once it is at the relay (or answered gone) its pin goes."""
+    with cache.db:
+        cache.db.execute("BEGIN IMMEDIATE")
+        cache.db.execute("UPDATE image_originals SET state=? WHERE cid=?", (state, cid))
+        if state != KEPT:
+            cache.unpin(_original_owner(cid))
+
+
+def _bound_originals(cache: BlobCache, limits: ShareLimits, keep: bytes) -> list[bytes]:
+    """Drop the oldest kept originals from their pins past ``keep_originals_bytes`` (the
+    newest, ``keep``, always stays); inside the caller's transaction. Returns those dropped."""
+    rows = cache.db.execute(
+        "SELECT cid, size FROM image_originals WHERE state=? ORDER BY created DESC", (KEPT,)
+    ).fetchall()
+    total, dropped = 0, []
+    for cid, size in rows:
+        total += size
+        if total > limits.keep_originals_bytes and cid != keep:
+            cache.db.execute("UPDATE image_originals SET state=? WHERE cid=?", (DROPPED, cid))
+            cache.unpin(_original_owner(cid))
+            dropped.append(cid)
+    return dropped
+
+
 @contextlib.contextmanager
-def _row_lock(data_dir: Path, cid: bytes) -> Iterator[bool]:
+def _row_lock(data_dir: Path, cid: bytes, what: str = "") -> Iterator[bool]:
     """An advisory lock per image (flock): yields False when another process holds it.
-    Released by the kernel when the holder dies, so a crash never leaves a stale lock."""
+    Released by the kernel when the holder dies, so a crash never leaves a stale lock.
+    ``what`` names another lock on the same image (".original": fulfilling a request)."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): one medcomm process at a time is the rule there
@@ -206,7 +311,7 @@ def _row_lock(data_dir: Path, cid: bytes) -> Iterator[bool]:
         return
     folder = data_dir / "locks"
     folder.mkdir(exist_ok=True)
-    fd = os.open(folder / cid.hex(), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / (cid.hex() + what), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -349,13 +454,15 @@ def record(
     made: Made,
     caption: str = "",
     window: str | None = None,
-    send_original: bool = True,
+    send_original: bool = False,
     limits: ShareLimits = SHARE,
     cid: bytes | None = None,
 ) -> PendingImage:
     """Make an image durable on this device before any byte moves: original parts and first
-    view in the cache, then the row and its pins in one transaction. ``cid`` (the message
-    id) is made here unless the caller made it first to lock the row before it exists."""
+    view in the cache, then the row, the original's record and their pins in one
+    transaction. ``send_original``: upload it after the tiles (else it waits for a request).
+    ``cid`` (the message id) is made here unless the caller made it first to lock the row
+    before it exists."""
     consult = check_consult(consult)
     p = made.prepared
     data = made.original
@@ -401,9 +508,17 @@ def record(
                 (cid, consult, PREPARED, body, window, now),
             )
             cache.pin(cid, [first_sha, *(r.sha for r in refs)])
+            cache.db.execute(
+                "INSERT INTO image_originals VALUES (?,?,?,?,?,?,?)",
+                (cid, consult, plan.original.sha, len(data), _pack_refs(refs), now, KEPT),
+            )
+            cache.pin(_original_owner(cid), [r.sha for r in refs])
+            dropped = _bound_originals(cache, limits, cid)
     log.info(
         "image recorded cid=%s kind=%s first=%d original=%d", cid.hex(), p.kind, plan.first.size, len(data)
     )
+    for old in dropped:
+        log.info("original cid=%s no longer kept (over %d bytes)", old.hex(), limits.keep_originals_bytes)
     return PendingImage(cid, consult, PREPARED, plan, window, None, (), 0, now)
 
 
@@ -482,18 +597,22 @@ async def _ready(
     """The row turns ``ready`` once the detail is encoded: its body is now the message's."""
     detail, entries = await built
     body = imagemsg.encode_body(replace(pend.plan, detail=detail))
-    uploads = [detail.manifest, *(BlobRef(e.sha, e.size) for e in entries)]
+    # a tile that is the same as another (blank paper, an empty light box) goes up once
+    uploads = list(dict.fromkeys([detail.manifest, *(BlobRef(e.sha, e.size) for e in entries)]))
     if pend.plan.original.sent:
         uploads += list(pend.plan.original.blobs())
-    packed = msgpack.packb([[r.sha, r.size] for r in uploads], use_bin_type=True)
     with open_cache(session) as cache, cache.db:
         cache.db.execute("BEGIN IMMEDIATE")
         cache.db.execute(
-            "UPDATE image_sends SET stage=?, body=?, uploads=?, done=0 WHERE cid=?",
-            (READY, body, packed, pend.cid),
+            "UPDATE image_sends SET stage=?, body=?, uploads=?, done=0, started=0 WHERE cid=?",
+            (READY, body, _pack_refs(uploads), pend.cid),
         )
         cache.pin(pend.cid, [r.sha for r in uploads])
-    return replace(pend, stage=READY, body=body, uploads=tuple(uploads), done=0)
+    return replace(pend, stage=READY, body=body, uploads=tuple(uploads), done=0, started=0)
+
+
+def _pack_refs(refs: list[BlobRef] | tuple[BlobRef, ...]) -> bytes:
+    return msgpack.packb([[r.sha, r.size] for r in refs], use_bin_type=True)
 
 
 async def _enqueue_when(session: Session, ready: asyncio.Future[PendingImage]) -> None:
@@ -606,14 +725,15 @@ async def share(
     as_kind: str = "auto",
     caption: str = "",
     window: str | None = None,
-    send_original: bool = True,
+    send_original: bool = False,
     timeout: float,
     step: Step | None = None,
     on_recorded: Callable[[PendingImage], None] | None = None,
 ) -> Shared:
     """Prepare, record, send the first view and the message; returns once the relay has
     stored the message (LinkDown otherwise: the image stays pending on this device).
-    The detail (manifest, tiles, original) is left to :func:`send_pending_images`."""
+    The detail (manifest, tiles, and with ``send_original`` the original) is left to
+    :func:`send_pending_images`; without it the original waits here for a request."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     deadline = t0 + timeout
@@ -667,26 +787,47 @@ async def _upload_range(
 ) -> int:
     """Upload ``uploads[done:stop]`` with a few in flight, advancing ``done`` durably over
     the finished prefix; returns the new ``done``. When every blob is up, the row and its
-    pins go."""
+    pins go.
+
+    A manifest or tile this device has never begun (index at or past the row's durable
+    ``started`` mark) goes without a head: its first put declares the size. The mark moves
+    past each blob, durably, before the blob's first put can leave (the upload tasks only
+    run at the next ``await``), so a blob that a crash or a cut interrupted asks the relay
+    where it stands next time instead of sending its first window again."""
     loop = asyncio.get_running_loop()
     done = pend.done
+    started = max(pend.started, done)
+    tiles_end = _tiles_end(pend)
     finished: set[int] = set()
     inflight: dict[asyncio.Future[object], int] = {}
     sent_bytes = sum(r.size for r in pend.uploads[:done])
     total_bytes = sum(r.size for r in pend.uploads[:stop])
 
-    async def one(i: int) -> None:
+    async def one(i: int, fresh: bool) -> None:
         ref = pend.uploads[i]
         with BlobCache(session.store.path.parent) as cache:
             data = cache.read(ref.sha)
-        await upload(session.link, pend.consult, ref.sha, data, timeout=max(0.001, deadline - loop.time()))
+        await upload(
+            session.link,
+            pend.consult,
+            ref.sha,
+            data,
+            timeout=max(0.001, deadline - loop.time()),
+            fresh=fresh,
+        )
 
     nxt = done
     try:
         while nxt < stop or inflight:
+            launched = nxt
             while len(inflight) < limits.upload_parallel and nxt < stop:
-                inflight[asyncio.ensure_future(one(nxt))] = nxt
+                fresh = nxt >= started and nxt < tiles_end  # originals ask first: the relay may have them
+                inflight[asyncio.ensure_future(one(nxt, fresh))] = nxt
                 nxt += 1
+            if nxt > started and nxt > launched:  # before any of those tasks runs: durable first
+                started = nxt
+                with open_cache(session) as cache, cache.db:
+                    cache.db.execute("UPDATE image_sends SET started=? WHERE cid=?", (started, pend.cid))
             ready, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
             for task in ready:
                 i = inflight.pop(task)
@@ -710,6 +851,9 @@ async def _upload_range(
             cache.db.execute("BEGIN IMMEDIATE")
             cache.db.execute("DELETE FROM image_sends WHERE cid=?", (pend.cid,))
             cache.unpin(pend.cid)
+            if pend.plan.original.sent:  # sent with share --original: the relay holds it now
+                cache.db.execute("UPDATE image_originals SET state=? WHERE cid=?", (UP, pend.cid))
+                cache.unpin(_original_owner(pend.cid))
         # the lock file goes too (we hold it); a process that opened it meanwhile finds no row
         (session.store.path.parent / "locks" / pend.cid.hex()).unlink(missing_ok=True)
         log.info("image complete at the relay cid=%s blobs=%d", pend.cid.hex(), done)
@@ -719,11 +863,13 @@ async def _upload_range(
 async def send_pending_images(
     session: Session, timeout: float, step: Step | None = None, limits: ShareLimits = SHARE
 ) -> ImagesResult:
-    """Finish every image this device has not finished sending (``medcomm sync``, ``share
-    --detail wait`` and background syncs call this), in two passes over the images, oldest
-    first: (1) queue the messages still to queue and upload every manifest and tile, (2) the
-    originals. An original of a phone photo is minutes of EDGE uplink; the tiles of the next
-    image must not wait behind it.
+    """Finish every image this device has not finished sending, and answer the requests for
+    originals it holds (``medcomm sync``, ``share --detail wait``, background syncs and the
+    desk call this), in three passes, oldest first: (1) queue the messages still to queue
+    and upload every manifest and tile, (2) the originals someone asked for
+    (:func:`answer_requests`), (3) the originals sent with ``share --original``. An original
+    of a phone photo is minutes of EDGE uplink; the tiles of the next image must not wait
+    behind it, and an original a doctor asked for goes before one nobody has asked for yet.
 
     Within ``timeout``: when time runs out after some progress the rest waits for the next
     call (``left`` says how much, and a warning is logged); with no progress at all it is
@@ -734,8 +880,18 @@ async def send_pending_images(
     finished: list[bytes] = []
     failed: list[tuple[bytes, MedcommError]] = []
     busy: set[bytes] = set()
+    asked = _Answered([], [])
     progressed = False
-    for phase in ("tiles", "originals"):
+    for phase in ("tiles", "requested", "originals"):
+        if phase == "requested":
+            try:
+                asked = await answer_requests(session, deadline, step, busy)
+            except LinkDown:
+                if not progressed:
+                    raise
+                return _partial_result(session, finished, busy, failed, asked)
+            progressed = progressed or bool(asked.uploaded or asked.answered)
+            continue
         with open_cache(session) as cache:
             rows = pending_images(cache)
         for row in rows:
@@ -774,15 +930,210 @@ async def send_pending_images(
                 except LinkDown:
                     if not progressed and not _moved(session, row):
                         raise
-                    left = _left(session)
-                    log.warning("images: %d blobs still to upload; `medcomm sync` goes on", left)
-                    return ImagesResult(finished, left, len(busy), failed)
-    return ImagesResult(finished, _left(session), len(busy), failed)
+                    return _partial_result(session, finished, busy, failed, asked)
+    return ImagesResult(finished, _left(session), len(busy), failed, asked.uploaded, asked.answered)
+
+
+def _partial_result(
+    session: Session,
+    finished: list[bytes],
+    busy: set[bytes],
+    failed: list[tuple[bytes, MedcommError]],
+    asked: _Answered,
+) -> ImagesResult:
+    left = _left(session)
+    log.warning("images: %d blobs still to upload; `medcomm sync` goes on", left)
+    return ImagesResult(finished, left, len(busy), failed, asked.uploaded, asked.answered)
 
 
 def _left(session: Session) -> int:
+    """Blobs still to upload: the pending images' and the requested originals' parts."""
     with open_cache(session) as cache:
-        return sum(len(r.uploads) - r.done for r in pending_images(cache))
+        rows = sum(len(r.uploads) - r.done for r in pending_images(cache))
+    return rows + sum(len(w.parts) for w in requested_originals(session) if w.here)
+
+
+# --- originals on request ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """An original someone asked for that this device shared (or did, before it kept a
+    record of its originals: then only when it still has every part)."""
+
+    cid: bytes  # the image message's id
+    consult: str
+    sha: bytes
+    parts: tuple[BlobRef, ...]
+    asker: str  # the first to ask
+    seq: int  # the first request's seq: first asked, first served
+    state: str | None  # this device's record (kept | dropped), None for an image from before it
+    here: bool  # every part is in this device's cache
+
+
+@dataclass(frozen=True)
+class _Answered:
+    uploaded: list[bytes]  # originals now at the relay
+    answered: list[bytes]  # no longer here: the consult was told
+
+
+def requested_originals(session: Session) -> list[Wanted]:
+    """The requests in this device's history for originals it shared that are neither at
+    the relay (as far as this device knows) nor answered, first asked first. No link: the
+    history, the cache and the ``image_originals`` record only. The desk can call this when
+    a kind-``request`` message arrives to decide whether to run :func:`send_pending_images`."""
+    from medcomm.adapters.blobcache import blob_file
+
+    db: Any = session.store.db
+    rows = db.execute(
+        "SELECT consult, sender, seq, body FROM messages WHERE kind=? ORDER BY consult, seq",
+        (wire.KINDS["request"],),
+    ).fetchall()
+    if not rows:
+        return []
+    by_consult: dict[str, list[tuple[str, int | None, bytes]]] = {}
+    for consult, sender, seq, body in rows:
+        by_consult.setdefault(consult, []).append((sender, seq, body))
+    blobs = session.store.path.parent / "blobs"
+    out: list[Wanted] = []
+    with open_cache(session) as cache:
+        for consult, msgs in by_consult.items():
+            for image, asked in imagereq.fold(msgs).items():
+                if not asked.by or asked.gone or asked.seq is None:
+                    continue
+                held = held_original(cache, image)
+                if held is not None:
+                    if held.consult != consult or held.sha != asked.sha or held.state not in (KEPT, DROPPED):
+                        continue
+                    parts = held.parts
+                else:  # shared before this device kept records: answerable only from the cache
+                    mine = db.execute(
+                        "SELECT body FROM messages WHERE cid=? AND consult=? AND kind=? AND sender=?",
+                        (image, consult, wire.KINDS["image"], session.me),
+                    ).fetchone()
+                    if mine is None:
+                        continue
+                    try:
+                        original = imagemsg.parse_body(mine[0]).original
+                    except MedcommError:
+                        continue
+                    if original.sha != asked.sha:
+                        continue
+                    parts = original.blobs()
+                here = all(blob_file(blobs, r.sha).is_file() for r in parts)
+                if held is None and not here:
+                    continue  # maybe another device of this user shared it: not ours to answer
+                state = held.state if held is not None else None
+                out.append(Wanted(image, consult, asked.sha, parts, asked.by[0], asked.seq, state, here))
+    out.sort(key=lambda w: w.seq)
+    return out
+
+
+async def answer_requests(
+    session: Session, deadline: float, step: Step | None = None, busy: set[bytes] | None = None
+) -> _Answered:
+    """Upload every requested original this device holds (a head first: when the relay has
+    it already, e.g. from a run that was cut after its last chunk, that is all it costs),
+    then record it ``up``; one it no longer holds is answered "gone" in the consult, once.
+    Blob transfers pause during a call, like every other upload."""
+    data_dir = session.store.path.parent
+    uploaded: list[bytes] = []
+    answered: list[bytes] = []
+    for want in requested_originals(session):
+        with _row_lock(data_dir, want.cid, ".original") as mine:
+            if not mine:
+                if busy is not None:
+                    busy.add(want.cid)
+                continue
+            with open_cache(session) as cache:
+                held = held_original(cache, want.cid)
+            if held is not None and held.state not in (KEPT, DROPPED):
+                continue  # another process finished it meanwhile
+            files = await asyncio.to_thread(_intact_parts, data_dir, want.parts)
+            if files is None:
+                if held is not None:
+                    await _answer_gone(session, want)
+                    answered.append(want.cid)
+                continue
+            try:
+                await _upload_parts(session, want, files, deadline, step)
+            except (AccessDenied, RemoteError, LimitExceeded) as exc:
+                if isinstance(exc, RemoteError) and not isinstance(exc, AccessDenied):
+                    if exc.code not in _PERMANENT:
+                        raise
+                # e.g. no longer a member of that consult: nothing to send it to; asked again next run
+                log.warning("requested original cid=%s not sent: %s", want.cid.hex(), type(exc).__name__)
+                continue
+            except OSError as exc:  # a dropped original trimmed meanwhile: the next run answers
+                log.warning("requested original cid=%s unreadable: %s", want.cid.hex(), type(exc).__name__)
+                continue
+            total = sum(r.size for r in want.parts)
+            with open_cache(session) as cache:
+                if held is None:  # from before records: keep one now, so it is not asked again
+                    row = (want.cid, want.consult, want.sha, total, _pack_refs(want.parts), time.time(), UP)
+                    with cache.db:
+                        cache.db.execute("INSERT OR IGNORE INTO image_originals VALUES (?,?,?,?,?,?,?)", row)
+                else:
+                    _set_held(cache, want.cid, UP)
+            uploaded.append(want.cid)
+            log.info(
+                "requested original cid=%s up: %d bytes in %d parts", want.cid.hex(), total, len(want.parts)
+            )
+    return _Answered(uploaded, answered)
+
+
+def _intact_parts(data_dir: Path, parts: tuple[BlobRef, ...]) -> list[Path] | None:
+    """The cached files of an original's parts, each checked against its SHA-256 (read in
+    blocks: a DICOM original may be hundreds of MB), or None when one is missing or damaged."""
+    from medcomm.adapters.blobcache import file_sha
+
+    with BlobCache(data_dir) as cache:
+        paths = [cache.path(r.sha) for r in parts]
+    try:
+        if all(
+            p.stat().st_size == r.size and file_sha(p) == r.sha for p, r in zip(paths, parts, strict=True)
+        ):
+            return paths
+    except OSError:
+        pass
+    return None
+
+
+async def _upload_parts(
+    session: Session, want: Wanted, files: list[Path], deadline: float, step: Step | None
+) -> None:
+    """The original's parts in order (read from their files a chunk at a time), each
+    resuming where the relay stands."""
+    loop = asyncio.get_running_loop()
+    total = sum(r.size for r in want.parts)
+    base = 0
+
+    def progress(done: int, size: int) -> None:
+        if step is not None:
+            step("original", base + done, total)
+
+    for ref, path in zip(want.parts, files, strict=True):
+        await upload(
+            session.link,
+            want.consult,
+            ref.sha,
+            path,
+            timeout=max(0.001, deadline - loop.time()),
+            progress=progress,
+        )
+        base += ref.size
+
+
+async def _answer_gone(session: Session, want: Wanted) -> None:
+    """Tell the consult this device no longer holds the original (its derived id: once)."""
+    req = imagereq.Request(want.cid, want.sha, "original", "gone")
+    cid = imagereq.request_cid(session.me, want.cid, "original", "gone")
+    item = OutItem(cid, want.consult, wire.KINDS["request"], imagereq.encode(req))
+    session.store.enqueue(item)  # durable before the record moves on
+    with open_cache(session) as cache:
+        _set_held(cache, want.cid, GONE)
+    await session.link.submit(item)
+    log.info("requested original cid=%s no longer on this device: answered", want.cid.hex())
 
 
 def _moved(session: Session, before: PendingImage) -> bool:

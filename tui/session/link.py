@@ -129,6 +129,8 @@ class Link:
             raise LinkDown(f"no answer from the relay within {timeout:.0f} s") from None
         finally:
             self._requests.pop(rid, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # an answer whose asker was cancelled (a window's other get) is no error
 
     def send_voice(self, data: bytes, backlog_limit: int) -> int | None:
         """Write one voice frame now, ahead of anything queued in our own code; None if it
