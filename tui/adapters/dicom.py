@@ -21,6 +21,7 @@ absence is a clear :class:`~medcomm.errors.UsageError`, never a traceback.
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -132,8 +133,8 @@ def _num(ds: Any, keyword: str) -> float | None:
         if not isinstance(v, int | float | str) and hasattr(v, "__len__"):  # MultiValue: take the first
             v = list(v)[0]
         return float(v)
-    except (TypeError, ValueError, IndexError):
-        return None
+    except (TypeError, ValueError, IndexError, NotImplementedError, OverflowError):
+        return None  # absent, or damaged (an unknown VR): the same for a number we can do without
 
 
 def _int(ds: Any, keyword: str, default: int | None = None) -> int:
@@ -145,21 +146,36 @@ def _int(ds: Any, keyword: str, default: int | None = None) -> int:
     return int(v)
 
 
+#: What pydicom raises while parsing a damaged element lazily, on first access (an unknown VR,
+#: a UID that is not a transfer syntax, a value of the wrong length): the file's fault, not ours.
+_PARSE_ERRORS = (
+    NotImplementedError, ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError
+)
+
+
 def read(
     source: str | Path | bytes, *, frame: int | None = None, limits: DicomLimits = DICOM_LIMITS
 ) -> DicomImage:
     """Read one frame of a DICOM file (the middle one if ``frame`` is None), modality LUT applied.
 
     :class:`UsageError` for what is not a readable DICOM image (no DICM preamble, truncated
-    header or pixel data, no pixels, an unsupported compression); :class:`LimitExceeded` for
-    declared sizes over ``limits``.
+    or damaged header or pixel data, no pixels, an unsupported compression); :class:`LimitExceeded`
+    for declared sizes over ``limits``.
     """
+    name = Path(source).name if isinstance(source, str | Path) else "DICOM file"
+    try:
+        return _read(source, name, frame, limits)
+    except _PARSE_ERRORS as e:
+        why = f"{name}: a DICOM header element is damaged ({type(e).__name__})"
+        raise UsageError(why, path=name) from None
+
+
+def _read(source: str | Path | bytes, name: str, frame: int | None, limits: DicomLimits) -> DicomImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     data = read_source(source, limits.max_file_bytes)
-    name = Path(source).name if isinstance(source, str | Path) else "DICOM file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on every odd VR; we judge the result
@@ -284,8 +300,8 @@ def _spacing(ds: Any) -> tuple[float, float] | None:
 
 def _own_window(ds: Any) -> Window | None:
     c, w = _num(ds, "WindowCenter"), _num(ds, "WindowWidth")
-    if c is None or w is None or w < 1:
-        return None
+    if c is None or w is None or not math.isfinite(c) or not math.isfinite(w) or w < 1:
+        return None  # absent, nonsense (NaN, infinite) or degenerate: the data's own range instead
     return Window("own", c, w)
 
 
