@@ -263,23 +263,21 @@ def test_no_film_keeps_the_photo() -> None:
 # ------------------------------------------------------------------------------------ ECG
 
 
-def ecg_strip(size: tuple[int, int] = (600, 250)) -> Image.Image:
+RED_GRID = ((250, 230, 228), (236, 150, 150), (248, 216, 214))  # paper, 5 mm lines, 1 mm lines
+
+
+def ecg_strip(
+    size: tuple[int, int] = (600, 250), colours: tuple[tuple[int, int, int], ...] = RED_GRID
+) -> Image.Image:
     """Pink paper, a faint 1 mm and a strong 5 mm red grid, one black trace with QRS spikes."""
     w, h = size
-    strip = Image.new("RGB", size, (250, 230, 228))
+    paper, strong, faint = colours
+    strip = Image.new("RGB", size, paper)
     d = ImageDraw.Draw(strip)
     for x in range(0, w, 10):
-        d.line(
-            (x, 0, x, h),
-            fill=(236, 150, 150) if x % 50 == 0 else (248, 216, 214),
-            width=2 if x % 50 == 0 else 1,
-        )
+        d.line((x, 0, x, h), fill=strong if x % 50 == 0 else faint, width=2 if x % 50 == 0 else 1)
     for y in range(0, h, 10):
-        d.line(
-            (0, y, w, y),
-            fill=(236, 150, 150) if y % 50 == 0 else (248, 216, 214),
-            width=2 if y % 50 == 0 else 1,
-        )
+        d.line((0, y, w, y), fill=strong if y % 50 == 0 else faint, width=2 if y % 50 == 0 else 1)
     pts = []
     for x in range(0, w, 2):
         beat = x % 120
@@ -308,6 +306,44 @@ def test_ecg_is_straightened_with_grid_and_trace_visible() -> None:
     detail = np.asarray(result.gray)
     assert detail.shape == a.shape
     assert np.mean((detail > 120) & (detail < 245)) > np.mean((a > 120) & (a < 245)) + 0.05
+
+
+@pytest.mark.parametrize(
+    ("colours", "band"),
+    [
+        (RED_GRID, "G"),
+        (((236, 248, 240), (160, 225, 200), (222, 244, 232)), "R"),  # green paper and grid
+        (((238, 240, 250), (170, 190, 240), (224, 230, 248)), "R"),  # blue
+    ],
+)
+def test_the_ecg_grid_band_chosen_small_is_the_one_chosen_at_full_size(colours, band) -> None:
+    size = (1400, 840)
+    quad = geometry.order_quad(
+        project_rectangle(600, 250, tilt_x=12, tilt_y=10, spin=-2, distance=820, f=1800, size=size)
+    )
+    strip = ecg_strip((1200, 500), colours)
+    photo = light(place(Image.new("RGB", size, (60, 55, 50)), strip, quad), low=0.5)
+    result = correct(photo, "ecg")
+    assert result.found and any(f"{band} band" in n for n in result.notes)
+    # the full-size measure: every band warped and flattened, the darkest mean wins
+    lim = docscan.DEFAULT_LIMITS
+    out, _ = docscan._output_size(np.array(result.quad), photo.size, (), lim)
+    page = docscan._warp(photo, np.array(result.quad), out, lim.edge_trim)
+    means = [float(np.mean(np.minimum(docscan._ratio(b, lim), 1.0))) for b in page.split()]
+    assert "RGB"[int(np.argmin(means))] == band
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_warp_cut_in_bands_is_the_very_same_picture(mode: str) -> None:
+    rng = np.random.default_rng(3)
+    shape = (700, 600) if mode == "L" else (700, 600, 3)
+    img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+    quad = np.array([[40.5, 30.0], [560.0, 62.2], [530.0, 690.0], [20.0, 640.7]])
+    one = docscan._warp(img, quad, (420, 597), 0.006, threads=1)
+    for threads in (2, 3):
+        banded = docscan._warp(img, quad, (420, 597), 0.006, threads=threads)
+        assert banded.mode == one.mode and banded.size == one.size
+        assert np.array_equal(np.asarray(banded), np.asarray(one))
 
 
 # ------------------------------------------------------------------------------------ photo, errors

@@ -199,3 +199,16 @@ def test_kitty_sends_a_png_in_chunks_that_never_ask_for_an_answer():
     assert Image.open(io.BytesIO(png)).size == (300, 200)
     wrapped = halfblock.kitty(noisy, 30, 10, tmux=True, limits=limits)
     assert wrapped.startswith("\x1bPtmux;\x1b\x1b_G")
+
+
+def test_a_two_level_first_view_is_drawn_with_its_greys_back():
+    """A 1-bit page (a report's two-level first view) shrunk into cells: fine print averages
+    to grey, as on paper seen from afar, instead of aliasing into solid black or white."""
+    stripes = np.zeros((200, 160), dtype=bool)
+    stripes[:, ::2] = True  # 1-px lines of ink: half the area
+    page = Image.fromarray(stripes).convert("1")
+    assert page.mode == "1"
+    shown = cells(halfblock.halfblock(page, 40, 25, "truecolor"))
+    greys = np.array([[t[0] for t, _ in row] for row in shown])
+    assert greys.shape == (25, 40)
+    assert 100 <= greys.mean() <= 155 and greys.std() < 20

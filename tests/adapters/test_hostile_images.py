@@ -6,9 +6,6 @@ in one of medcomm's errors (``UsageError``, ``LimitExceeded``) that says what is
 never another exception (the CLI would print a traceback, the desk would lose a worker) and
 never a hang. The relay is not part of this: it stores images as opaque blobs and never
 decodes them (checked at the end, statically and against a real relay).
-
-Cases marked ``xfail(strict=True)`` are known failures of the adapters, kept here with their
-reproducers: each turns into a failure of this file once the adapter is fixed, to be unmarked.
 """
 
 from __future__ import annotations
@@ -334,11 +331,6 @@ def test_a_damaged_window_is_dropped_not_the_slice():
 # --- formats whose decoders raise their own errors -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="imaging.load does not catch RuntimeError, which Pillow's AVIF plugin raises for a damaged "
-    "file ('Failed to decode frame 0: Decoding of color planes failed'; 'Missing or empty image item')",
-)
 def test_an_avif_with_damaged_image_data_is_a_usage_error():
     data = encoded("AVIF")
     mdat = data.find(b"mdat")
@@ -346,11 +338,6 @@ def test_an_avif_with_damaged_image_data_is_a_usage_error():
         imaging.load(data[: mdat + 4] + bytes(len(data) - mdat - 4))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="imaging.load does not catch RuntimeError, which pillow-heif raises from im.load() when an "
-    "'ispe' box declares 60000x60000 ('Memory allocation error: Security limit exceeded')",
-)
 def test_a_heif_declaring_an_absurd_size_is_refused():
     pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()

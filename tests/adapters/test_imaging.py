@@ -324,6 +324,75 @@ def test_compare_measures_every_codec_and_keeps_the_best():
     assert imaging.first_view(img, "film", 6_000, codecs=["jpeg", "webp"]).codec == "webp"
 
 
+def two_level(image: Image.Image) -> Image.Image:
+    """A page as docscan hands over a page of print: ink 0, paper 255, nothing between."""
+    return image.convert("L").point(lambda v: 0 if v < 128 else 255)
+
+
+def test_a_two_level_report_page_goes_in_two_levels_smaller_than_the_grey_view():
+    page = two_level(report_page(850, 1100))
+    enc = imaging.first_view(page, "report", 20_000)
+    assert enc.codec in ("webp", "png") and enc.mime == f"image/{enc.codec}"
+    assert enc.lossy and enc.quality == 100
+    assert enc.label.startswith("lossy preview") and "two-level" in enc.label
+    im = decode(enc)
+    assert im.size == (enc.width, enc.height)
+    assert set(np.unique(np.asarray(im.convert("L"))).tolist()) == {0, 255}  # two levels, exactly
+    assert len(enc.data) <= 0.75 * 20_000
+    grey = imaging.first_view(page, "report", 20_000, codecs=["avif", "jpeg"])  # no lossless codec taken
+    assert grey.quality < 100 and "two-level" not in grey.label
+    assert len(enc.data) < len(grey.data)
+    # the strokes are where they were: same ink, cell for cell, at the size of the page
+    back = np.asarray(im.convert("L").resize(page.size, Image.Resampling.NEAREST)) < 128
+    assert np.mean(back == (np.asarray(page) < 128)) > 0.97
+    # the codec is the smaller of the two measured, and each alone is honoured
+    each = {c: imaging.first_view(page, "report", 20_000, codecs=[c, "jpeg"]) for c in ("png", "webp")}
+    assert each["png"].codec == "png" and decode(each["png"]).mode == "1"
+    if "webp" in imaging.available_codecs():
+        assert each["webp"].codec == "webp" and each["webp"].quality == 100
+    assert len(enc.data) == min(len(e.data) for e in each.values() if e.quality == 100)
+
+
+def test_two_levels_only_for_two_level_report_pages():
+    page = two_level(report_page(850, 1100))
+    assert imaging.first_view(page, "film", 20_000).quality < 100  # measured on reports only
+    assert imaging.first_view(report_page(850, 1100), "report", 20_000).quality < 100  # grey page
+    assert imaging.first_view(page, "report", 20_000, codecs=["jpeg"]).codec == "jpeg"
+
+
+def test_grey_pictures_are_encoded_monochrome_in_avif():
+    if "avif" not in imaging.available_codecs():
+        pytest.skip("no AVIF in this Pillow")
+    grey = ct_film(400, 300).convert("L")
+    mono = imaging.encode(grey, "avif", 40)
+    colour = imaging.encode(grey.convert("RGB"), "avif", 40)
+    assert Image.open(io.BytesIO(mono)).mode == "L"
+    assert Image.open(io.BytesIO(colour)).mode == "RGB"
+    assert len(mono) < len(colour)  # no chroma planes to carry
+
+
+def test_the_quality_search_probes_the_larger_sizes_quality_first(monkeypatch):
+    real = imaging.encode
+    probes: list[int] = []
+
+    def counting(image: Image.Image, codec: str, quality: int) -> bytes:
+        probes.append(quality)
+        return real(image, codec, quality)
+
+    monkeypatch.setattr(imaging, "encode", counting)
+    img = ct_film(500, 400)
+    budget = len(real(img, "jpeg", 60))
+    fit = imaging._fit_quality(img, "jpeg", budget, 25, start=50)
+    assert fit is not None and probes[0] == 50 and 25 not in probes  # a fit at 50 proves 25 fits
+    q, data = fit
+    assert len(data) <= budget and q >= 50
+    assert len(data) >= 0.95 * budget or q >= 92 or len(real(img, "jpeg", q + 4)) > budget
+    probes.clear()
+    over = imaging._fit_quality(img, "jpeg", budget, 25, start=90)  # a start over the budget
+    assert over is not None and probes[:2] == [90, 25]
+    assert len(over[1]) <= budget and over[0] < 90
+
+
 def test_small_pictures_go_lossless_when_png_fits():
     grey = Image.fromarray(np.tile(np.arange(0, 256, 2, dtype=np.uint8), (96, 1)))
     enc = imaging.first_view(grey, "slice", 10_000)

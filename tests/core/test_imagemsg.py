@@ -160,6 +160,9 @@ def test_the_history_line_says_sizes_and_what_is_here():
 def test_a_two_level_first_view_says_so_and_stays_a_lossy_preview():
     two = FirstView(sha(1), 12_600, "image/png", 1067, 1509, "png", 100, True)
     assert two.label == "lossy preview 1067x1509 PNG two-level"
+    webp = FirstView(sha(1), 10_000, "image/webp", 1067, 1509, "webp", 100, True)
+    assert webp.label == "lossy preview 1067x1509 WEBP two-level"
+    assert replace(webp, quality=80).label == "lossy preview 1067x1509 WEBP q80"
     assert FirstView(sha(1), 9_000, "image/png", 128, 128, "png", 100, False).label == "lossless 128x128 PNG"
     assert info().first.label == "lossy preview 1000x1414 AVIF q42"
     body = imagemsg.encode_body(info(first=two))

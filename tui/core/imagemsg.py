@@ -84,7 +84,7 @@ class FirstView:
     width: int
     height: int
     codec: str
-    quality: int
+    quality: int  # 0-100; 100 and lossy: a two-level picture, coded losslessly (the greys went)
     lossy: bool
 
     @property
@@ -93,7 +93,7 @@ class FirstView:
         size = f"{self.width}x{self.height} {self.codec.upper()}"
         if not self.lossy:
             return f"lossless {size}"
-        if self.codec == "png":  # a lossy PNG is two-level (1-bit): the greys were dropped
+        if self.quality >= 100:  # coded losslessly, yet lossy: two-level, the greys were dropped
             return f"lossy preview {size} two-level"
         return f"lossy preview {size} q{self.quality}"
 
@@ -432,7 +432,7 @@ def describe(info: ImageInfo, arrived: Arrived | None = None, original: str | No
     """
     f, o = info.first, info.original
     parts = [f"image {info.kind}" + (f' "{info.caption}"' if info.caption else "")]
-    levels = " two-level" if f.lossy and f.codec == "png" else ""
+    levels = " two-level" if f.lossy and f.quality >= 100 else ""
     parts.append(f"first view {f.width}x{f.height} {f.codec.upper()}{levels} {kb(f.size)}")
     if info.detail is not None:
         d = info.detail
