@@ -24,7 +24,7 @@ from medcomm.app.screens.consults import ConsultList
 from medcomm.app.widgets.compose import ComposeBox
 from medcomm.app.widgets.conversation import MessageLine
 from medcomm.app.widgets.status import StatusLine
-from tests.harness.fake_session import FakeSession
+from tests.harness.fake_session import START_MS, FakeSession
 
 FEVER = "k7m2qd"
 HEADACHE = "p3x9wa"
@@ -59,6 +59,71 @@ def clinic(seed: int = 7) -> FakeSession:
     fake.add_queued(FEVER, "Ambulance requested.")  # 09:10
     fake.add_queued(FEVER, "Referral letter sent?", failed=True)  # 09:11
     fake.status.last_contact = fake.now_ms / 1000  # 09:11:00
+    return fake
+
+
+BP_REVIEW = "m5bp7r"
+OLD_COUGH = "t4c9gh"
+TOM = "ptom0001"
+
+
+def ward(seed: int = 11) -> FakeSession:
+    """The desk of the doctor "dr.chen" with the consult workflow in use (05 Mar 2024, UTC):
+
+    * OLD_COUGH (09:01): Tom's cough, advised and closed (patient key TOM);
+    * BP_REVIEW (09:05): Joseph M., routine, advised and closed, follow-up fq7k due today;
+    * FEVER (09:12): Tom again, urgent, waiting (the same patient key: linked to OLD_COUGH);
+    * HEADACHE (09:14): Grace N., emergency, waiting: the alarm;
+    * STOCK (09:16): a chat without a card: routine, waiting.
+
+    The clock then stands at 09:25, so the waits are whole minutes."""
+    import datetime as dt
+
+    fake = FakeSession("dr.chen", seed=seed)
+    fake.add_consult("Boy, 5, cough", ["amina", "dr.chen"], consult=OLD_COUGH)
+    fake.add_message(OLD_COUGH, "amina", "Cough two weeks, no fever.")  # 09:01
+    fake.add_case(
+        OLD_COUGH,
+        {"patient.name": "Tom", "patient.age": "5", "patient.sex": "m", "patient.id": TOM,
+         "urgency": "routine", "complaint": "cough two weeks"},
+        sender="amina",
+    )  # fmt: skip
+    fake.add_status(OLD_COUGH, "dr.chen", "claim")
+    fake.add_status(OLD_COUGH, "dr.chen", "set", to="advised", advice="Amoxicillin 5 days, review if worse")
+    fake.add_consult("Man, 58, BP review", ["amina", "dr.chen"], consult=BP_REVIEW)
+    fake.add_message(BP_REVIEW, "amina", "BP 150/95 on amlodipine.")  # 09:05
+    fake.add_case(
+        BP_REVIEW,
+        {"patient.name": "Joseph M.", "patient.age": "58", "patient.sex": "m", "urgency": "routine",
+         "complaint": "hypertension review", "vitals.bp": "150/95"},
+        sender="amina",
+    )  # fmt: skip
+    fake.add_status(BP_REVIEW, "dr.chen", "claim")
+    fake.add_status(BP_REVIEW, "dr.chen", "set", to="advised", advice="Amlodipine 10 mg")
+    fake.add_status(BP_REVIEW, "dr.chen", "set", to="closed")
+    fake.add_followup_message(BP_REVIEW, "dr.chen", "fq7k", dt.date(2024, 3, 5), "BP check")
+    fake.add_status(OLD_COUGH, "dr.chen", "set", to="closed")
+
+    fake.add_consult("Boy, 6, fever 4 days", ["amina", "dr.chen"], consult=FEVER)
+    fake.add_message(FEVER, "amina", "Temp 39.2 C, RR 44/min, SpO2 91% on air.")
+    fake.add_case(
+        FEVER,
+        {"patient.name": "Tom", "patient.age": "6", "patient.sex": "m", "patient.id": TOM,
+         "urgency": "urgent", "complaint": "fever 4 days, fast breathing", "vitals.spo2": "91"},
+        sender="amina",
+    )  # fmt: skip
+    fake.add_consult("Woman, 31, headache after delivery", ["amina", "dr.chen"], consult=HEADACHE)
+    fake.add_message(HEADACHE, "amina", "Severe headache, BP 160/110, day 3 after delivery.")
+    fake.add_case(
+        HEADACHE,
+        {"patient.name": "Grace N.", "patient.age": "31", "patient.sex": "f", "urgency": "emergency",
+         "complaint": "severe headache after delivery", "vitals.bp": "160/110"},
+        sender="amina",
+    )  # fmt: skip
+    fake.add_consult("Stock check: amoxicillin", ["amina", "dr.chen"], consult=STOCK)
+    fake.add_message(STOCK, "amina", "Twelve boxes of amoxicillin 250 mg left.")
+    fake.now_ms = START_MS + 25 * 60_000  # 09:25
+    fake.status.last_contact = fake.now_ms / 1000
     return fake
 
 

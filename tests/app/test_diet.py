@@ -148,3 +148,15 @@ def test_random_frames_look_the_same_through_the_filter(case):
     a, b, n_in, n_out = both(written, cols, rows)
     assert a == b
     assert n_out <= n_in
+
+
+def test_a_half_block_picture_costs_half_once_its_colours_are_written_only_as_they_change():
+    # Textual writes each run as "ESC[fg;bg m" text "ESC[0m"; a picture is a run per colour pair
+    pairs = [(12, 3), (12, 4), (7, 4), (7, 4), (0, 15), (8, 15), (8, 8), (12, 3)]
+    rows = [
+        line(y, 1, [(f"38;5;{pairs[(x + y) % 8][0]};48;5;{pairs[(x + y) % 8][1]}", "▀▀") for x in range(10)])
+        for y in range(1, 6)
+    ]
+    a, b, n_in, n_out = both(["".join(rows)], 20, 6)
+    assert a == b
+    assert n_out < 0.6 * n_in

@@ -1,5 +1,7 @@
 """Snapshots of the consult list and the consult view at 80×24 and 120×40, in 16 and 256 colours,
-and of a consult view with a call up (its call bar) at 80×24 in 16 colours.
+of a consult view with a call up (its call bar) at 80×24 in 16 colours, of the image
+viewer on a CT slice at 80×24 in 16 colours, and of the consult workflow at 80×24 in 16
+colours: the triage queue with an emergency's alarm, and the case card form with errors.
 
 The SVGs show the colours the app's console would send (see ``helpers.export_as_terminal``):
 Textual's own export is always truecolor whatever ``TEXTUAL_COLOR_SYSTEM`` says. Everything
@@ -19,12 +21,15 @@ import pytest
 from textual.pilot import Pilot
 
 from medcomm.app.app import MedcommApp, build_app
+from medcomm.app.screens.cardform import CaseCardForm
 from medcomm.app.screens.consults import ConsultList
+from medcomm.app.screens.queue import QueueScreen
+from medcomm.app.screens.viewer import ImageViewer
 from medcomm.app.widgets.callbar import CallBar
 from medcomm.app.widgets.compose import ComposeBox
 from medcomm.app.widgets.conversation import Conversation
 from medcomm.app.widgets.notebar import NoteBar
-from tests.app.helpers import FEVER, clinic, export_as_terminal, in_consult, wait_for
+from tests.app.helpers import FEVER, clinic, export_as_terminal, in_consult, wait_for, ward
 from tests.harness.fake_session import FakeSession
 
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
@@ -121,3 +126,60 @@ def test_consult_view_recording_a_voice_note(snap_compare: Any, colour_system: C
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=recording)
+
+
+def test_image_viewer_on_a_dicom_slice(snap_compare: Any, colour_system: Callable[[str], None]) -> None:
+    """A CT slice from dr.chen fitted to 80x24 in 16 colours: the picture, its bar (the
+    window it was sent with, what another costs) and the footer's viewer keys."""
+    fake = clinic()
+    fake.add_image(FEVER, "dr.chen", dicom=True, caption="chest CT, level of the carina")
+    app = snapshot_app("16", colour_system, fake)
+
+    async def viewing(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: in_consult(app, FEVER))
+        await pilot.press("f9")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageViewer) and app.screen.picture.paints > 0)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=viewing)
+
+
+def test_triage_queue(snap_compare: Any, colour_system: Callable[[str], None]) -> None:
+    """dr.chen's queue: an emergency waiting (the banner and its "!!" row), an urgent case,
+    a follow-up due today, a chat without a card; the cursor on the second row."""
+    app = snapshot_app("16", colour_system, ward())
+
+    async def queued(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen) and app.screen.rows)
+        await pilot.press("down")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=queued)
+
+
+def test_case_card_form(snap_compare: Any, colour_system: Callable[[str], None]) -> None:
+    """Tom's card in the form, an age and a saturation out of range, each error under its
+    field after Ctrl+S (nothing sent)."""
+    fake = ward()
+    app = snapshot_app("16", colour_system, fake)
+
+    async def editing(pilot: Pilot[None]) -> None:
+        await wait_for(pilot, lambda: isinstance(app.screen, ConsultList) and app.screen.rows)
+        app.open_consult(FEVER)
+        await wait_for(pilot, lambda: in_consult(app, FEVER))
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: isinstance(app.screen, CaseCardForm))
+        form = app.screen
+        assert isinstance(form, CaseCardForm)
+        form.set_value("patient.age", "200")
+        form.set_value("vitals.spo2", "101")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: form.error_of("vitals.spo2") != "")
+        await pilot.pause()
+        assert fake.workflow_asked == []
+
+    assert snap_compare(app, terminal_size=SIZES["80x24"], run_before=editing)

@@ -43,6 +43,12 @@ pending note into the outbox when the status is online (LinkDown otherwise), fro
     fake.hold_fetch = True              # play_note reports (0, 0) and waits for finish_fetch()
     fake.hold_playback = True           # a note plays until stop_note() or finish_playing()
     fake.notes_asked                    # [("start", k), ("stop", k, id), ("send",), ("play", id), ...]
+
+Images come from ``FakeImages`` (``tests/harness/fake_images.py``): ``add_image``, the
+``hold_*`` switches and ``images_asked``. The consult workflow (case card, status,
+follow-ups, the triage queue) comes from ``FakeCasework`` (``tests/harness/fake_casework.py``),
+which folds with the real core: ``add_case``, ``add_status``, ``add_followup_message`` and
+``workflow_asked``.
 """
 
 from __future__ import annotations
@@ -56,9 +62,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medcomm.adapters.localstore import Line
-from medcomm.core.wire import CallState
+from medcomm.core.wire import KINDS, CallState
 from medcomm.errors import LinkDown, MedcommError, NotFound, ProfileError, UsageError
 from medcomm.session.call import CallView
+from tests.harness.fake_casework import FakeCasework
+from tests.harness.fake_images import FakeImages
 
 START_MS = 1_709_629_200_000  # 2024-03-05 09:00:00 UTC: never "today", so lists show "05 Mar"
 TICK_MS = 60_000
@@ -82,6 +90,13 @@ class FakeEvent:
     kind: str  # accepted | acked | rejected | marks | opened | status
     consult: str | None
     id: str | None = None
+    msg: Any = None  # an accepted request message: like the real event's, .consult and .kind
+
+
+@dataclass(frozen=True)
+class FakeMsg:
+    consult: str
+    kind: int  # wire.KINDS
 
 
 @dataclass
@@ -250,7 +265,7 @@ class FakeCalls:
         return f"call{self._calls:04d}"
 
 
-class FakeSession:
+class FakeSession(FakeImages, FakeCasework):
     """Satisfies ``medcomm.app.ports.DeskSession`` in memory."""
 
     def __init__(
@@ -299,6 +314,8 @@ class FakeSession:
         self.fetch_progress: Callable[[int, int], None] | None = None  # the desk's, while fetching
         self._fetched = asyncio.Event()
         self._played = asyncio.Event()
+        self.init_images()
+        self.init_casework()
 
     # --- the DeskSession protocol ---------------------------------------------------------
 
@@ -561,12 +578,15 @@ class FakeSession:
         state: str = "stored",
         time: int | None = None,
         msg_id: str | None = None,
+        data: dict[str, object] | None = None,
     ) -> Line:
         """A stored message; ``state`` matters only for this user's own messages (others'
         are "delivered" until this user's read mark passes them, then "read")."""
         c = self._consult(consult)
         seq = c.last_seq + 1
-        line = Line(consult, seq, msg_id or self._hex_id(), sender, time or self._tick(), kind, text, state)
+        line = Line(
+            consult, seq, msg_id or self._hex_id(), sender, time or self._tick(), kind, text, state, data
+        )
         c.messages.append(line)
         c.seqs.append(seq)
         return line
@@ -595,7 +615,8 @@ class FakeSession:
 
     def receive(self, consult: str, sender: str, text: str, *, kind: str = "text") -> Line:
         line = self.add_message(consult, sender, text, kind=kind)
-        self._emit(FakeEvent("accepted", consult, line.id))
+        msg = FakeMsg(consult, KINDS[kind]) if kind == "request" else None
+        self._emit(FakeEvent("accepted", consult, line.id, msg))
         return line
 
     def ack(self, msg_id: str) -> Line:
@@ -603,7 +624,13 @@ class FakeSession:
         queued = self._outbox_line(msg_id)
         self.outbox.remove(queued)
         line = self.add_message(
-            queued.consult, self.me, queued.text, kind=queued.kind, state="stored", msg_id=msg_id
+            queued.consult,
+            self.me,
+            queued.text,
+            kind=queued.kind,
+            state="stored",
+            msg_id=msg_id,
+            data=queued.data,
         )
         self._emit(FakeEvent("acked", queued.consult, msg_id))
         return line

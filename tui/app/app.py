@@ -17,24 +17,36 @@ Notes are sent like the outbox: whenever the link comes up (and once when the de
 every note recorded here and not yet uploaded is sent, including those recorded offline or
 by an earlier run; one round at a time, off the render path. The status line counts them
 with the outbox ("2 waiting").
+
+Images: the consult view's form hands a file to ``share_image`` and its tiles and original
+go up in rounds like the notes' (``imagework``); images not yet in the outbox count as
+waiting too. The viewer (``screens.viewer``) is a screen of its own.
+
+The consult workflow: ``q`` on the consult list (or "Triage queue" in the command palette)
+opens the queue (``screens.queue``), which the same coalesced refresh keeps live; in a
+consult the view's case header, case card form and action menu (``screens.consult_case``)
+are also offered in the command palette.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from textual import work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.driver import Driver
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 
+from medcomm.app.imagework import ImageWork, is_request
 from medcomm.app.ports import DeskSession, IncomingCall, caller_of, consult_of
 from medcomm.app.screens.consult import ConsultView
 from medcomm.app.screens.consults import ConsultList
 from medcomm.app.screens.dialogs import HelpScreen, NewConsult, WelcomeScreen
+from medcomm.app.screens.queue import QueueScreen
+from medcomm.app.screens.viewer import ImageViewer
 from medcomm.app.widgets.callbar import PROFILES
 from medcomm.app.widgets.status import Ring, StatusLine
 from medcomm.core.wire import CallState
@@ -46,7 +58,7 @@ READ_DELAY = 0.5  # read receipts for an open consult are batched this long
 NOTES_TIMEOUT = 3600.0  # one round of sending notes; a dead link ends it sooner (LinkDown)
 
 
-class MedcommApp(App[None]):
+class MedcommApp(ImageWork, App[None]):
     TITLE = "medcomm"
     CSS_PATH = "medcomm.tcss"
     BINDINGS = [
@@ -75,6 +87,7 @@ class MedcommApp(App[None]):
         self._notes_wanted = True  # pending notes may wait from an earlier run
         self._notes_sending = False
         self._link_state = ""
+        self.init_images()
         if frugal:
             self.animation_level = "none"
             # The terminal's own colours: no background or foreground escape on every
@@ -107,12 +120,14 @@ class MedcommApp(App[None]):
                 self.refresh_status()
                 self._link_state = session.status.state
                 self.send_notes()
+                self.send_images()
                 try:
                     await self._forever()
                 finally:  # closing the session ends a call: no refresh of an app that is going
                     session.calls.changed = _ignore
                     await self._keep_recording(session)
                     session.stop_note()
+                    await self.images_on_exit(session)
         except ProfileError as exc:
             await self.push_screen(WelcomeScreen(str(exc)))
         except MedcommError as exc:
@@ -143,6 +158,8 @@ class MedcommApp(App[None]):
             return
         self._dirty.add(consult_of(event))
         self._schedule_refresh()
+        if is_request(event):  # someone asks for an original: ours go up with the next round
+            self.send_images()
 
     def calls_changed(self) -> None:
         """``calls.changed``: the call view or the ringing calls changed (meters: once a second)."""
@@ -159,6 +176,8 @@ class MedcommApp(App[None]):
 
     async def _apply_refresh(self) -> None:
         self._refresh_timer = None
+        if not self.screen_stack:
+            return  # the desk is closing (a worker's last word came after the screens went)
         dirty, self._dirty = self._dirty, set()
         calls_dirty, self._calls_dirty = self._calls_dirty, False
         screen = self._base_screen()
@@ -169,6 +188,10 @@ class MedcommApp(App[None]):
                 screen.refresh_call()  # redraws only if the bar's text changed
         elif isinstance(screen, ConsultList) and dirty:
             screen.reload()  # redraws only if a row's text changed
+        elif isinstance(screen, QueueScreen) and dirty:
+            await screen.reload()  # redraws only the cells whose text changed
+        if isinstance(screen, ConsultView):
+            screen.show_image_bar()  # a share's bar says when the link went (redraws on a change only)
         self.refresh_status()
         if self.session is not None:
             state = self.session.status.state
@@ -176,6 +199,7 @@ class MedcommApp(App[None]):
             self._link_state = state
             if came_up:  # like the outbox: what waited for the link goes now
                 self.send_notes()
+                self.send_images()
         if calls_dirty:
             self._tell_call_end()
 
@@ -185,7 +209,8 @@ class MedcommApp(App[None]):
         status = self.session.status
         syncing = status.state == "online" and status.caught_up is None
         ring = self._ring_notice()
-        waiting = self.session.outbox_count() + self.session.pending_note_count()
+        session = self.session
+        waiting = session.outbox_count() + session.pending_note_count() + session.pending_image_count()
         for line in self.screen.query(StatusLine):
             line.show(status, waiting, syncing, ring)
 
@@ -245,7 +270,7 @@ class MedcommApp(App[None]):
             self.session.calls.answer(consult, self.call_profile)
         except MedcommError as exc:
             self.notify(str(exc), severity="error", timeout=10, markup=False)
-        while isinstance(self.screen, ModalScreen):
+        while isinstance(self.screen, ModalScreen | ImageViewer):
             await self.pop_screen()
         if not (isinstance(self.screen, ConsultView) and self.screen.consult == consult):
             await self.push_screen(ConsultView(consult))
@@ -347,6 +372,37 @@ class MedcommApp(App[None]):
 
     def open_consult(self, consult: str) -> None:
         self.push_screen(ConsultView(consult))
+
+    def action_open_queue(self) -> None:
+        """``q`` on the consult list, or the palette: the triage queue (once: a second
+        request while it is up does nothing)."""
+        if self.session is not None and not isinstance(self.screen, QueueScreen):
+            self.push_screen(QueueScreen())
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """The palette (Ctrl+P): Textual's own, the queue, and in a consult its workflow."""
+        yield from super().get_system_commands(screen)
+        if self.session is None:
+            return
+        yield SystemCommand(
+            "Triage queue", "Consults waiting for a doctor and follow-ups due (q)", self.action_open_queue
+        )
+        if isinstance(screen, ConsultView):
+            view = screen
+            yield SystemCommand("Case card", "Edit this consult's case card (Ctrl+T)", view.action_case_card)
+            yield SystemCommand(
+                "Workflow", "Claim, status, advice, follow-ups, assign (Ctrl+G)", view.action_case_menu
+            )
+            yield SystemCommand(
+                "Other consults of this patient", "Linked consults (Ctrl+L)", view.action_linked
+            )
+            for what, title, help_ in (
+                ("claim", "Claim this consult", "In consult, assigned to you"),
+                ("advised", "Advise", "Status advised, with the advice"),
+                ("followup", "Schedule a follow-up", "A due day and a reason"),
+                ("closed", "Close this consult", "Status closed"),
+            ):
+                yield SystemCommand(title, help_, lambda what=what: view.run_case_action(what))  # type: ignore[misc]
 
     @work(exclusive=True, group="new-consult")
     async def new_consult(self) -> None:

@@ -6,7 +6,10 @@ newline that the next cursor move makes pointless. Over SSH on EDGE each of thos
 uplink, and a new message in an open consult repaints every visible line, so the waste is
 paid per message. This filter removes only what provably changes nothing on the screen:
 
-* SGR parameters that set what is already in effect (``39;49`` right after a reset);
+* SGR parameters that set what is already in effect (``39;49`` right after a reset), and
+  the reset Textual writes after every styled run: colours are written only when something
+  is drawn with them, as the shortest change from what the terminal has (a picture in
+  half-block cells is a run per colour pair, so this halves what it costs);
 * trailing blanks on the default background that end at the right edge, replaced by
   "erase to end of line" (``ESC[K``: 3 bytes for a run of spaces);
 * a ``CR LF`` followed directly by an absolute cursor move (never on the bottom row,
@@ -87,12 +90,35 @@ def _apply(pen: Pen, params: list[str]) -> list[tuple[list[str], Pen]] | None:
     return steps
 
 
+def transition(a: Pen, b: Pen) -> str:
+    """The shortest SGR that turns pen ``a`` into pen ``b``: the changes alone (attributes
+    cleared by their own codes), or a reset and all of ``b``, whichever is shorter."""
+    attrs = set(a.attrs)
+    changes: list[str] = []
+    removed = a.attrs - b.attrs
+    for code, cleared in _CLEARS.items():
+        if cleared & removed:
+            changes.append(str(code))
+            attrs -= cleared
+    changes += [str(x) for x in sorted(b.attrs - attrs)]
+    if b.fg != a.fg:
+        changes.append(b.fg or "39")
+    if b.bg != a.bg:
+        changes.append(b.bg or "49")
+    reset = ["", *(str(x) for x in sorted(b.attrs)), *(c for c in (b.fg, b.bg) if c)]
+    if len(reset) > 1:
+        reset[0] = "0"
+    params = min(changes, reset, key=lambda p: len(";".join(p)))
+    return f"\x1b[{';'.join(params)}m"
+
+
 class TerminalDiet:
     """Stateful across writes (a frame may come in pieces); one per terminal."""
 
     def __init__(self, size: Callable[[], tuple[int, int]]) -> None:
         self._size = size  # (columns, rows) the frames are rendered for
-        self.pen: Pen | None = Pen()  # None: unknown
+        self.pen: Pen | None = Pen()  # what the terminal has; None: unknown
+        self.want: Pen | None = None  # what the next drawing needs, when it differs
         self.row: int | None = None
         self.col: int | None = None
         self.bytes_in = 0
@@ -105,10 +131,10 @@ class TerminalDiet:
         for m in _TOKEN.finditer(data):
             token = m.group()
             params, final, crlf, text = m.group(1), m.group(2), m.group(3), m.group(4)
-            if pending_newline and not (final == "H"):
-                out.append(pending_newline)
-            pending_newline = ""
+            if final == "m" and self._defer(params):
+                continue  # the pen is written when something is drawn with it
             if final == "H":
+                pending_newline = ""
                 row_col = (params or "1;1").split(";")
                 try:
                     self.row = int(row_col[0] or 1)
@@ -116,19 +142,28 @@ class TerminalDiet:
                 except ValueError:
                     self.row = self.col = None
                 out.append(token)
-            elif final == "m":
+                continue
+            if pending_newline:
+                out.append(self._flush())
+                out.append(pending_newline)
+                pending_newline = ""
+            if final == "m":  # the pen is unknown, or this SGR is not modelled
+                out.append(self._flush())
                 out.append(self._sgr(params))
             elif crlf:
                 if self.row is not None and self.row < height:
                     pending_newline = token
                     self.row += 1
-                else:  # on the bottom row it scrolls: keep it, and the position is unknown
+                else:  # on the bottom row it scrolls (new line in the current background)
+                    out.append(self._flush())
                     out.append(token)
                     self.row = None
                 self.col = 1 if token == "\r\n" else None  # a bare LF may or may not return
             elif text:
+                out.append(self._flush())
                 out.append(self._text(text, width))
             else:
+                out.append(self._flush())
                 out.append(token)
                 if token == "\r":
                     self.col = 1
@@ -138,32 +173,41 @@ class TerminalDiet:
                     self.row = self.col = None  # e.g. restore cursor: position and pen unknown
                     self.pen = None
         if pending_newline:
+            out.append(self._flush())
             out.append(pending_newline)
         result = "".join(out)
         self.bytes_in += len(data)
         self.bytes_out += len(result)
         return result
 
-    def _sgr(self, params: str) -> str:
-        parts = params.split(";") if params else [""]
+    def _defer(self, params: str) -> bool:
+        """Take an SGR into the pen to be written (False: not modelled, write it as is)."""
         if self.pen is None:
-            steps = _apply(Pen(), parts)
-            # An unknown pen becomes known only through a reset at the start.
-            self.pen = steps[-1][1] if steps and (parts[0] in ("", "0")) else None
-            return f"\x1b[{params}m"
-        steps = _apply(self.pen, parts)
+            return False
+        steps = _apply(self.want or self.pen, params.split(";") if params else [""])
         if steps is None:
-            self.pen = None
-            return f"\x1b[{params}m"
-        before, kept, pen = self.pen, [], self.pen
-        for group, after in steps:
-            if after != pen:
-                kept.extend(group)
-            pen = after
-        self.pen = pen
-        if pen == before or not kept:
+            return False
+        if steps:
+            self.want = steps[-1][1]
+        return True
+
+    def _flush(self) -> str:
+        """The shortest SGR from the pen the terminal has to the one wanted, if they differ."""
+        want, self.want = self.want, None
+        if want is None or self.pen is None or want == self.pen:
             return ""
-        return f"\x1b[{';'.join(kept)}m"
+        codes, self.pen = transition(self.pen, want), want
+        return codes
+
+    def _sgr(self, params: str) -> str:
+        """An SGR written as it is: the pen becomes known through a reset at its start."""
+        if self.pen is None:
+            parts = params.split(";") if params else [""]
+            steps = _apply(Pen(), parts)
+            self.pen = steps[-1][1] if steps and (parts[0] in ("", "0")) else None
+        else:
+            self.pen = None  # a parameter we do not model
+        return f"\x1b[{params}m"
 
     def _text(self, text: str, width: int) -> str:
         if self.col is None:

@@ -11,14 +11,44 @@ durable on the device (a pending note: ``pending_notes`` shows it as queued) bef
 ``send_pending_notes`` uploads it and queues its message in the outbox. ``play_note`` opens
 the speaker, fetches the note if it is not on the device, and plays it until it ends,
 ``stop_note`` is called, or the caller is cancelled.
+
+Images (``medcomm.session.deskimages`` behind the real one): ``share_image`` prepares a file,
+makes it durable on the device (its ``step`` hears ``"saved"`` then: ``pending_images``
+shows it as queued) and returns once the relay stored the message (LinkDown: it stays on
+the device and ``send_pending_images`` sends it, and the tiles of every image and the
+originals members asked for, when the link is up). ``image_summaries`` says what of each
+image is where, for the conversation's preview lines. ``open_image`` gives the viewer an
+``ImageHandle``: its first view, tiles fetched in the order asked, and for a DICOM slice
+another window, made from the original (asked of the sender's device when it keeps it).
+``continue_images_in_background`` hands what is still to upload to a background ``medcomm
+sync`` when the desk closes.
+
+The consult workflow (``medcomm.session.casework`` behind the real one): reads fold the
+consult's case, status and follow-up messages, this device's queued ones included, into a
+``ConsultState`` (``consult_state``), the triage queue (``triage_queue``: the session's own
+clock and time zone unless ``now_ms`` is given) and a patient's other consults
+(``linked_consults``). Writes check the change against that state with the pure core first
+(``UsageError`` says why it cannot be done, and nothing is queued), then queue it in the
+outbox like a chat line and return at once; ``update_case`` returns None when the card
+already says that. ``change_status`` is the core's ``set`` (the fake's ``set_status`` drives
+the link status). ``assign`` adds the user as a member first when needed, which needs the
+link (``LinkDown`` otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medcomm.adapters.localstore import Line
+
+if TYPE_CHECKING:
+    from medcomm.core.imagemsg import ImageInfo
+    from medcomm.core.tiles import TileId
+    from medcomm.core.triage import QueueEntry
+    from medcomm.core.workflow import ConsultState
+    from medcomm.session.deskimages import ImageSummary
 
 
 class LinkStatusView(Protocol):
@@ -113,6 +143,29 @@ class NotesSent(Protocol):
     failed: list[tuple[Any, Exception]]
 
 
+class ImageHandle(Protocol):
+    """An image opened for the viewer (the real one is ``deskimages.OpenedImage``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def info(self) -> ImageInfo: ...
+
+    def original_here(self) -> bool: ...
+
+    async def first_view(self, progress: Callable[[int, int], None] | None = None) -> Any: ...  # a PIL image
+
+    async def tiles(
+        self, ids: Sequence[TileId], arrived: Callable[[TileId, Any], None], parallel: int | None = None
+    ) -> None: ...  # arrived(tile, PIL image, or None: not at the relay yet), in the order asked
+
+    async def window(
+        self, name: str, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[Any, str]: ...  # a DICOM slice under a window, from its original: (PIL image, label);
+    # NotFound (data "later", "requested") while the original is not on the relay: asked for once
+
+
 class DeskSession(Protocol):
     @property
     def me(self) -> str: ...
@@ -157,6 +210,54 @@ class DeskSession(Protocol):
     async def play_note(self, note_id: str, progress: Callable[[int, int], None] | None = None) -> float: ...
 
     def stop_note(self) -> None: ...
+
+    # images
+    async def share_image(
+        self,
+        consult: str,
+        path: str,
+        *,
+        as_kind: str = "auto",
+        caption: str = "",
+        step: Callable[[str, int, int], None] | None = None,
+    ) -> Any: ...  # an ``images.Shared``: .seq, .first_bytes, .seconds once the relay stored it
+
+    def pending_images(self, consult: str) -> list[Line]: ...  # shared here, not in the outbox yet
+
+    def pending_image_count(self) -> int: ...
+
+    def image_summaries(self, ids: Sequence[str]) -> Mapping[str, ImageSummary]: ...
+
+    async def send_pending_images(
+        self, timeout: float, step: Callable[[str, int, int], None] | None = None
+    ) -> Any: ...  # an ``images.ImagesResult``: .finished, .left, .failed [(id bytes, error)]
+
+    def continue_images_in_background(self) -> int | None: ...
+
+    async def open_image(self, image_id: str) -> ImageHandle: ...
+
+    # the consult workflow
+    def consult_state(self, consult: str) -> ConsultState: ...  # NotFound: not on this device
+
+    def triage_queue(self, now_ms: int | None = None) -> list[QueueEntry]: ...
+
+    def linked_consults(self, consult: str) -> list[ConsultState]: ...  # same patient key, oldest first
+
+    def today(self) -> dt.date: ...  # the clinic's calendar day (follow-ups are due on days)
+
+    async def update_case(self, consult: str, raw: dict[str, str | None]) -> Any: ...  # None: no change
+
+    async def change_status(self, consult: str, to: str, advice: str = "") -> Any: ...
+
+    async def claim(self, consult: str) -> Any: ...
+
+    async def assign(self, consult: str, name: str, timeout: float) -> Any: ...  # "" = nobody
+
+    async def add_followup(self, consult: str, due: dt.date, reason: str) -> tuple[Any, str]: ...  # item, id
+
+    async def close_followup(
+        self, consult: str, fid: str | None, done: bool = True
+    ) -> tuple[Any, str]: ...  # fid None: the only open one; done False: cancelled
 
 
 def caller_of(ring: IncomingCall) -> str:

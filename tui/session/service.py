@@ -342,6 +342,97 @@ class Session:
         if self._playing is not None:
             self._playing.set()
 
+    # --- images, for the desk: thin doors to medcomm.session.deskimages --------------------------
+
+    async def share_image(
+        self, consult: str, path: str, *, as_kind: str = "auto", caption: str = "", step: Any = None
+    ) -> Any:
+        from medcomm.session import deskimages
+
+        return await deskimages.share_path(self, consult, path, as_kind=as_kind, caption=caption, step=step)
+
+    def pending_images(self, consult: str) -> list[Line]:
+        from medcomm.session import deskimages
+
+        return deskimages.pending_lines(self, consult)
+
+    def pending_image_count(self) -> int:
+        from medcomm.session import deskimages
+
+        return deskimages.pending_count(self)
+
+    def image_summaries(self, ids: Any) -> Any:
+        from medcomm.session import deskimages
+
+        return deskimages.summaries(self, ids)
+
+    async def send_pending_images(self, timeout: float, step: Any = None) -> Any:
+        from medcomm.session import deskimages
+
+        return await deskimages.send_pending(self, timeout, step)
+
+    def continue_images_in_background(self) -> int | None:
+        from medcomm.session import deskimages
+
+        return deskimages.continue_in_background(self)
+
+    async def open_image(self, image_id: str) -> Any:
+        from medcomm.session import deskimages
+
+        return await deskimages.open_image(self, image_id)
+
+    # --- the consult workflow, for the desk: thin doors to medcomm.session.casework -----------
+
+    def consult_state(self, consult: str) -> Any:
+        from medcomm.session import casework
+
+        return casework.consult_state(self, consult)
+
+    def triage_queue(self, now_ms: int | None = None) -> list[Any]:
+        from medcomm.session import casework
+
+        return casework.triage_queue(self, now_ms)
+
+    def linked_consults(self, consult: str) -> list[Any]:
+        from medcomm.session import casework
+
+        return casework.linked_consults(self, consult)
+
+    def today(self) -> Any:
+        from medcomm.session import casework
+
+        return casework.today()
+
+    async def update_case(self, consult: str, raw: dict[str, str | None]) -> OutItem | None:
+        from medcomm.session import casework
+
+        return await casework.update_case(self, consult, raw)
+
+    async def change_status(self, consult: str, to: str, advice: str = "") -> OutItem:
+        from medcomm.session import casework
+
+        return await casework.set_status(self, consult, to, advice)
+
+    async def claim(self, consult: str) -> OutItem:
+        from medcomm.session import casework
+
+        return await casework.claim(self, consult)
+
+    async def assign(self, consult: str, name: str, timeout: float) -> OutItem:
+        from medcomm.session import casework
+
+        return await casework.assign(self, consult, name, timeout)
+
+    async def add_followup(self, consult: str, due: Any, reason: str) -> tuple[OutItem, str]:
+        from medcomm.session import casework
+
+        return await casework.add_followup(self, consult, due, reason)
+
+    async def close_followup(self, consult: str, fid: str | None, done: bool = True) -> tuple[OutItem, str]:
+        from medcomm.session import casework
+
+        return await casework.close_followup(self, consult, fid, done)
+
     def _note_on_device(self, note_id: str) -> bool:
         from medcomm.errors import MedcommError
         from medcomm.session.transfer import locate_note
@@ -448,7 +539,7 @@ async def login(
         raise remote_error(answer.code, answer.reason)
     if not isinstance(answer, wire.Welcome):
         raise LinkDown("unexpected answer from the relay")
-    profile = Profile(relay=url, name=answer.name, role=answer.role, home=home)
+    profile = Profile(relay=url, name=answer.name, role=answer.role, home=home, pin=pin, insecure=insecure)
     save_profile(profile)
     return profile
 

@@ -1,6 +1,9 @@
 """One consult: the conversation with honest states, paged history, compose, members, the
-call bar with its keys (F2 call, F3 hang up, F4 mute, F6 voice profile), and voice notes
-(F7 record / stop and send, Esc cancel; F8 or Enter on a note plays it, F8 again stops).
+call bar with its keys (F2 call, F3 hang up, F4 mute, F6 voice profile), voice notes
+(F7 record / stop and send, Esc cancel; F8 or Enter on a note plays it, F8 again stops),
+and images (F5 attach, F9 or Enter on one: the viewer; see ``consult_images``), and the
+consult's workflow under a one-line case header (Ctrl+T the case card, Ctrl+G claim, status,
+advice, follow-ups, assign, Ctrl+L the patient's other consults; see ``consult_case``).
 
 The call keys show in the footer only when they do something here ("f2 Call" in a quiet
 consult, "f3 Hang up f4 Mute" during its call): two entries fit beside the others at 80
@@ -29,9 +32,13 @@ from textual.widgets import Footer, Static
 
 from medcomm.adapters.localstore import Line
 from medcomm.app.ports import LiveCall, NoteRecording, caller_of
+from medcomm.app.screens.consult_case import ConsultCase
+from medcomm.app.screens.consult_images import ConsultImages
 from medcomm.app.widgets.callbar import PROFILE_NOTES, CallBar
+from medcomm.app.widgets.caseheader import CaseHeader
 from medcomm.app.widgets.compose import ComposeBox
 from medcomm.app.widgets.conversation import Conversation, NoteLine
+from medcomm.app.widgets.imagebar import ImageBar
 from medcomm.app.widgets.notebar import SAVING, NoteBar, fetching_text, playing_text, recording_text
 from medcomm.app.widgets.status import StatusLine
 from medcomm.errors import MedcommError
@@ -46,7 +53,7 @@ PAGE = 50
 NOTE_TICK = 1.0  # seconds between updates of the recording bar: no faster timer, ever
 
 
-class ConsultView(Screen[None]):
+class ConsultView(ConsultCase, ConsultImages, Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("f1", "app.help", "Help"),
@@ -59,6 +66,12 @@ class ConsultView(Screen[None]):
         Binding("f6", "profile", "Profile", show=False, priority=True),
         Binding("f7", "record", "Record"),
         Binding("f8", "play", "Play"),
+        # out of the footer (no room at 80 columns): F1 lists them
+        Binding("f5", "attach", "Attach image", show=False),
+        Binding("f9", "view_image", "View image", show=False),
+        Binding("ctrl+t", "case_card", "Case card", show=False),
+        Binding("ctrl+g", "case_menu", "Workflow", show=False),
+        Binding("ctrl+l", "linked", "Other consults", show=False),
         # only while recording (else it passes on to "Back")
         Binding("escape", "cancel_note", "Cancel note", show=False, priority=True),
         Binding("ctrl+q", "app.quit", "Quit"),
@@ -75,16 +88,19 @@ class ConsultView(Screen[None]):
         self._fetch: tuple[int, int] | None = None  # (bytes, size) while it is being fetched
         self._fetch_shown = 0.0
         self._has_note: bool | None = None  # what the footer's F8 was made for
+        self._ready = False  # the first page is shown
 
     @property
     def desk(self) -> MedcommApp:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="title")
+        yield Static("", id="title", markup=False)  # a title is typed text: "[" is not markup
+        yield CaseHeader(id="case")
         yield CallBar(id="callbar")
         yield Conversation(self.app.me, id="conversation")  # type: ignore[attr-defined]
         yield NoteBar(id="notebar")
+        yield ImageBar(id="imagebar")
         yield ComposeBox(id="compose")
         yield StatusLine(id="status")
         yield Footer()
@@ -94,13 +110,16 @@ class ConsultView(Screen[None]):
         members = ", ".join(row["members"]) if row else ""  # type: ignore[arg-type]
         title = row["title"] if row else ""
         self.query_one("#title", Static).update(f"{self.consult} · {title} · {members}")
+        self.show_case()
         conv = self.query_one(Conversation)
         await conv.show_page(self._with_notes(self.desk.session.page(self.consult, None, PAGE)), PAGE)  # type: ignore[union-attr]
         self._note_keys()
+        self.show_image_bar()
         self.query_one(ComposeBox).focus()
         self.app.mark_read_soon(self.consult)  # type: ignore[attr-defined]
         self.refresh_call()
         self.app.refresh_status()  # type: ignore[attr-defined]
+        self._ready = True
 
     async def refresh_messages(self) -> None:
         conv = self.query_one(Conversation)
@@ -108,24 +127,29 @@ class ConsultView(Screen[None]):
         if await conv.merge(self._with_notes(lines)):
             self.app.mark_read_soon(self.consult)  # type: ignore[attr-defined]
             self._note_keys()
+        self.show_case()  # a case, status or follow-up change (redraws only if its text changed)
 
     def _with_notes(self, lines: list[Line]) -> list[Line]:
-        """The lines with the notes recorded here that still wait to be uploaded (queued,
-        or failed), the unsent ones in the order they were made."""
-        session = self.desk.session
-        pending = session.pending_notes(self.consult) if session is not None else []
-        if not pending:
-            return lines
-        known = {ln.id for ln in lines}
-        unsent = [ln for ln in lines if ln.seq is None] + [p for p in pending if p.id not in known]
-        return [ln for ln in lines if ln.seq is not None] + sorted(unsent, key=lambda ln: ln.time)
+        """The lines with the notes and images made here that still wait to be uploaded
+        (queued, or failed), the unsent ones in the order they were made; images worded
+        as previews."""
+        pending = self.pending_lines()
+        if pending:
+            known = {ln.id for ln in lines}
+            unsent = [ln for ln in lines if ln.seq is None] + [p for p in pending if p.id not in known]
+            lines = [ln for ln in lines if ln.seq is not None] + sorted(unsent, key=lambda ln: ln.time)
+        return self.with_images(lines)
 
     async def on_conversation_load_older(self, event: Conversation.LoadOlder) -> None:
         conv = self.query_one(Conversation)
-        await conv.prepend(self.app.session.page(self.consult, event.before, PAGE), PAGE)  # type: ignore[attr-defined]
+        older = self.app.session.page(self.consult, event.before, PAGE)  # type: ignore[attr-defined]
+        await conv.prepend(self.with_images(older), PAGE)
 
-    def on_screen_resume(self) -> None:
+    async def on_screen_resume(self) -> None:
         self.app.refresh_status()  # type: ignore[attr-defined]
+        self.show_image_bar()
+        if self._ready:  # back from the viewer (or help): what of an image is here may have changed
+            await self.refresh_messages()
 
     def on_compose_box_submitted(self, event: ComposeBox.Submitted) -> None:
         self.send(event.text)

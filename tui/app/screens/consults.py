@@ -1,4 +1,5 @@
-"""The consult list: title, members, unread count, last message, since when it waits."""
+"""The consult list: title, members, unread count, last message, since when it waits;
+``q`` opens the triage queue."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class ConsultList(Screen[None]):
     BINDINGS = [
         Binding("/", "search", "Search"),
         Binding("ctrl+n", "new", "New consult"),
+        Binding("q", "app.open_queue", "Queue"),
         Binding("escape", "clear_search", "Clear", show=False),
         Binding("f1,question_mark", "app.help", "Help"),
         Binding("ctrl+q", "app.quit", "Quit"),

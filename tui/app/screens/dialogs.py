@@ -11,27 +11,27 @@ from textual.widgets import Button, Footer, Input, Label, Static
 from medcomm.app.widgets.fields import Field
 from medcomm.app.widgets.status import StatusLine
 
-# At most 76 columns and 22 lines: the whole help fits an 80x24 terminal, status line included.
+# At most 76 columns and 21 lines: the whole help fits an 80x24 terminal, status line included.
 HELP = """\
 medcomm — keys (no mouse needed)
-Consult list
-  ↑ ↓ Enter    choose / open a consult    /        search; Esc clears
-  Ctrl+N       open a new consult         Esc      back here from a consult
+List    ↑ ↓ Enter open · / search, Esc clears · Ctrl+N new consult · q queue
+Queue   ↑ ↓ Enter open · c claim · d follow-up done · !! an emergency waits
 Consult
   Enter        send the message           Ctrl+J   new line (or Shift+Enter)
   ↑ (empty)    recall your last message   Ctrl+E   back to the compose box
   Ctrl+O       history: PageUp/↑ scroll, older messages load at the top
-Voice notes (in a consult)
-  F7           record; F7 again stops and sends it, Esc cancels it
-  F8           play / stop the newest note; Shift+Tab + Enter: an older one
-Call (in a consult)
-  F2           call this consult          F3       hang up
-  F4           mute / unmute              F6       profile of the next call:
-               auto → thin (worst links) → standard → auscultation (heart)
+  F7 / F8      voice note: record (F7 sends, Esc cancels) / play or stop
+  F5 / F9      image: attach a file / view the newest one
+  Shift+Tab    back to an older note or image; Enter plays or views it
+  Viewer       ←↑↓→ or hjkl pan, + - zoom, 0 fit, w DICOM window, Esc back
+  Ctrl+T       case card: Tab next field, Ctrl+S save, Esc cancel
+  Ctrl+G       claim, status, advice, follow-up, assign to someone
+  Ctrl+L       the patient's other consults (Enter opens one)
+Call    F2 call · F3 hang up · F4 mute · F6 profile of the next call:
+        auto → thin (worst links) → standard → auscultation (heart)
 Anywhere
   F2 / F3      answer / decline a call that rings (the status line says)
   F1 this help      Ctrl+P command palette      Ctrl+Q quit
-
 States: … queued (only on this device) → ✓ stored (the relay has it) →
 ✓✓ delivered (on every member's device) → ✓✓ read.  ✗ failed: refused, kept.
 """

@@ -7,7 +7,10 @@ repainted only when its own text changed.
 
 A voice note is a line of its own kind ("▶ voice note 0:12 (9.4 KB)") that can take the
 focus: Shift+Tab from the compose box steps back through the notes, newest first, and Enter
-on one asks the screen to play it (``Conversation.PlayNote``).
+on one asks the screen to play it (``Conversation.PlayNote``). An image is one line too
+("■ report "CBC today" · 19.6 KB · first view here", the screen words it), and Enter on it
+asks the screen to open it in the viewer (``Conversation.OpenImage``). A change of the case
+card, the status or a follow-up is an event line ("· dr.chen status: claimed (in consult)").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from medcomm.adapters.localstore import Line
+from medcomm.app.widgets.imagebar import ICON as IMAGE_ICON
 
 MARKS = {
     "queued": ("… queued", "yellow"),
@@ -32,6 +36,10 @@ MARKS = {
 }
 
 
+ICONS = {"note": "▶", "image": IMAGE_ICON}
+WORKFLOW = frozenset({"case", "status", "followup"})  # the consult's card, status and follow-ups
+
+
 def render_line(line: Line, me: str) -> Text:
     when = time.strftime("%H:%M", time.localtime(line.time / 1000))
     seq = f"#{line.seq}" if line.seq is not None else "#-"
@@ -40,8 +48,18 @@ def render_line(line: Line, me: str) -> Text:
     if line.kind == "system":
         out.append(f"{seq:>5} {when} · {line.sender} {line.text}", style="dim")
         return out
+    if line.kind in WORKFLOW:
+        # An event of the consult ("· dr.chen status: advised — advice: ..."), not a chat
+        # line, in full colour (advice is clinical text), with its delivery state when ours.
+        out.append(f"{seq:>5} {when} · ", style="dim")
+        out.append(f"{line.sender} {line.text}")
+        if line.sender == me:
+            label, style = MARKS.get(line.state, (line.state, ""))
+            out.append(f"  [{label}]", style=style)
+        return out
     out.append(f"{seq:>5} {when} {line.sender}:", style="bold" if line.sender == me else "bold cyan")
-    out.append(f" ▶ {line.text}" if line.kind == "note" else f" {line.text}")
+    icon = ICONS.get(line.kind)
+    out.append(f" {icon} {line.text}" if icon else f" {line.text}")
     if line.sender == me:
         label, style = MARKS.get(line.state, (line.state, ""))
         out.append(f"  [{label}]", style=style)
@@ -76,8 +94,20 @@ class NoteLine(MessageLine, can_focus=True):
         self.post_message(Conversation.PlayNote(self.line))
 
 
+class ImageLine(MessageLine, can_focus=True):
+    """An image: focusable (Tab / Shift+Tab), Enter opens it in the viewer."""
+
+    DEFAULT_CSS = "ImageLine:focus { text-style: reverse; }"
+    BINDINGS = [Binding("enter", "open", "View", show=False)]  # F9 does it from anywhere in the view
+
+    def action_open(self) -> None:
+        self.post_message(Conversation.OpenImage(self.line))
+
+
 def line_widget(line: Line, me: str) -> MessageLine:
-    return NoteLine(line, me) if line.kind == "note" else MessageLine(line, me)
+    if line.kind == "note":
+        return NoteLine(line, me)
+    return ImageLine(line, me) if line.kind == "image" else MessageLine(line, me)
 
 
 class Conversation(VerticalScroll, can_focus=True):
@@ -106,6 +136,13 @@ class Conversation(VerticalScroll, can_focus=True):
             super().__init__()
             self.line = line
 
+    class OpenImage(Message):
+        """Enter on an image: the screen opens the viewer."""
+
+        def __init__(self, line: Line) -> None:
+            super().__init__()
+            self.line = line
+
     def __init__(self, me: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.me = me
@@ -129,6 +166,11 @@ class Conversation(VerticalScroll, can_focus=True):
         """The newest voice note loaded (what F8 plays when no note has the focus)."""
         notes = list(self.query(NoteLine))
         return notes[-1].line if notes else None
+
+    def newest_image(self) -> Line | None:
+        """The newest image loaded (what F9 opens when no image has the focus)."""
+        shown = list(self.query(ImageLine))
+        return shown[-1].line if shown else None
 
     def first_loaded(self) -> int:
         return self.first_seq if self.first_seq is not None else 0

@@ -37,13 +37,8 @@ def playing_text(note: str) -> str:
 SAVING = "saving the voice note…"
 
 
-class NoteBar(Widget):
-    """Hidden (``display: none``) until ``show`` gives it something to say."""
-
-    DEFAULT_CSS = """
-    NoteBar { height: 1; padding: 0 1; display: none; background: $panel; color: $text; }
-    NoteBar.-recording { background: $error; color: ansi_bright_white; text-style: bold; }
-    """
+class LineBar(Widget):
+    """A one-line bar, hidden (``display: none``) until ``show`` gives it something to say."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -62,3 +57,10 @@ class NoteBar(Widget):
 
     def render(self) -> Text:
         return Text(self.text, no_wrap=True, overflow="ellipsis", end="")
+
+
+class NoteBar(LineBar):
+    DEFAULT_CSS = """
+    NoteBar { height: 1; padding: 0 1; display: none; background: $panel; color: $text; }
+    NoteBar.-recording { background: $error; color: ansi_bright_white; text-style: bold; }
+    """
