@@ -73,7 +73,10 @@ class Relay:
 
     def start(self) -> Relay:
         self.proc = subprocess.Popen(
-            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
+            # Every bench enrols all its devices from 127.0.0.1: one address, more than the
+            # relay's 10 enrolments a minute meant for one clinic's NAT.
+            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port)]
+            + ["--enrolments-per-minute", "1000", *self.extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
