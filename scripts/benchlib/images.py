@@ -53,7 +53,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import tempfile
 import threading
@@ -65,7 +64,16 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import imagemetrics as im
-from benchlib.procs import MEDCOMM, ROOT, Badlink, Relay, load_badlink_profiles, medcomm
+from benchlib.procs import (
+    MEDCOMM,
+    ROOT,
+    Badlink,
+    Relay,
+    free_port,
+    link_text,
+    load_badlink_profiles,
+    medcomm,
+)
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 LINKS = load_badlink_profiles()
@@ -102,21 +110,6 @@ TTFV_MAX = {"edge": 10.0, "gprs": 20.0}  # s, time to first view of a report
 CUT_MAX = CHUNK  # bytes re-sent per cut
 PSMS, QUICK_PSMS = ("3", "4", "6", "11"), ("6",)
 JPEG_SIDE, JPEG_QUALITY = 1600, 80
-
-
-def link_text(name: str) -> str:
-    p = LINKS[name]
-    if name == "clean":
-        return "clean (no shaping, no delay)"
-    return (
-        f"{name}: {p.up_kbit:g}/{p.down_kbit:g} kbit/s up/down, {p.delay_ms:g} ms +/- {p.jitter_ms:g} one-way"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the rig ----------------------------------------------------------------------------------

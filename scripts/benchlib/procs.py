@@ -6,12 +6,14 @@ is left running when a benchmark stops early.
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ _READY = re.compile(r"^medcomm relay listening on (wss?)://127\.0\.0\.1:(\d+)$")
 _BADLINK = re.compile(r"^badlink listening on (\S+):(\d+) -> ")
 
 
+@functools.cache
 def load_badlink_profiles() -> dict[str, Any]:
     """badlink's own profile table (the script is the one source of its numbers)."""
     path = ROOT / "scripts" / "badlink"
@@ -59,6 +62,22 @@ def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
             time.sleep(0.02)
     os.set_blocking(proc.stdout.fileno(), True)
     return buf.strip()
+
+
+def link_text(name: str) -> str:
+    """A badlink profile in words, for the "what ran" lines."""
+    p = load_badlink_profiles()[name]
+    if name == "clean":
+        return "clean (no shaping, no delay)"
+    return (
+        f"{name}: {p.up_kbit:g}/{p.down_kbit:g} kbit/s up/down, {p.delay_ms:g} ms +/- {p.jitter_ms:g} one-way"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

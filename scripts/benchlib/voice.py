@@ -43,7 +43,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,16 @@ from typing import Any
 import numpy as np
 
 from benchlib import audiometrics as am
-from benchlib.procs import MEDCOMM, ROOT, Badlink, Relay, load_badlink_profiles, medcomm
+from benchlib.procs import (
+    MEDCOMM,
+    ROOT,
+    Badlink,
+    Relay,
+    free_port,
+    link_text,
+    load_badlink_profiles,
+    medcomm,
+)
 
 CORPUS = ROOT.parent / "shared" / "corpus"
 HEADER_BYTES = 52  # per TCP segment: IPv4 20 + TCP with the timestamp option 32
@@ -85,21 +93,6 @@ STREAMS_SLACK = 0.3  # stream equivalents of noise (rates of peers differ, feedb
 
 
 LINKS = load_badlink_profiles()
-
-
-def link_text(name: str) -> str:
-    p = LINKS[name]
-    if name == "clean":
-        return "clean (no shaping, no delay)"
-    return (
-        f"{name}: {p.up_kbit:g}/{p.down_kbit:g} kbit/s up/down, {p.delay_ms:g} ms +/- {p.jitter_ms:g} one-way"
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- kernel socket counters ---------------------------------------------------------------------
