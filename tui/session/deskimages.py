@@ -326,14 +326,14 @@ class OpenedImage:
             if entry is None or d is None:
                 arrived(tid, None)
                 return
-            async with sem:
+            async with sem:  # the decode too: with one in flight, tiles arrive in the order asked
                 try:
                     data = await self._blob(BlobRef(entry.sha, entry.size))
                 except NotFound:
                     arrived(tid, None)
                     return
-            box = d.pyramid.box(tid)
-            arrived(tid, await asyncio.to_thread(_decode, data, mode, (box.out_w, box.out_h)))
+                box = d.pyramid.box(tid)
+                arrived(tid, await asyncio.to_thread(_decode, data, mode, (box.out_w, box.out_h)))
 
         tasks = [asyncio.ensure_future(one(t)) for t in ids]  # started in order: the first goes first
         try:
