@@ -48,6 +48,16 @@ class Part:
     bold: bool = False
 
 
+def parts_line(parts: Sequence[Part], width: int) -> Text:
+    """The parts that fit ``width``, joined by SEP, bold where asked (one bar line)."""
+    out = Text(no_wrap=True, overflow="ellipsis", end="")
+    for i, part in enumerate(fit(parts, width)):
+        if i:
+            out.append(SEP)
+        out.append(part.text, style="bold" if part.bold else "")
+    return out
+
+
 def fit(parts: Sequence[Part], width: int) -> list[Part]:
     """The parts that fit ``width`` joined by " · ", dropping the highest rank first (the
     rightmost among equals); parts of rank 0 stay even if the line must then be cut."""
@@ -150,10 +160,4 @@ class CallBar(Widget):
         return self.render().plain
 
     def render(self) -> Text:
-        width = self.content_size.width or 10_000
-        out = Text(no_wrap=True, overflow="ellipsis", end="")
-        for i, part in enumerate(fit(self.parts, width)):
-            if i:
-                out.append(SEP)
-            out.append(part.text, style="bold" if part.bold else "")
-        return out
+        return parts_line(self.parts, self.content_size.width or 10_000)

@@ -24,7 +24,7 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
 
-from medcomm.app.widgets.callbar import SEP, Part, fit
+from medcomm.app.widgets.callbar import Part, parts_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,10 +170,4 @@ class InfoBar(Widget):
         return self.render().plain
 
     def render(self) -> Text:
-        width = self.content_size.width or 10_000
-        out = Text(no_wrap=True, overflow="ellipsis", end="")
-        for i, part in enumerate(fit(self.parts, width)):
-            if i:
-                out.append(SEP)
-            out.append(part.text, style="bold" if part.bold else "")
-        return out
+        return parts_line(self.parts, self.content_size.width or 10_000)
