@@ -40,15 +40,21 @@ class RelayProcess:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[str] | None = None
     scheme: str = "ws"
+    log: Path | None = None  # the relay's stderr (its log) is appended here, else dropped
 
     def start(self, timeout: float = 20) -> RelayProcess:
         """Start (or restart on the same port) and wait for the one ready line."""
-        self.proc = subprocess.Popen(
-            [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        err = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        finally:
+            if self.log is not None:
+                err.close()  # type: ignore[union-attr]  # the child holds its own copy
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         line = ""

@@ -22,7 +22,6 @@ import hashlib
 import itertools
 import re
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -43,7 +42,7 @@ from medcomm.core.wire import Auth, Challenge, Msg, Ok, Register, Request, Send,
 from medcomm.limits import WIRE
 from medcomm.server import admin
 from medcomm.session.link import sign_challenge
-from tests.harness.relay import MEDCOMM, READY, RelayProcess
+from tests.harness.relay import RelayProcess
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,34 +56,6 @@ TEXT = wire.KINDS["text"]
 
 
 @dataclass
-class LoggedRelay(RelayProcess):
-    """A relay process whose stderr (its log) goes to a file, to look for tracebacks in."""
-
-    log: Path = Path("relay.log")
-
-    def start(self, timeout: float = 20) -> LoggedRelay:
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [*MEDCOMM, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().strip()
-            if line or self.proc.poll() is not None:
-                break
-        m = READY.match(line)
-        if not m:
-            self.stop()
-            raise AssertionError(f"relay did not become ready: {line!r}")
-        self.scheme, self.port = m.group(1), int(m.group(2))
-        return self
-
-
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -414,7 +385,7 @@ class LoopThread:
 
 @dataclass
 class World:
-    relay: LoggedRelay
+    relay: RelayProcess
     alice: Member
     bob: Member
     mallory_seed: bytes
@@ -457,7 +428,7 @@ class World:
             assert member.raw.ws.state is State.OPEN and not member.errors, (member.name, member.errors)
 
 
-async def _setup(relay: LoggedRelay) -> World:
+async def _setup(relay: RelayProcess) -> World:
     alice_raw, _ = await enrol(relay, "alice")
     bob_raw, _ = await enrol(relay, "bob")
     mallory_raw, mallory_seed = await enrol(relay, "mallory")
@@ -505,7 +476,7 @@ async def _still_serving(world: World) -> None:
 
 @pytest.fixture
 def fuzz_world(tmp_path: Path) -> Iterator[World]:
-    relay = LoggedRelay(tmp_path / "relay", log=tmp_path / "relay.log").start()
+    relay = RelayProcess(tmp_path / "relay", log=tmp_path / "relay.log").start()
     loop = LoopThread()
     try:
         world = loop.run(_setup(relay))
