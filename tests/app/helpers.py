@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -208,7 +209,11 @@ def export_as_terminal(app: App[Any], *, title: str | None = None, simplify: boo
     app's colour system (``TEXTUAL_COLOR_SYSTEM``) never shows in an SVG; this one does."""
     console, segments = _screen_segments(app, simplify)
     console.print(Segments(segments))
-    return console.export_svg(title=title or app.title)
+    # Rich names the SVG's styles after a hash of the segments' reprs, which carry Textual's
+    # mouse metadata as well; named after what a terminal shows, equal screens give equal SVGs.
+    shown = "".join(f"{text}\0{style or ''}\0" for text, style, _ in segments)
+    unique_id = f"terminal-{zlib.adler32(shown.encode())}"
+    return console.export_svg(title=title or app.title, unique_id=unique_id)
 
 
 def _is_text(ch: str) -> bool:
