@@ -28,7 +28,7 @@ from pathlib import Path
 
 AUDIT_FILE = "audit.sqlite3"
 GENESIS = bytes(32)
-ACTIONS = ("open", "add", "read", "fetch", "export", "call")
+ACTIONS = ("open", "add", "remove", "read", "fetch", "export", "call")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (

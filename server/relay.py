@@ -419,6 +419,10 @@ class Relay:
                 conn.close_after(1011, "relay could not store; resend")
         else:
             for (conn, frame), (msg, new) in zip(batch, results, strict=True):
+                if msg is None:  # sealed with a key in use before a member left
+                    why = "a member left: seal with a new key"
+                    conn.enqueue(wire.encode(Reject(frame.cid, "rekey", why)))
+                    continue
                 conn.enqueue(wire.encode(Stored(frame.cid, msg.consult, msg.seq, msg.time)))
                 if new:
                     self._fanout(msg, exclude=conn)
@@ -476,6 +480,16 @@ class Relay:
                 continue
             try:
                 self.store.check_member(consult, conn.user)
+            except AccessDenied as exc:
+                if not self.store.was_removed(consult, conn.user):
+                    conn.live.discard(consult)
+                    conn.enqueue(wire.encode(Err(0, error_code(exc), reason(exc))))
+                    budget -= 1
+                    continue
+                conn.live.discard(consult)  # removed: what they had stays theirs, nothing more comes
+                conn.enqueue(wire.encode(CaughtUp(consult, cursor, False)))
+                budget -= 1
+                continue
             except MedcommError as exc:
                 conn.live.discard(consult)
                 conn.enqueue(wire.encode(Err(0, error_code(exc), reason(exc))))
@@ -559,6 +573,18 @@ class Relay:
                 self._members.pop(consult, None)
                 self._audit(conn.user, "add", consult, member=name)
                 self._system(consult, conn.user, {"event": "add", "member": name})
+            return {"id": consult, "members": self.store.members(consult)}
+        if op == "members":  # a device told to re-key learns who is in before giving out the key
+            consult = wire.consult_id(args.get("consult"))
+            self.store.check_member(consult, conn.user)
+            return {"id": consult, "members": self.store.members(consult)}
+        if op == "remove":  # the members' devices then seal with new keys the removed never get
+            consult = wire.consult_id(args.get("consult"))
+            name = wire.user_name(args.get("name"))
+            if self.store.remove_member(consult, conn.user, name):
+                self._members.pop(consult, None)
+                self._audit(conn.user, "remove", consult, member=name)
+                self._system(consult, conn.user, {"event": "remove", "member": name})
             return {"id": consult, "members": self.store.members(consult)}
         if op in ("call", "answer", "decline", "hangup"):
             return self._call_request(conn, op, args)
@@ -666,6 +692,7 @@ class Relay:
         """An entry the relay itself writes into a consult's log (membership, calls)."""
         entry = (consult, secrets.token_bytes(wire.CID_LEN), actor, kind, body)
         ((msg, _new),) = self.store.store_batch([entry])
+        assert msg is not None  # the relay's own events carry no sender key
         return msg
 
 

@@ -17,7 +17,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN, Msg
+from medcomm.core import e2e
+from medcomm.core.wire import CONSULT_ALPHABET, CONSULT_ID_LEN, KINDS, Msg
 from medcomm.errors import AccessDenied, AuthError, LimitExceeded, NotFound, UsageError
 from medcomm.limits import WIRE
 
@@ -35,6 +36,16 @@ CREATE TABLE IF NOT EXISTS enrol_codes (
 CREATE TABLE IF NOT EXISTS consults (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, created_by TEXT NOT NULL,
     created INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sender_keys (
+    consult TEXT NOT NULL, sender TEXT NOT NULL, key_id BLOB NOT NULL, first_seq INTEGER NOT NULL,
+    PRIMARY KEY (consult, sender, key_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS removed (
+    consult TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (consult, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rekeys (
+    consult TEXT PRIMARY KEY, seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS members (
     consult TEXT NOT NULL, user TEXT NOT NULL, added_by TEXT NOT NULL, added INTEGER NOT NULL,
@@ -62,6 +73,17 @@ def hash_code(code: str) -> bytes:
 
 def normalise_code(code: str) -> str:
     return code.replace("-", "").replace(" ", "").upper()
+
+
+def sender_key_id(kind: int, body: bytes) -> bytes | None:
+    """The end-to-end sender key a client message uses or gives out, if any: the clear key
+    id of a sealed body, or the one a key message names as its maker's own (see
+    ``medcomm.core.e2e``). The relay learns which keys exist, never what they are."""
+    if kind in (KINDS["system"], KINDS["call"], KINDS["keyreq"]):
+        return None
+    if kind == KINDS["key"]:
+        return e2e.bundle_own_key_id(body)
+    return e2e.key_id_of(body) if e2e.is_sealed(body) else None
 
 
 # A stored message is exactly the frame that delivers it: the relay sends what it stores.
@@ -98,7 +120,7 @@ class RelayStore:
 
     def store_batch_writer(
         self, items: list[tuple[str, bytes, str, int, bytes]]
-    ) -> list[tuple[StoredMessage, bool]]:
+    ) -> list[tuple[StoredMessage | None, bool]]:
         """``store_batch`` on the writer connection, for the relay's one writer thread: the
         fsync happens there, so the event loop keeps forwarding while a batch commits."""
         if self._writer is None:
@@ -221,6 +243,29 @@ class RelayStore:
             )
             return cur.rowcount == 1
 
+    def remove_member(self, consult: str, by: str, name: str) -> bool:
+        """Take name out of consult; only members may, and the last one stays. Returns False
+        if name was not a member."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.check_member(consult, by)
+            if not self.is_member(consult, name):
+                return False
+            (count,) = self.db.execute("SELECT count(*) FROM members WHERE consult=?", (consult,)).fetchone()
+            if count <= 1:
+                raise UsageError(f"{name} is the last member of consult {consult}")
+            self.db.execute("DELETE FROM members WHERE consult=? AND user=?", (consult, name))
+            self.db.execute("INSERT OR IGNORE INTO removed VALUES (?,?)", (consult, name))
+            self.db.execute(  # every sender key in use so far is now refused (see _stale)
+                "INSERT OR REPLACE INTO rekeys SELECT id, last_seq FROM consults WHERE id=?", (consult,)
+            )
+            return True
+
+    def was_removed(self, consult: str, user: str) -> bool:
+        return bool(
+            self.db.execute("SELECT 1 FROM removed WHERE consult=? AND user=?", (consult, user)).fetchone()
+        )
+
     def is_member(self, consult: str, user: str) -> bool:
         return bool(
             self.db.execute("SELECT 1 FROM members WHERE consult=? AND user=?", (consult, user)).fetchone()
@@ -268,15 +313,17 @@ class RelayStore:
         items: list[tuple[str, bytes, str, int, bytes]],
         now: int | None = None,
         db: sqlite3.Connection | None = None,
-    ) -> list[tuple[StoredMessage, bool]]:
+    ) -> list[tuple[StoredMessage | None, bool]]:
         """Store (consult, cid, sender, kind, body) items in one transaction (one fsync).
 
         Returns each item's stored message and whether it is new; a repeat of a stored
-        (consult, sender, cid) returns the original. Membership must be checked before.
+        (consult, sender, cid) returns the original; an item sealed with (or giving out) a
+        sender key that was in use before a member left is refused: (None, False).
+        Membership must be checked before.
         """
         now = now_ms() if now is None else now
         db = db or self.db
-        out: list[tuple[StoredMessage, bool]] = []
+        out: list[tuple[StoredMessage | None, bool]] = []
         with db:
             db.execute("BEGIN IMMEDIATE")
             for consult, cid, sender, kind, body in items:
@@ -287,16 +334,37 @@ class RelayStore:
                 if row:
                     out.append((StoredMessage(consult, row[0], cid, sender, row[1], row[2], row[3]), False))
                     continue
+                key_id = sender_key_id(kind, body)
+                if key_id is not None and self._stale(db, consult, sender, key_id):
+                    out.append((None, False))
+                    continue
                 (seq,) = db.execute(
                     "UPDATE consults SET last_seq=last_seq+1 WHERE id=? RETURNING last_seq",
                     (consult,),
                 ).fetchone()
+                if key_id is not None:
+                    db.execute(
+                        "INSERT OR IGNORE INTO sender_keys VALUES (?,?,?,?)", (consult, sender, key_id, seq)
+                    )
                 db.execute(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
                     (consult, seq, cid, sender, now, kind, body),
                 )
                 out.append((StoredMessage(consult, seq, cid, sender, now, kind, body), True))
         return out
+
+    @staticmethod
+    def _stale(db: sqlite3.Connection, consult: str, sender: str, key_id: bytes) -> bool:
+        """A sender key first used (sealing or given out) before a member left: the leaver
+        may hold it, so what it seals now would be open to them."""
+        first = db.execute(
+            "SELECT first_seq FROM sender_keys WHERE consult=? AND sender=? AND key_id=?",
+            (consult, sender, key_id),
+        ).fetchone()
+        if first is None:
+            return False
+        rekey = db.execute("SELECT seq FROM rekeys WHERE consult=?", (consult,)).fetchone()
+        return rekey is not None and first[0] <= rekey[0]
 
     def messages_after(self, consult: str, after: int, limit: int) -> list[StoredMessage]:
         return [

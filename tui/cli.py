@@ -457,6 +457,23 @@ def consult_add(consult: str, name: str, timeout: TimeoutOpt = 30.0) -> None:
     typer.echo(f"{consult}: {', '.join(members)}")
 
 
+@consult_app.command("remove")
+def consult_remove(consult: str, name: str, timeout: TimeoutOpt = 30.0) -> None:
+    """Remove member NAME from consult ID. They keep what they already received, and cannot
+    read anything sent after: every member's device starts a new key they never get."""
+    from medcomm.session.service import Session
+
+    async def main() -> list[str]:
+        async with Session.open(subscribe=False) as s:
+            return await s.remove_member(consult, name.strip().lower(), timeout)
+
+    try:
+        members = _run(main())
+    except MedcommError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{consult}: {', '.join(members)}")
+
+
 # --- chat ---------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ message plus an exit code, and the TUI into a notification, without parsing stri
     │   ├── AuthError                 exit 77  bad enrolment code, unknown device, bad signature
     │   └── AccessDenied              exit 77  not a member of that consult
     ├── RelayKeyChanged               exit 77  the relay's TLS key is not the one pinned at login
+    ├── Tampered                      exit 65  ciphertext that fails authentication: forged, cut or replayed
     ├── NotFound                      exit 4   unknown consult, user or message
     ├── LinkDown                      exit 75  no link within the time allowed (EX_TEMPFAIL)
     └── VoiceUnavailable              exit 69  libopus, PortAudio or a sound device missing
@@ -82,6 +83,14 @@ class RelayKeyChanged(MedcommError):
     the middle, so nothing (not even the signed proof) is sent. Only a new login re-pins."""
 
     exit_code = 77
+
+
+class Tampered(MedcommError):
+    """Encrypted data that does not authenticate under its key: changed, truncated, replayed
+    or put in another place by someone on the path. It is dropped, never shown in part. 65 is
+    sysexits' EX_DATAERR: retrying the same bytes cannot help."""
+
+    exit_code = 65
 
 
 class NotFound(MedcommError):

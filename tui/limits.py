@@ -16,6 +16,7 @@ class WireLimits:
 
     max_frame: int = 64 * 1024  # one WebSocket message; chat text is far below this
     max_text: int = 16 * 1024  # bytes of one chat body (about 8 pages of text)
+    max_body: int = 16 * 1024 + 64  # a body on the wire: max_text sealed (+21 B, see core.e2e)
     max_title: int = 200  # characters in a consult title
     max_name: int = 64  # characters in a user name
     max_members: int = 32  # members of one consult

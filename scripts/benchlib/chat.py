@@ -75,7 +75,7 @@ class Scenario:
 
 
 def start_members(
-    sc: Scenario, counts: list[int], rate: float, out_dir: Path, start_delay: float = 0.0
+    sc: Scenario, counts: list[int], rate: float, out_dir: Path, start_delay: float = 0.0, plain: bool = False
 ) -> list[subprocess.Popen[str]]:
     procs = []
     member_py = Path(__file__).with_name("member.py")
@@ -101,6 +101,7 @@ def start_members(
                     str(start_delay),
                     "--out",
                     str(out_dir / f"member-{i}.json"),
+                    *(["--plain"] if plain else []),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=(out_dir / f"member-{i}.log").open("w"),
@@ -352,13 +353,14 @@ def check(
     }
 
 
-def wire_cost(root: Path, n: int, tls: bool = False) -> dict[str, object]:
+def wire_cost(root: Path, n: int, tls: bool = False, plain: bool = False) -> dict[str, object]:
     """Bytes per 60-character message on a clean link, both directions, acks and receipts
-    (with ``tls``: through a wss:// relay, TLS records included)."""
+    (with ``tls``: through a wss:// relay, TLS records included; with ``plain``: bodies not
+    end-to-end encrypted, for the comparison). Key messages count: they are part of the cost."""
     sc = Scenario(root, "clean", 7, tls=tls)
     procs: list[subprocess.Popen[str]] = []
     try:
-        procs = start_members(sc, [n, 0, 0], 20.0, root, start_delay=1.5)
+        procs = start_members(sc, [n, 0, 0], 20.0, root, start_delay=1.5, plain=plain)
         if not wait_lines(procs, "ready", 60):
             raise RuntimeError("members did not get ready")
         time.sleep(0.5)
@@ -482,6 +484,7 @@ def main(argv: list[str]) -> int:
             print_run(r)
         wc = wire_cost(root / "wire", 100 if not args.quick else 30)
         wc["tls"] = wire_cost(root / "wire-tls", 100 if not args.quick else 30, tls=True)
+        wc["plain"] = wire_cost(root / "wire-plain", 100 if not args.quick else 30, plain=True)
         report["wire"] = wc
         st = startup(root)
         report["startup"] = st
@@ -573,6 +576,16 @@ def print_wire(wc: dict[str, object], st: dict[str, float]) -> None:
         f"  one message's frames (send, stored, 2 receipts): msgpack {jc['msgpack']} B vs "  # type: ignore[index]
         f"named-field JSON {jc['json']} B"
     )  # type: ignore[index]
+    plain = wc.get("plain")
+    if isinstance(plain, dict):
+        sealed_s, plain_s = float(wc["sender_ws_bytes_per_msg"]), float(plain["sender_ws_bytes_per_msg"])  # type: ignore[arg-type]
+        sealed_r, plain_r = float(wc["receiver_ws_bytes_per_msg"]), float(plain["receiver_ws_bytes_per_msg"])  # type: ignore[arg-type]
+        print(
+            f"  end-to-end encryption: sender {sealed_s} B vs {plain_s} B unsealed "
+            f"({sealed_s - plain_s:+.1f} B), "
+            f"each receiver {sealed_r} vs {plain_r} B ({sealed_r - plain_r:+.1f} B): the 21-byte seal, "
+            "plus the key messages spread over the run"
+        )
     tls = wc.get("tls")
     if isinstance(tls, dict):
         print(

@@ -26,6 +26,7 @@ def token(member: str, n: int) -> str:
 async def run(args: argparse.Namespace) -> None:
     from medcomm.core import wire
     from medcomm.core.delivery import Accepted, Acked
+    from medcomm.session.link import Unlocked
     from medcomm.session.service import Session
 
     stop = asyncio.Event()
@@ -38,7 +39,23 @@ async def run(args: argparse.Namespace) -> None:
     cids: dict[bytes, str] = {}
 
     async with Session.open(home=Path(args.home)) as s:
+        if args.plain:  # the comparison run: bodies as they were before end-to-end encryption
+            s.store.keyring = None
+            s.link.before_submit = s.link.on_rekey = None
         seen_caught_up: set[float] = set()
+        scanned = {"seq": 0}
+
+        def take_texts(now: float, rescan: bool) -> None:
+            """Texts as the history holds them: opened, so a sealed one counts once its key is here."""
+            rows = s.store.db.execute(
+                "SELECT seq, body FROM messages WHERE consult=? AND kind=1 AND seq>? ORDER BY seq",
+                (args.consult, 0 if rescan else scanned["seq"]),
+            ).fetchall()
+            for seq, body in rows:
+                text = bytes(body).decode("utf-8", "replace")
+                if text.startswith("bench "):
+                    received.setdefault(text, {"t": now, "seq": seq})
+                scanned["seq"] = max(scanned["seq"], seq)
         backlog = {"opened": 0.0, "n": 0, "bytes": 0}  # received on this connection before caught up
 
         def listen(event: object) -> None:
@@ -50,9 +67,9 @@ async def run(args: argparse.Namespace) -> None:
                 backlog["n"] += 1
                 backlog["bytes"] += len(wire.encode(event.msg)) + 2  # + the WebSocket header
             if isinstance(event, Accepted) and event.msg.kind == 1:
-                text = event.msg.body.decode()
-                if text.startswith("bench "):
-                    received.setdefault(text, {"t": now, "seq": event.msg.seq})
+                take_texts(now, rescan=False)
+            elif isinstance(event, Unlocked):
+                take_texts(now, rescan=True)
             elif isinstance(event, Acked) and event.cid in cids:
                 sent[cids[event.cid]]["acked"] = now
                 sent[cids[event.cid]]["seq"] = event.seq
@@ -115,6 +132,7 @@ def main() -> None:
     p.add_argument("--final-timeout", type=float, default=120.0)
     p.add_argument("--start-delay", type=float, default=0.0, help="seconds between ready and sending")
     p.add_argument("--out", required=True)
+    p.add_argument("--plain", action="store_true", help="bodies unsealed (for the cost comparison)")
     asyncio.run(run(p.parse_args()))
 
 

@@ -133,7 +133,7 @@ def test_kinds_are_fixed_numbers_never_reused():
     """Kinds are stored in every history: a number once given keeps its meaning."""
     assert KINDS == {
         "text": 1, "image": 2, "note": 3, "call": 4, "system": 5, "case": 6, "status": 7, "followup": 8,
-        "request": 9,
+        "request": 9, "key": 10, "keyreq": 11, "callkey": 12,
     }
     assert len(set(KINDS.values())) == len(KINDS)
 
@@ -189,8 +189,8 @@ def test_oversize_garbage_is_limit_exceeded_before_parsing():
         decode(bytearray(WIRE.max_frame * 2))
 
 
-def test_body_at_max_text_is_accepted():
-    body = b"b" * WIRE.max_text
+def test_body_at_max_body_is_accepted():
+    body = b"b" * WIRE.max_body
     assert decode(encode(Send("abc123", CID, 1, body))).body == body
     assert decode(encode(Msg("abc123", 1, CID, "ana", T_MS, 1, body))).body == body
 
@@ -199,8 +199,8 @@ def test_body_at_max_text_is_accepted():
     lambda body: Send("abc123", CID, 1, body),
     lambda body: Msg("abc123", 1, CID, "ana", T_MS, 1, body),
 ], ids=["Send", "Msg"])
-def test_body_over_max_text_is_limit_exceeded(make):
-    data = encode(make(b"b" * (WIRE.max_text + 1)))
+def test_body_over_max_body_is_limit_exceeded(make):
+    data = encode(make(b"b" * (WIRE.max_body + 1)))
     assert len(data) <= WIRE.max_frame  # it is the body limit, not the frame limit
     with pytest.raises(LimitExceeded):
         decode(data)
@@ -343,7 +343,7 @@ def test_wrong_field_type_is_refused(cls, index, bad):
     ([T.SEND, "abc123", CID, True, b""], "kind True"),
     ([T.SEND, "abc123", CID, "text", b""], "kind by name"),
     ([T.SEND, "abc123", CID, 1.0, b""], "kind float"),
-    ([T.MSG, "abc123", 1, CID, "ana", T_MS, 10, b""], "msg kind 10"),
+    ([T.MSG, "abc123", 1, CID, "ana", T_MS, 13, b""], "msg kind 13"),
     ([T.RECEIPT, "abc123", 1, 0], "state 0"),
     ([T.RECEIPT, "abc123", 1, 3], "state 3"),
     ([T.RECEIPT, "abc123", -1, 1], "negative seq"),
@@ -547,7 +547,7 @@ def _hostile_value(valid: object) -> st.SearchStrategy:
     if isinstance(valid, bytes):
         n = len(valid)
         near.append(st.integers(max(0, n - 1), n + 1).flatmap(lambda k: st.binary(min_size=k, max_size=k)))
-        near.append(st.sampled_from([WIRE.max_text, WIRE.max_text + 1]).map(bytes))
+        near.append(st.sampled_from([WIRE.max_body, WIRE.max_body + 1]).map(bytes))
         near.append(st.just(valid.decode("latin-1")))  # the same content as text
     elif isinstance(valid, bool):
         near.append(st.sampled_from([0, 1, "true", None]))

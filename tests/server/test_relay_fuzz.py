@@ -214,7 +214,7 @@ _client_frames = st.one_of(
         _consults,
         st.binary(min_size=16, max_size=16) | st.binary(max_size=20),
         st.integers(0, 9) | _scalars,
-        st.binary(max_size=200) | st.integers(0, WIRE.max_text + 8).map(bytes),
+        st.binary(max_size=200) | st.integers(0, WIRE.max_body + 8).map(bytes),
     ),
     st.tuples(
         st.just(5),

@@ -9,6 +9,7 @@ next resume fetches them again; nothing is lost and nothing is duplicated.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.core import imagemsg, imagereq, wire
+from medcomm.adapters.keyring import LOCKED, NOT_HISTORY, SEALED_KINDS, TAMPERED, KeyRing
+from medcomm.core import e2e, imagemsg, imagereq, wire
 from medcomm.core.delivery import OutItem
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -102,6 +106,11 @@ def _event_data(kind: int, body: bytes) -> dict[str, object] | None:
     return event_fields(kind, body)
 
 
+def kind_name(kind: int) -> str:
+    """A message kind as the history names it; ``locked`` while it cannot be opened."""
+    return "locked" if kind == LOCKED else wire.KIND_NAMES.get(kind, "?")
+
+
 def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
     """Render a body for display; system events become a readable sentence. ``blobs`` (the
     device's blob cache root) lets an image line say what of it has arrived here."""
@@ -120,6 +129,8 @@ def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
             return f'opened "{ev.get("title", "")}" with {", ".join(ev.get("members", []))}'
         if isinstance(ev, dict) and ev.get("event") == "add":
             return f"added {ev.get('member', '?')}"
+        if isinstance(ev, dict) and ev.get("event") == "remove":
+            return f"removed {ev.get('member', '?')}"
         return "(system event)"
     if kind == wire.KINDS["call"]:
         return call_text(body)
@@ -129,6 +140,10 @@ def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
         return image_text(body, blobs)
     if kind == wire.KINDS["request"]:
         return request_text(body)
+    if kind == LOCKED:
+        if body == TAMPERED:
+            return "(dropped: this message failed its integrity check)"
+        return "(encrypted: waiting for the sender's key)"
     return f"({wire.KIND_NAMES.get(kind, 'unknown')} message)"
 
 
@@ -272,13 +287,20 @@ def image_arrived(blobs: Path, info: imagemsg.ImageInfo) -> imagemsg.Arrived:
 
 
 class LocalStore:
-    def __init__(self, directory: Path) -> None:
+    """``identity`` (this device's name and key seed) turns on end-to-end encryption: bodies
+    are sealed as they are queued and opened as they arrive (``medcomm.adapters.keyring``);
+    the history keeps plaintext, the outbox both."""
+
+    def __init__(self, directory: Path, identity: e2e.Identity | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "medcomm.sqlite3"
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "sealed" not in {r[1] for r in self.db.execute("PRAGMA table_info(outbox)")}:
+            self.db.execute("ALTER TABLE outbox ADD COLUMN sealed BLOB")  # what goes on the wire
+        self.keyring = KeyRing(self.db, identity) if identity is not None else None
 
     def close(self) -> None:
         self.db.close()
@@ -300,30 +322,94 @@ class LocalStore:
     #: session sets it to stop sending to a member whose verified keys changed.
     before_enqueue: Callable[[OutItem], None] | None = None
 
-    def enqueue(self, item: OutItem) -> None:
-        """Durably queue an outgoing message (fsync) before it is shown or sent."""
+    def enqueue(self, item: OutItem, created: float | None = None) -> None:
+        """Durably queue an outgoing message (fsync) before it is shown or sent, sealed when
+        end-to-end encryption is on. ``created`` places it in the queue's order."""
         if self.before_enqueue is not None:
             self.before_enqueue(item)
         self.db.execute("PRAGMA synchronous=FULL")
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute(
-                    "INSERT OR IGNORE INTO outbox VALUES (?,?,?,?,?,NULL)",
-                    (item.cid, item.consult, item.kind, item.body, time.time()),
-                )
+                # A client id is sealed at most once: it is the nonce (see core.e2e).
+                known = self.db.execute(
+                    "SELECT 1 FROM outbox WHERE cid=? UNION ALL SELECT 1 FROM messages WHERE cid=?",
+                    (item.cid, item.cid),
+                ).fetchone()
+                if known is None:
+                    sealed = None
+                    if self.keyring is not None and item.kind in SEALED_KINDS:
+                        sealed = self.keyring.seal(item.consult, item.kind, item.cid, item.body)
+                    self.db.execute(
+                        "INSERT INTO outbox (cid, consult, kind, body, created, error, sealed) "
+                        "VALUES (?,?,?,?,?,NULL,?)",
+                        (item.cid, item.consult, item.kind, item.body, created or time.time(), sealed),
+                    )
                 self.db.execute("INSERT OR IGNORE INTO consults (id) VALUES (?)", (item.consult,))
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     def outbox(self) -> list[OutItem]:
-        """Items still waiting for the relay, oldest first (failed ones are not retried)."""
+        """Items still waiting for the relay, oldest first (failed ones are not retried), as
+        they go on the wire (sealed)."""
         return [
             OutItem(r[0], r[1], r[2], r[3])
             for r in self.db.execute(
-                "SELECT cid, consult, kind, body FROM outbox WHERE error IS NULL ORDER BY created, rowid"
+                "SELECT cid, consult, kind, coalesce(sealed, body) FROM outbox WHERE error IS NULL "
+                "ORDER BY created, rowid"
             )
         ]
+
+    def wire_item(self, item: OutItem) -> OutItem:
+        """The queued item as it goes on the wire: sealed when end-to-end encryption is on."""
+        row = self.db.execute("SELECT sealed FROM outbox WHERE cid=?", (item.cid,)).fetchone()
+        if row is None or row[0] is None:
+            return item
+        return OutItem(item.cid, item.consult, item.kind, bytes(row[0]))
+
+    def rekey(self, cid: bytes) -> OutItem | None:
+        """The relay refused an item sealed with a key in use before a member left: retire
+        that key and seal the consult's queued items anew (same client ids, new key id, so
+        new nonces). Returns the item to send again; None for a refused key message, which
+        is dropped (the new key is given out instead)."""
+        assert self.keyring is not None
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute("SELECT consult, kind, sealed FROM outbox WHERE cid=?", (cid,)).fetchone()
+            if row is None:
+                return None
+            consult, kind, sealed = row
+            if sealed is None:
+                self.db.execute("DELETE FROM outbox WHERE cid=?", (cid,))
+                self.keyring.retire(consult)
+                return None
+            if self.keyring.current(consult)[0] == e2e.key_id_of(bytes(sealed)):
+                self.keyring.retire(consult)
+            new_id, _ = self.keyring.current(consult)
+            for other, k, body, old in self.db.execute(
+                "SELECT cid, kind, body, sealed FROM outbox "
+                "WHERE consult=? AND sealed IS NOT NULL AND error IS NULL",
+                (consult,),
+            ).fetchall():
+                if e2e.key_id_of(bytes(old)) != new_id:
+                    self.db.execute(
+                        "UPDATE outbox SET sealed=? WHERE cid=?",
+                        (self.keyring.seal(consult, k, bytes(other), bytes(body)), other),
+                    )
+            log.info("re-keyed consult=%s key=%s", consult, new_id.hex())
+        return self.wire_item(OutItem(cid, consult, kind, b""))
+
+    def set_members(self, consult: str, members: list[str]) -> None:
+        with self.db:
+            self.db.execute("UPDATE consults SET members=? WHERE id=?", (",".join(members), consult))
+
+    def first_queued(self, consult: str) -> float | None:
+        """When the oldest item still queued for the consult was queued: a key message goes
+        just before it, so a reconnect sends the key first."""
+        row = self.db.execute(
+            "SELECT min(created) FROM outbox WHERE consult=? AND error IS NULL", (consult,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
 
     def outbox_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM outbox WHERE error IS NULL").fetchone()[0])
@@ -333,12 +419,12 @@ class LocalStore:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT kind, body FROM outbox WHERE cid=?", (item_cid,)).fetchone()
-            if row is not None:
+            if row is not None and row[0] not in NOT_HISTORY:  # keys and asks for them are not history
                 self.db.execute(
                     "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
                     (consult, seq, item_cid, sender, when, row[0], row[1]),
                 )
-                self.db.execute("DELETE FROM outbox WHERE cid=?", (item_cid,))
+            self.db.execute("DELETE FROM outbox WHERE cid=?", (item_cid,))
             self._set_cursor(consult, cursor)
 
     def rejected(self, item_cid: bytes, reason: str) -> None:
@@ -352,14 +438,35 @@ class LocalStore:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             for m, cursor in msgs:
-                self.db.execute(
-                    "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
-                    (m.consult, m.seq, m.cid, m.sender, m.time, m.kind, m.body),
-                )
-                self.db.execute("DELETE FROM outbox WHERE cid=?", (m.cid,))
-                if m.kind == wire.KINDS["system"]:
-                    self._apply_system(m)
+                self._add(m)
                 self._set_cursor(m.consult, cursor)
+
+    def _add(self, m: wire.Msg) -> None:
+        replay = self.db.execute(
+            "SELECT seq FROM messages WHERE consult=? AND cid=? AND seq!=?", (m.consult, m.cid, m.seq)
+        ).fetchone()
+        if replay is not None:  # the relay takes a client id once: a second copy is a replay
+            log.warning("replayed message dropped consult=%s seq=%d (first %d)", m.consult, m.seq, replay[0])
+            return
+        mine = self.db.execute("SELECT kind, body FROM outbox WHERE cid=?", (m.cid,)).fetchone()
+        self.db.execute("DELETE FROM outbox WHERE cid=?", (m.cid,))
+        if self.keyring is None:
+            kind, body = m.kind, m.body
+        elif mine is not None and m.sender == self.keyring.me.name and mine[0] == m.kind:
+            kind, body = m.kind, bytes(mine[1])  # our own, acknowledged on another connection
+            if kind in NOT_HISTORY:
+                return
+        else:
+            taken = self.keyring.take(m)
+            if taken is None:
+                return
+            kind, body = taken
+        self.db.execute(
+            "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
+            (m.consult, m.seq, m.cid, m.sender, m.time, kind, body),
+        )
+        if kind == wire.KINDS["system"]:
+            self._apply_system(m)
 
     def _set_cursor(self, consult: str, cursor: int) -> None:
         self.db.execute(
@@ -387,6 +494,12 @@ class LocalStore:
             if ev.get("member") not in names:
                 names.append(str(ev.get("member")))
             self.db.execute("UPDATE consults SET members=? WHERE id=?", (",".join(names), m.consult))
+        elif ev.get("event") == "remove":
+            (members,) = self.db.execute("SELECT members FROM consults WHERE id=?", (m.consult,)).fetchone()
+            names = [n for n in members.split(",") if n and n != ev.get("member")]
+            self.db.execute("UPDATE consults SET members=? WHERE id=?", (",".join(names), m.consult))
+            if self.keyring is not None:
+                self.keyring.retire(m.consult)  # what follows is sealed with a key the leaver never gets
 
     def cursors(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.db.execute("SELECT id, cursor FROM consults")}
@@ -471,7 +584,7 @@ class LocalStore:
                 cid.hex(),
                 sender,
                 when,
-                wire.KIND_NAMES.get(kind, "?"),
+                kind_name(kind),
                 text,
                 state,
                 _event_data(kind, body),
@@ -480,8 +593,9 @@ class LocalStore:
         if not queued:
             return
         for cid, kind, body, created, error in self.db.execute(
-            "SELECT cid, kind, body, created, error FROM outbox WHERE consult=? ORDER BY created",
-            (consult,),
+            f"SELECT cid, kind, body, created, error FROM outbox WHERE consult=? "
+            f"AND kind NOT IN ({','.join('?' * len(NOT_HISTORY))}) ORDER BY created",
+            (consult, *NOT_HISTORY),
         ).fetchall():
             text, original = self._text(kind, body, originals, cid, True)
             yield Line(
@@ -490,7 +604,7 @@ class LocalStore:
                 cid.hex(),
                 me,
                 int(created * 1000),
-                wire.KIND_NAMES.get(kind, "?"),
+                kind_name(kind),
                 text,
                 "failed" if error else "queued",
                 _event_data(kind, body),

@@ -35,10 +35,13 @@ CID_LEN = 16  # client message id bytes: random, constant across retries
 
 # case/status/followup carry the consult's workflow (medcomm.core.casecard, .workflow), and
 # request asks an image's sender for its original (medcomm.core.imagereq): the relay stores
-# and fans them out like text, blind to their bodies.
+# and fans them out like text, blind to their bodies. key and keyreq carry the end-to-end
+# sender keys and the asks for them (medcomm.core.e2e); callkey (sealed) gives a call's
+# members the key of one participant's voice stream. Every other body a client sends is
+# sealed, so "blind" holds for the relay by construction.
 KINDS: dict[str, int] = {
     "text": 1, "image": 2, "note": 3, "call": 4, "system": 5, "case": 6, "status": 7, "followup": 8,
-    "request": 9,
+    "request": 9, "key": 10, "keyreq": 11, "callkey": 12,
 }
 KIND_NAMES: dict[int, str] = {v: k for k, v in KINDS.items()}
 ROLES = ("clinic", "doctor", "admin")
@@ -103,8 +106,8 @@ def _text(limit: int) -> Callable[[object], str]:
 
 def _body(v: object) -> bytes:
     _check(type(v) is bytes, "expected binary body")
-    if len(v) > WIRE.max_text:  # type: ignore[arg-type]
-        raise LimitExceeded(f"body of {len(v)} bytes over the limit of {WIRE.max_text}")  # type: ignore[arg-type]
+    if len(v) > WIRE.max_body:  # type: ignore[arg-type]
+        raise LimitExceeded(f"body of {len(v)} bytes over the limit of {WIRE.max_body}")  # type: ignore[arg-type]
     return v  # type: ignore[return-value]
 
 

@@ -15,7 +15,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from medcomm.adapters.localstore import LocalStore
@@ -62,7 +62,14 @@ class LinkStatus:
     early: bool = False  # the last connection's proof went in its upgrade request
 
 
-LinkEvent = Event | LinkStatus | wire.CallState  # what listeners hear
+@dataclass(frozen=True)
+class Unlocked:
+    """Messages shown as waiting for their key were opened in place: views re-read them."""
+
+    count: int
+
+
+LinkEvent = Event | LinkStatus | wire.CallState | Unlocked  # what listeners hear
 
 
 def sign_challenge(seed: bytes, nonce: bytes, purpose: bytes) -> tuple[bytes, bytes]:
@@ -106,9 +113,25 @@ class Link:
 
     # --- public API -----------------------------------------------------------------------
 
+    #: Awaited with each item before it is handed to the core; the session gives the item's
+    #: end-to-end key to the consult's devices here, so the key goes ahead of the message.
+    before_submit: Callable[[OutItem], Awaitable[None]] | None = None
+
+    #: Called when the relay refuses an item sealed with a key in use before a member left.
+    on_rekey: Callable[[bytes], Awaitable[None]] | None = None
+
     async def submit(self, item: OutItem) -> None:
-        """Queue an item that is already durable in the local outbox."""
-        await self._send_frames(self.core.queue(item))
+        """Queue an item that is already durable in the local outbox (as sealed there)."""
+        if self.before_submit is not None:
+            await self.before_submit(item)
+        await self._send_frames(self.core.queue(self.store.wire_item(item)))
+
+    def notify_unlocked(self) -> None:
+        """Tell listeners if messages were opened in place since the last time."""
+        ring = self.store.keyring
+        if ring is not None and ring.opened:
+            opened, ring.opened = ring.opened, 0
+            self._notify(Unlocked(opened))
 
     async def request(self, op: str, args: dict[str, object], timeout: float) -> object:
         """A control request; waits (bounded) for the link, then for the answer. Blob
@@ -349,6 +372,11 @@ class Link:
                         fut.set_exception(remote_error(frame.code, frame.reason))
                 continue
             out = self.core.received(frame, time.monotonic())
+            rekeys = [e for e in out.events if isinstance(e, Rejected) and e.code == "rekey"]
+            if rekeys and self.on_rekey is not None:  # not failures: sealed again and re-sent
+                out.events = [e for e in out.events if e not in rekeys]
+                for event in rekeys:
+                    asyncio.ensure_future(self.on_rekey(event.cid)).add_done_callback(_logged)
             for event in out.events:
                 self._persist(event)
             await self._send_frames(out.frames)
@@ -357,6 +385,7 @@ class Link:
                 self._notify(self.status)
             for event in out.events:
                 self._notify(event)
+            self.notify_unlocked()
             self._timer_wake.set()
             self._changed.set()
 
@@ -410,6 +439,12 @@ class Link:
             log.info("link %s: %s", state, error)
         self._changed.set()
         self._notify(self.status)
+
+
+def _logged(task: asyncio.Future[object]) -> None:
+    """A re-key that failed (the link dropped): the item stays queued and goes next time."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("re-key not finished: %s", _describe(task.exception()))  # type: ignore[arg-type]
 
 
 def _quiet(task: asyncio.Future[object]) -> None:

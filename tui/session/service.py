@@ -8,6 +8,7 @@ later (calls, transfers) get modules of their own beside ``link`` and a verb her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -18,13 +19,18 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from medcomm.adapters.keyring import KEY_KINDS
 from medcomm.adapters.localstore import Line, LocalStore
 from medcomm.adapters.profile import Profile, data_dir, load_profile
-from medcomm.core import wire
-from medcomm.core.delivery import Accepted, Acked, Event, OutItem, Rejected
-from medcomm.errors import LimitExceeded, LinkDown, NotFound, RemoteError, UsageError
+from medcomm.core import e2e, wire
+from medcomm.core.delivery import Accepted, Acked, Event, OutItem, Rejected, Synced
+from medcomm.errors import LimitExceeded, LinkDown, MedcommError, NotFound, RemoteError, UsageError
 from medcomm.limits import WIRE, ClientLimits, client_limits
-from medcomm.session.link import Link, LinkEvent, LinkStatus
+from medcomm.session.link import Link, LinkEvent, LinkStatus, Unlocked
+
+log = logging.getLogger(__name__)
+KEY_FLUSH = 5.0  # seconds a closing command waits for its key messages to be stored
+TAIL_KEY_WAIT = 10.0  # seconds tail holds a message back for its key before showing it locked
 
 
 class Session:
@@ -33,9 +39,68 @@ class Session:
         self.store = store
         self.link = link
         store.before_enqueue = self._check_send
+        if store.keyring is not None:
+            link.before_submit = self._before_submit
+            link.on_rekey = self._rekey
+            store.keyring.verified_keys = self._verified_keys
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._keys_task: asyncio.Task[None] | None = None
+        self._keys_wake = asyncio.Event()
         self._calls: Any = None
+
+    def _verified_keys(self, user: str) -> tuple[bytes, ...] | None:
+        """A member's device keys as verified by safety number (none taken beyond them once
+        they changed), None when never verified."""
+        from medcomm.adapters.trust import TrustStore
+
+        with TrustStore(self.store.path.parent) as trust:
+            known = trust.known(user)
+        if known is None or known.state == "unverified":
+            return None
+        return known.keys if known.state == "verified" else ()
+
+    async def _before_submit(self, item: OutItem) -> None:
+        from medcomm.session.e2ekeys import before_submit
+
+        await before_submit(self, item)
+
+    async def _rekey(self, cid: bytes) -> None:
+        """A member left that this device had not heard of: learn who is in from the relay,
+        seal the consult's queue with a new key, give it to those members, send again."""
+        row = self.store.db.execute("SELECT consult FROM outbox WHERE cid=?", (cid,)).fetchone()
+        if row is None:
+            return
+        try:
+            got = await self.link.request("members", {"consult": row[0]}, KEY_FLUSH * 4)
+            self.store.set_members(row[0], [str(m) for m in got["members"]])  # type: ignore[index]
+        except MedcommError as exc:
+            log.info("members of consult=%s not learned before re-keying: %s", row[0], exc)
+        item = self.store.rekey(cid)
+        if item is not None:
+            await self.link.submit(item)
+
+    def _keys_listener(self, event: LinkEvent) -> None:
+        """Key housekeeping runs after each catch-up and whenever keys or asks for them arrive."""
+        if isinstance(event, Synced) or (isinstance(event, Accepted) and event.msg.kind in KEY_KINDS):
+            self._keys_wake.set()
+        elif isinstance(event, LinkStatus) and event.state == "online":
+            self._keys_wake.set()
+
+    async def _keys_loop(self) -> None:
+        from medcomm.session.e2ekeys import maintain
+
+        while not self._stop.is_set():
+            await self._keys_wake.wait()
+            self._keys_wake.clear()
+            if self.link.status.state != "online" or self.store.keyring is None:
+                continue
+            try:
+                await maintain(self)
+            except MedcommError as exc:  # the link dropped mid-way: the next connection retries
+                log.info("key housekeeping stopped: %s", exc)
+                self._keys_wake.set()
+                await asyncio.sleep(1.0)
 
     def _check_send(self, item: OutItem) -> None:
         from medcomm.session.verify import check_send
@@ -55,10 +120,12 @@ class Session:
         """A session for the profile in ``home`` (default: $MEDCOMM_HOME or platform dirs)."""
         profile = load_profile(home)
         limits = limits or client_limits(dict(os.environ))
-        store = LocalStore(data_dir(home))
+        store = LocalStore(data_dir(home), identity=e2e.Identity(profile.name, profile.seed))
         session = cls(profile, store, Link(profile, store, subscribe=subscribe, limits=limits))
         if connect:
             session._task = asyncio.ensure_future(session.link.run(session._stop))
+            session.link.listeners.append(session._keys_listener)
+            session._keys_task = asyncio.ensure_future(session._keys_loop())
         try:
             yield session
         finally:
@@ -86,6 +153,28 @@ class Session:
             except Exception:  # a fatal link error was already reported to waiters
                 pass
         self.store.close()
+
+    async def _flush_keys(self) -> None:
+        """Before a command exits: the keys its messages need go out with them (bounded), so a
+        one-line ``send`` is readable at once, not after this device's next connection."""
+        if self._keys_task is None or self.link.status.state != "online" or self.store.keyring is None:
+            return
+        from medcomm.session.e2ekeys import maintain
+
+        def keys_queued() -> bool:
+            kinds = tuple(KEY_KINDS)
+            return bool(
+                self.store.db.execute(
+                    "SELECT 1 FROM outbox WHERE error IS NULL AND kind IN (?,?) LIMIT 1", kinds
+                ).fetchone()
+            )
+
+        try:
+            await asyncio.wait_for(maintain(self), KEY_FLUSH)
+            if keys_queued():
+                await self.link.wait_until(lambda: not keys_queued(), KEY_FLUSH)
+        except (MedcommError, TimeoutError) as exc:
+            log.info("keys not all given before exit (sent at the next connection): %s", exc)
 
     @property
     def me(self) -> str:
@@ -134,8 +223,12 @@ class Session:
         await self.link.wait_until(lambda: self.link.core.unacked == 0, timeout)
 
     async def sync(self, timeout: float) -> None:
-        """Catch up on every consult and flush the outbox."""
+        """Catch up on every consult, open what the keys that came allow, and flush the outbox."""
         await self.link.wait_until(self.link.core.is_synced, timeout)
+        if self.store.keyring is not None and self._keys_task is not None:
+            from medcomm.session.e2ekeys import maintain
+
+            await asyncio.wait_for(maintain(self), timeout)
         await self.flush(timeout)
 
     def history(self, consult: str, since: int = 0, limit: int | None = None) -> list[Line]:
@@ -170,20 +263,29 @@ class Session:
         consult = _consult(consult)
         queue: asyncio.Queue[int] = asyncio.Queue()
 
-        def listen(event: Event | LinkStatus) -> None:
+        def listen(event: LinkEvent) -> None:
             if isinstance(event, Accepted) and event.msg.consult == consult:
                 queue.put_nowait(event.msg.seq)
             elif isinstance(event, Acked) and event.consult == consult:
                 queue.put_nowait(event.seq)
+            elif isinstance(event, Unlocked):
+                queue.put_nowait(0)
 
         self.link.listeners.append(listen)
         shown = self.store.last_seq(consult)
+        held: dict[int, float] = {}  # a message waiting for its key: held back a moment, in order
         try:
             while True:
-                await queue.get()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(queue.get(), 1.0 if held else None)
                 for line in self.store.history(consult, self.me, shown):
                     if line.seq is None:
                         break
+                    if line.kind == "locked" and line.text.startswith("(encrypted"):
+                        since = held.setdefault(line.seq, time.monotonic())
+                        if time.monotonic() - since < TAIL_KEY_WAIT:
+                            break  # its key is usually one round trip behind it
+                    held.pop(line.seq, None)
                     shown = line.seq
                     yield line
         finally:
@@ -199,6 +301,22 @@ class Session:
 
     async def add_member(self, consult: str, name: str, timeout: float) -> list[str]:
         result = await self.link.request("add", {"consult": _consult(consult), "name": name}, timeout)
+        members = list(result["members"])  # type: ignore[index]
+        if self.store.keyring is not None:
+            from medcomm.session.e2ekeys import share_history
+
+            self.store.set_members(consult, members)
+            await share_history(self, consult, name)
+        return members
+
+    async def remove_member(self, consult: str, name: str, timeout: float) -> list[str]:
+        """Take a member out; once the relay's note of it arrives, this and every other
+        member's device seal new messages with keys the removed member never receives."""
+        consult = _consult(consult)
+        result = await self.link.request("remove", {"consult": consult, "name": name}, timeout)
+        if self.store.keyring is not None:
+            with self.store.db:
+                self.store.keyring.retire(consult)  # not waiting for the note: our next message is new-keyed
         return list(result["members"])  # type: ignore[index]
 
     async def users(self, timeout: float) -> list[dict[str, str]]:
