@@ -85,3 +85,16 @@ def client_limits(env: dict[str, str]) -> ClientLimits:
 WIRE = WireLimits()
 RELAY = RelayLimits()
 CLIENT = ClientLimits()
+
+
+@dataclass(frozen=True)
+class BlobCryptLimits:
+    """What a sealed blob (an image's first view, manifest, tile or original part, a voice
+    note: see ``medcomm.core.filecrypt``) may weigh. Every sealed thing is one relay blob, so
+    the relay's own bound is the natural one: opening refuses anything longer before it does
+    any work, so a hostile blob cannot make a device allocate past it."""
+
+    max_sealed: int = 16 * 1024 * 1024  # the relay's BlobLimits.max_size, header and tags included
+
+
+BLOBCRYPT = BlobCryptLimits()

@@ -41,6 +41,12 @@ What is measured, per corpus picture and link:
   reconnections (a connection's handshake measured alone) and the heads that resume: what
   crossed the link twice.
 
+Sizes are on-the-wire bytes: every blob of an image is sealed (``medcomm.core.filecrypt``,
+one key per image in its end-to-end encrypted message), so a first view, a tile or a manifest
+is its picture plus 41 bytes (24 of header, 17 of tag per 64 KiB), and that sealed size is
+what the first view's budget and the targets below are held to. The picture's own bytes are
+kept beside it in the JSON (``first_plain_bytes``).
+
 KB in budgets and targets is 1024 bytes, as in medcomm's limits (``FirstViewLimits``).
 """
 
@@ -231,7 +237,8 @@ class Watcher(threading.Thread):
             data = await imagefetch.fetch_first(s, loc, self.timeout)
             self.result.update(
                 first_view_at=time.time(),
-                first_bytes=len(data),
+                first_bytes=loc.info.first.size,  # the sealed blob: what crossed the link
+                first_plain_bytes=len(data),  # the picture, opened
                 first_sha=hashlib.sha256(data).hexdigest()[:16],
                 first_label=f"{loc.info.first.codec} {loc.info.first.width}x{loc.info.first.height}",
             )
@@ -304,6 +311,7 @@ def share_run(rig: Rig, item: Item, link: str) -> dict[str, Any]:
         row.update(
             image=res["image"],
             first_bytes=res["first_bytes"],
+            first_plain_bytes=res["first_plain_bytes"],
             first_sha=res["first_sha"],
             first_label=res["first_label"],
             doctor_message_s=round(res["message_at"] - t0, 3),
@@ -611,6 +619,7 @@ def secs(x: float | None) -> str:
 
 def print_shares(rows: list[dict[str, Any]]) -> None:
     print("\n== first view: `medcomm share` start -> the doctor holds the first view (seconds from start) ==")
+    print("  sizes are on-the-wire bytes: sealed blobs (the picture + 41 B of secretstream header and tag)")
     print(
         f"{'picture':<10} {'link':<5} {'original':>10} {'first view':>10} {'as':<16} {'prepared':>9} "
         f"{'upload':>7} {'stored':>7} {'DOCTOR':>7} {'exit':>6} {'uplink':>9} {'goodput':>9} {'rest':>6}"
@@ -696,7 +705,8 @@ def print_detail(rows: list[dict[str, Any]]) -> None:
         if row.get("error"):
             print(f"  {row['item']}: {row['error']}")
     print(
-        "  bytes = the region's tiles (exact, manifest); CLI = what `fetch` printed (KB of 1000); SSIM = "
+        "  bytes = the region's tiles as sealed blobs on the wire (exact, manifest); CLI = what `fetch` "
+        "printed (KB of 1000); SSIM = "
         "gaussian 11x11 sigma 1.5 on grey, against the same region of the sender's corrected picture"
     )
 

@@ -11,7 +11,7 @@ import pytest
 
 from medcomm.adapters.blobcache import BlobCache, CacheLimits, note_body, parse_note_body
 from medcomm.adapters.localstore import Line, body_text
-from medcomm.core import wire
+from medcomm.core import filecrypt, wire
 from medcomm.errors import LimitExceeded, NotFound, WireError
 
 
@@ -95,6 +95,26 @@ def test_a_note_body_round_trips_and_garbage_is_refused() -> None:
     ):
         with pytest.raises(WireError):
             parse_note_body(bad)
+
+
+def test_a_sealed_note_body_carries_its_key_and_a_bad_key_or_size_is_refused() -> None:
+    sha, key = hashlib.sha256(b"x").digest(), filecrypt.new_key()
+    size = filecrypt.sealed_size(9400)
+    body = note_body(sha, size, 12.4, key)
+    assert len(body) <= CacheLimits().max_body
+    info = parse_note_body(body)
+    assert (info.sha, info.size, info.key) == (sha, size, key)
+    assert parse_note_body(note_body(sha, 9400, 12.4)).key is None  # an old note: a plain Ogg file
+    good = msgpack.unpackb(body, raw=False)
+    for bad in (
+        {**good, "k": key[:16]},
+        {**good, "k": key.hex()},
+        {**good, "size": 40},  # shorter than any sealed file (41 bytes for an empty one)
+    ):
+        with pytest.raises(WireError):
+            parse_note_body(msgpack.packb(bad, use_bin_type=True))
+    with pytest.raises(WireError):
+        note_body(sha, size, 1.0, b"short")
 
 
 def test_history_shows_a_note_and_its_play_id() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from medcomm.core import imagemsg
+from medcomm.core import filecrypt, imagemsg
 from medcomm.core.imagemsg import (
     Arrived,
     BlobRef,
@@ -20,7 +20,7 @@ from medcomm.core.imagemsg import (
     TileEntry,
 )
 from medcomm.core.tiles import Pyramid, TileId
-from medcomm.errors import LimitExceeded, WireError
+from medcomm.errors import LimitExceeded, MedcommError, Tampered, WireError
 
 
 def sha(n: int) -> bytes:
@@ -169,3 +169,95 @@ def test_a_two_level_first_view_says_so_and_stays_a_lossy_preview():
     back = imagemsg.parse_body(body)
     assert back.first == two
     assert "first view 1067x1509 PNG two-level 12.6 KB" in imagemsg.describe(back)
+
+
+# --- sealed images: a key in the body, sealed blobs named by their own hashes ---------------
+
+
+def sealed_info(**changes: object) -> ImageInfo:
+    """A body as ``share`` now makes it: a key, sealed sizes, the original's sealed parts."""
+    key = filecrypt.new_key()
+    base = info()
+    d = replace(base.detail, manifest=BlobRef(sha(3), filecrypt.sealed_size(2900)), key=key)  # type: ignore[arg-type]
+    parts = (BlobRef(sha(20), filecrypt.sealed_size(2_100_000)),)
+    original = replace(base.original, parts=parts)
+    return replace(
+        base, first=replace(base.first, size=19_641), original=original, detail=d, key=key, **changes
+    )  # type: ignore[arg-type]
+
+
+def test_a_sealed_body_carries_its_key_and_names_the_sealed_blobs() -> None:
+    sealed = sealed_info()
+    body = imagemsg.encode_body(sealed)
+    back = imagemsg.parse_body(body)
+    assert back == sealed and back.key == sealed.key and back.detail.key == sealed.key  # type: ignore[union-attr]
+    assert len(body) < 700  # the key (34 bytes) and the one part (~40) on top of the plain body
+    assert back.original.blobs() == sealed.original.parts  # sealed: the parts, even when one
+    assert back.original.sha == sha(2)  # the file's own hash stays, for the byte-exact check
+    # sizes bound to a first view of max_first, sealed
+    biggest = replace(sealed.first, size=filecrypt.sealed_size(imagemsg.LIMITS.max_first))
+    assert imagemsg.parse_body(imagemsg.encode_body(replace(sealed, first=biggest))).first == biggest
+    # an old body, without a key, is read as before
+    assert imagemsg.parse_body(imagemsg.encode_body(info())).key is None
+
+
+def sealed_tamper(**fields: object) -> bytes:
+    obj = msgpack.unpackb(imagemsg.encode_body(sealed_info()), raw=False)
+    for path, value in fields.items():
+        node = obj
+        *keys, last = path.split("__")
+        for k in keys:
+            node = node[k]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"k": b"short"},
+        {"k": "ab" * 32},  # hex text, not bytes
+        {"original__parts": None},  # sealed: the parts are always listed
+        {"original__parts": [[sha(20), 2_100_000]]},  # not the sealed size of the file
+        {"original__parts": [[sha(20), filecrypt.sealed_size(2_100_000) + 5]]},  # 5 bytes more than the file
+        {"original__parts": [[sha(20), 24 + filecrypt.PIECE + 17 + 5]]},  # a length no file seals to
+        {"first__size": filecrypt.sealed_size(imagemsg.LIMITS.max_first) + 1},
+    ],
+)
+def test_a_hostile_sealed_body_is_refused(fields):
+    with pytest.raises(WireError):
+        imagemsg.parse_body(sealed_tamper(**fields))
+
+
+def test_a_sealed_body_needs_its_key_everywhere_before_it_is_made() -> None:
+    s = sealed_info()
+    with pytest.raises(MedcommError):
+        imagemsg.encode_body(replace(s, detail=replace(s.detail, key=None)))  # type: ignore[arg-type]
+    with pytest.raises(MedcommError):
+        imagemsg.encode_body(replace(s, original=replace(s.original, parts=())))
+
+
+def test_a_sealed_manifest_opens_only_under_the_image_key() -> None:
+    key = filecrypt.new_key()
+    d = replace(info().detail, key=key)  # type: ignore[arg-type]
+    m = manifest(d)
+    blob = imagemsg.encode_manifest(m, key=key)
+    plain = imagemsg.encode_manifest(m)
+    assert len(blob) == filecrypt.sealed_size(len(plain)) and plain[:16] not in blob
+    assert imagemsg.parse_manifest(blob, d) == m
+    with pytest.raises(Tampered):
+        imagemsg.parse_manifest(blob, replace(d, key=filecrypt.new_key()))
+    with pytest.raises(Tampered):
+        imagemsg.parse_manifest(plain, d)  # a plain manifest where a sealed one is due
+    with pytest.raises(Tampered):
+        imagemsg.parse_manifest(blob[:-1], d)
+    # a sealed tile may be the sealed size of the largest tile, not more
+    top = filecrypt.sealed_size(imagemsg.LIMITS.max_tile)
+    rows = [TileEntry(e.tile, e.sha, top) for e in m.entries]
+    assert imagemsg.parse_manifest(imagemsg.encode_manifest(replace(m, entries=tuple(rows)), key=key), d)
+    over = [TileEntry(m.entries[0].tile, sha(1), top + 1), *rows[1:]]
+    with pytest.raises(WireError):
+        imagemsg.parse_manifest(imagemsg.encode_manifest(replace(m, entries=tuple(over)), key=key), d)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from medcomm.adapters import pdf
 from medcomm.adapters.blobcache import blob_file
+from medcomm.core import filecrypt
 from medcomm.core.tiles import Region
 from medcomm.session import casework, export, imagefetch, images
 from medcomm.session.service import Session
@@ -93,7 +94,8 @@ async def exported(home: Path, consult: str, fmt: str, out: Path):
 async def cached_first(home: Path, image: str) -> bytes:
     async with Session.open(home=home, connect=False) as s:
         loc = imagefetch.locate_image(s, image)
-        return blob_file(s.store.path.parent / "blobs", loc.info.first.sha).read_bytes()
+        sealed = blob_file(s.store.path.parent / "blobs", loc.info.first.sha).read_bytes()
+        return filecrypt.unseal(loc.info.key, sealed)  # the cache holds what the relay does
 
 
 async def test_markdown_has_every_message_and_the_whole_record(record, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from medcomm.adapters.blobcache import BlobCache, CacheLimits
-from medcomm.core import wire
+from medcomm.core import filecrypt, wire
 from medcomm.core.tiles import Region, TileId
 from medcomm.errors import LinkDown, NotFound, WireError
 from medcomm.session import imagefetch, images
@@ -86,7 +86,7 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
             step=lambda *a: steps.append(a),
             on_recorded=lambda p: recorded.append(p.cid),
         )
-        assert recorded == [shared.cid] and shared.seq == 2 and shared.kind == "photo"
+        assert recorded == [shared.cid] and shared.seq >= 2 and shared.kind == "photo"
         (row,) = rows(nurse)
         first = row.plan.first
         # the first view was just made: no head; its chunks, then the message right behind the
@@ -109,8 +109,9 @@ async def test_shared_photo_reaches_the_doctor_as_first_view_region_and_original
             cache.trim()  # uploaded: no longer pinned, the cache may let them go
             assert not any(cache.has(r.sha) for r in row.uploads)
             # not the original: it was not sent, and stays here (pinned) until someone asks
-            assert row.plan.original.sha not in {r.sha for r in row.uploads}
-            assert cache.has(row.plan.original.sha)
+            (part,) = row.plan.original.parts  # sealed: one blob, not the file's own hash
+            assert part.sha != row.plan.original.sha and part.sha not in {r.sha for r in row.uploads}
+            assert cache.has(part.sha)
     ends = {st: (d, t) for st, d, t in steps}
     assert ends["prepare"] == (1, 1) and ends["first view"] == (shared.first_bytes,) * 2
     assert ends["tiles"] == (9, 9) and ends["detail"][0] == ends["detail"][1] == shared.detail_bytes
@@ -227,7 +228,7 @@ async def test_a_message_ahead_of_its_first_view_says_later_and_sync_completes_i
         made = images.make(tmp_path / "c.png", "photo")
         pend = images.record(s, consult, made)
         built = asyncio.get_running_loop().create_future()
-        built.set_result(images._store_detail(nurse, made.prepared, 1))
+        built.set_result(images._store_detail(nurse, made.prepared, 1, pend.plan.key))
         ready = await images._ready(s, pend, built)
         await images._enqueue(s, ready)
         await s.flush(10)
@@ -288,8 +289,9 @@ async def test_an_original_larger_than_a_blob_goes_up_in_parts_on_request_and_co
     nurse, doctor, consult = pair
     data = photo(tmp_path / "big.png", 500, 400, seed=3)
     async with Session.open(home=nurse, subscribe=False) as s:
+        third = filecrypt.sealed_size(len(data) // 3 + 1)  # a part is a sealed blob of at most this
         pend = images.record(
-            s, consult, images.make(data, "photo"), limits=images.ShareLimits(part_size=len(data) // 3 + 1)
+            s, consult, images.make(data, "photo"), limits=images.ShareLimits(part_size=third)
         )
         assert len(pend.plan.original.parts) == 3
         result = await images.send_pending_images(s, 30)  # from "prepared": tiles cut here
@@ -375,7 +377,11 @@ async def test_the_original_goes_up_only_when_a_member_asks_and_once(
         shared = await images.share(s, consult, tmp_path / "w.png", as_kind="photo", timeout=30)
         result = await images.send_pending_images(s, 30)
         assert result.finished == [shared.cid] and result.originals == []
-    sha = hashlib.sha256(data).digest()
+    with BlobCache(nurse) as cache:
+        images.migrate(cache)
+        (sealed,) = images.held_original(cache, shared.cid).parts  # type: ignore[union-attr]
+    sha = sealed.sha  # the original's one blob: sealed, so not the file's own SHA-256
+    assert sha != hashlib.sha256(data).digest()
     assert not at_relay(relay, sha)  # the tiles are up, the original is not
     assert held(nurse, shared.cid).state == images.KEPT  # type: ignore[union-attr]
 
@@ -388,10 +394,10 @@ async def test_the_original_goes_up_only_when_a_member_asks_and_once(
         assert first.value.data == {"later": True, "requested": True}
         assert "requested from the sender's device; run the same fetch later" in str(first.value)
         (req,) = heard
-        assert req.new and req.by == "dr.chen" and req.seq == 3
+        assert req.new and req.by == "dr.chen" and req.seq is not None
         with pytest.raises(NotFound):  # asked again: the same request, not a second one
             await imagefetch.get_original(s, loc, 20, on_request=heard.append)
-        assert not heard[1].new and heard[1].seq == 3
+        assert not heard[1].new and heard[1].seq == req.seq
         lines = s.history(consult)
         (asked,) = [ln for ln in lines if ln.kind == "request"]
         assert asked.sender == "dr.chen"
@@ -488,7 +494,7 @@ async def test_an_original_no_longer_kept_is_answered_not_waited_for(
     assert held(nurse, a.cid).state == images.DROPPED and held(nurse, b.cid).state == images.KEPT  # type: ignore[union-attr]
     with BlobCache(nurse, CacheLimits(max_cache_bytes=0)) as cache:
         cache.trim()  # the dropped one may go now; the kept one may not
-        assert not cache.has(a.plan.original.sha) and cache.has(b.plan.original.sha)
+        assert not cache.has(a.plan.original.parts[0].sha) and cache.has(b.plan.original.parts[0].sha)
     async with Session.open(home=doctor) as s:
         await s.sync(20)
         for img in (a, b):
@@ -600,3 +606,95 @@ def imagemsg_body(made: images.Made) -> bytes:
         hashlib.sha256(made.original).digest(), len(made.original), made.original_mime, 300, 200, True
     )
     return imagemsg.encode_body(ImageInfo(p.kind, "", "", first, o, None))
+
+
+async def test_a_blob_that_does_not_open_is_never_shown_nor_kept_and_an_old_plain_image_still_reads(
+    pair: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from medcomm.core import imagemsg
+    from medcomm.core.delivery import OutItem
+    from medcomm.core.imagemsg import FirstView, ImageInfo, Original
+    from medcomm.errors import Tampered
+    from medcomm.session import deskimages
+    from medcomm.session.transfer import upload
+
+    nurse, doctor, consult = pair
+    photo(tmp_path / "k.png", 700, 500, seed=11)
+    old_file = photo(tmp_path / "old.png", 300, 200, seed=12)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        shared = await images.share(
+            s, consult, tmp_path / "k.png", as_kind="photo", send_original=True, timeout=30
+        )
+        assert (await images.send_pending_images(s, 30)).finished == [shared.cid]
+        # an image from before blobs were sealed: plain blobs, a body without a key
+        made = images.make(old_file, "photo")
+        f = made.prepared.first
+        first_sha, orig_sha = hashlib.sha256(f.data).digest(), hashlib.sha256(old_file).digest()
+        await upload(s.link, consult, first_sha, f.data, timeout=20)
+        await upload(s.link, consult, orig_sha, old_file, timeout=20)
+        body = imagemsg.encode_body(
+            ImageInfo(
+                "photo",
+                "old",
+                "",
+                FirstView(first_sha, len(f.data), f.mime, f.width, f.height, f.codec, f.quality, f.lossy),
+                Original(orig_sha, len(old_file), "image/png", 300, 200, True),
+                None,
+            )
+        )
+        old = OutItem(b"\7" * 16, consult, wire.KINDS["image"], body)
+        s.store.enqueue(old)
+        await s.link.submit(old)
+        await s.flush(10)
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        loc = imagefetch.locate_image(s, shared.cid.hex())
+        other = filecrypt.new_key()
+        wrong = replace(loc, info=replace(loc.info, key=other, detail=replace(loc.info.detail, key=other)))
+        with pytest.raises(Tampered):
+            await imagefetch.fetch_first(s, wrong, 20)
+        with pytest.raises(Tampered):
+            await deskimages.OpenedImage(s, wrong).first_view()
+        with pytest.raises(Tampered):  # its manifest does not open: no tile is fetched, none shown
+            await imagefetch.fetch_region(s, wrong, Region(0, 0, 700, 500), None, 20)
+        with pytest.raises(Tampered):
+            await imagefetch.fetch_original(s, wrong, 20)
+        with BlobCache(doctor) as cache:  # downloaded, verified by hash, did not open: gone again
+            d = loc.info.detail
+            assert d is not None
+            assert not any(cache.has(r.sha) for r in (d.manifest, *loc.info.original.blobs()))
+            assert not cache.has(loc.info.first.sha)
+        (line,) = [ln for ln in s.history(consult) if ln.id == shared.cid.hex()]
+        assert line.text.endswith("here: nothing yet")
+        # under the key its message carries, every blob opens
+        first = imagefetch.decode_image(await imagefetch.fetch_first(s, loc, 20))
+        assert first.size == (loc.info.first.width, loc.info.first.height)
+        res = await imagefetch.fetch_region(s, loc, Region(0, 0, 700, 500), None, 20)
+        assert res.missing == [] and psnr(res.image, Image.open(tmp_path / "k.png")) > 35
+        table = (await imagefetch.fetch_manifest(s, loc, 5)).lookup()  # type: ignore[union-attr]
+        assert res.fetched_bytes == sum(table[t].size for t in res.tiles)  # on the wire: sealed sizes
+        assert await imagefetch.fetch_original(s, loc, 20) == (tmp_path / "k.png").read_bytes()
+        (line,) = [ln for ln in s.history(consult) if ln.id == shared.cid.hex()]
+        assert line.text.endswith("here: first view, 2/3 tiles, original")
+        # the old image: no key, plain blobs, read as it always was
+        past = imagefetch.locate_image(s, old.cid.hex())
+        assert past.info.key is None and past.info.original.parts == ()
+        assert await imagefetch.fetch_first(s, past, 20) == f.data
+        assert await imagefetch.fetch_original(s, past, 20) == old_file
+
+
+def test_the_first_view_budget_is_met_by_the_sealed_blob(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from medcomm.adapters import imaging
+
+    png = photo(tmp_path / "b.png", 600, 400, seed=13)
+    dcm = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    budget = imaging.FIRST_VIEW.budget
+    assert images._sealed_budget(png, "report") == budget("report") - 41
+    assert images._sealed_budget(dcm, "report") == budget("slice") - 41  # a DICOM file is a slice
+    assert images._sealed_budget(png, "auto") is None  # found by detection: make() checks after
+    made = images.make(png, "photo")
+    assert filecrypt.sealed_size(len(made.prepared.first.data)) <= budget("photo")

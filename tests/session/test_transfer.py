@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcomm.adapters.blobcache import BlobCache
-from medcomm.core import wire
-from medcomm.errors import AccessDenied, NotFound
+from medcomm.adapters.blobcache import BlobCache, note_body, parse_note_body
+from medcomm.core import filecrypt, wire
+from medcomm.core.delivery import OutItem
+from medcomm.errors import AccessDenied, NotFound, Tampered
 from medcomm.session.service import Session
 from medcomm.session.transfer import (
     TransferReport,
     download,
+    fetch_blob,
+    fetch_note,
     record_note,
     send_pending_notes,
     upload,
@@ -200,7 +203,7 @@ async def test_puts_made_before_the_link_is_up_still_carry_what_follows_right_be
             for f in frames:
                 if isinstance(f, wire.Request) and f.op == "blob.put":
                     on_wire.append(f"put {f.args['offset']}")
-                elif isinstance(f, wire.Send):
+                elif isinstance(f, wire.Send) and f.kind == wire.KINDS["text"]:  # not the consult's key
                     on_wire.append("message")
             await write(frames)
 
@@ -332,3 +335,40 @@ async def test_pending_notes_go_out_in_order_and_a_refused_one_is_kept_as_failed
         notes = [ln for ln in s.history(consult) if ln.kind == "note"]
         assert [ln.id for ln in notes] == [first.cid.hex(), second.cid.hex()]
         assert notes[0].text.startswith("voice note 0:01 (") and notes[0].as_json()["note"] == notes[0].id
+
+
+async def test_a_note_is_sealed_here_and_at_the_relay_and_opens_only_under_its_key(
+    world: tuple[Path, Path, str],
+) -> None:
+    nurse, doctor, consult = world
+    ogg = tone_note(1.0)
+    old_ogg = tone_note(0.5)
+    async with Session.open(home=nurse, subscribe=False) as s:
+        note = record_note(s, consult, ogg)
+        info = parse_note_body(note.body)
+        with BlobCache(nurse) as cache:
+            sealed = cache.read(note.sha)  # what goes up is what is kept: a resume sends the same bytes
+        assert info.key is not None and filecrypt.open(info.key, sealed) == ogg
+        assert not sealed.startswith(b"OggS") and note.size == info.size == len(sealed) == len(ogg) + 41
+        assert (await send_pending_notes(s, 30)).queued
+        # a note from before notes were sealed: a plain Ogg blob, a body without a key
+        old_sha = hashlib.sha256(old_ogg).digest()
+        await upload(s.link, consult, old_sha, old_ogg, timeout=20)
+        old = OutItem(os.urandom(16), consult, wire.KINDS["note"], note_body(old_sha, len(old_ogg), 0.5))
+        s.store.enqueue(old)
+        await s.link.submit(old)
+        await s.flush(20)
+    async with Session.open(home=doctor) as s:
+        await s.sync(20)
+        assert await fetch_note(s, note.cid.hex(), timeout=20) == ogg
+        assert await fetch_note(s, old.cid.hex(), timeout=20) == old_ogg  # read as before
+        with BlobCache(doctor) as cache:
+            assert cache.has(note.sha) and cache.read(note.sha) == sealed  # kept as the relay holds it
+            with pytest.raises(Tampered):  # a blob that does not open under the key it is named with
+                await fetch_blob(
+                    s.link, cache, note.sha, lambda d: filecrypt.unseal(filecrypt.new_key(), d), timeout=20
+                )
+            assert not cache.has(note.sha)  # dropped: never played, never counted as here
+        assert (
+            await fetch_note(s, note.sha.hex(), timeout=20) == ogg
+        )  # fetched again; by blob id, key from history

@@ -18,12 +18,24 @@ that resumes after a crash finds everything it must still upload in its own cach
 manifest goes up right after the message, before any tile, so a receiver can ask for a
 region at once and be told exactly which tiles have not arrived yet.
 
+**Sealed blobs.** Every blob of an image is sealed (:mod:`medcomm.core.filecrypt`) under one
+random key per image, ``k`` in the body: the relay holds ciphertext only, and the key
+travels only inside the message body, which the message layer encrypts end to end. Each
+blob is its own secretstream (its own random header). Every ``sha``/``size`` that the body
+and the manifest name is the **sealed** blob's, the one the relay stores, addresses and
+resumes, so describe() and the budgets speak of bytes on the wire. The original is the
+exception that proves it: ``original.sha``/``size`` stay the plaintext file's (what a
+byte-exact fetch is checked against after opening, and what a request names), and its
+sealed blobs are always listed in ``parts`` (one or more). A body without ``k`` (sent
+before blobs were sealed) names plaintext blobs, as it always did: it is still read.
+
 Body (msgpack map, bytes for hashes: 32 bytes instead of 64 hex characters)::
 
     v 1 · kind report|film|ecg|photo|slice · caption (the sender's words) · info (what
-    prepare measured: sizes, DICOM window...) · first {sha size mime w h codec q lossy}
-    · original {sha size mime w h parts?} · pyramid {w h levels tile codec mime q}
-    · manifest {sha size} · detail_bytes (sum of tile sizes) · tiles (count)
+    prepare measured: sizes, DICOM window...) · k (32-byte blob key; absent on old bodies)
+    · first {sha size mime w h codec q lossy} · original {sha size mime w h sent parts?}
+    · pyramid {w h levels tile codec mime q} · manifest {sha size} · detail_bytes (sum of
+    tile sizes) · tiles (count)
 
 Every decoder here is strict and bounded (types, ranges, counts) before anything trusts a
 body from another device; nothing here touches files, sockets or Pillow.
@@ -37,6 +49,7 @@ from typing import Any
 
 import msgpack
 
+from medcomm.core import filecrypt
 from medcomm.core.tiles import TILE, Pyramid, TileId
 from medcomm.errors import LimitExceeded, MedcommError, WireError
 
@@ -56,14 +69,18 @@ class ImageMsgLimits:
     max_info: int = 400  # characters of the measured caption (DICOM's is ~120)
     max_blob: int = 16 * 1024 * 1024  # the relay's BlobLimits.max_size: one part of an original
     max_original: int = 256 * 1024 * 1024  # DicomLimits.max_file_bytes, the largest original we read
-    max_parts: int = 16  # max_original / max_blob
+    max_parts: int = 17  # max_original / the plaintext that seals into max_blob (16 MiB - 4.4 KB)
     max_first: int = 512 * 1024  # FirstViewLimits.max_bytes
     max_tile: int = 1024 * 1024  # one encoded 512x512 tile (lossless PNG of noise is ~790 KB)
     max_tiles: int = 4096  # a 50 MP image has ~260; 4096 bounds a hostile manifest
     max_manifest: int = 256 * 1024  # ~42 bytes per tile
 
+    # first view, tile and manifest bounds are of plaintext; a sealed blob of one may be
+    # filecrypt.sealed_size() of it (41 bytes more for one piece)
+
 
 LIMITS = ImageMsgLimits()
+KEY_LEN = filecrypt.KEY_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +117,9 @@ class FirstView:
 
 @dataclass(frozen=True, slots=True)
 class Original:
-    """The file as the sender gave it. ``parts`` is empty when it is one blob (``sha``)."""
+    """The file as the sender gave it: ``sha``/``size`` are the plaintext file's. Its blobs
+    are ``parts`` (sealed ones, always listed, one or more, when the image has a key); an
+    old body's single plaintext blob is ``sha`` itself and ``parts`` is empty."""
 
     sha: bytes
     size: int
@@ -111,7 +130,8 @@ class Original:
     parts: tuple[BlobRef, ...] = ()
 
     def blobs(self) -> tuple[BlobRef, ...]:
-        """The blobs to fetch, in order; their concatenation has SHA-256 ``sha``."""
+        """The blobs to fetch, in order; their plaintexts (opened, when sealed) put end to end
+        have SHA-256 ``sha``."""
         return self.parts or (BlobRef(self.sha, self.size),)
 
 
@@ -128,6 +148,7 @@ class Detail:
     manifest: BlobRef
     tiles: int
     tile_bytes: int  # all tiles together
+    key: bytes | None = None  # the image's key (ImageInfo.key): parse_manifest opens the manifest with it
 
     @property
     def pyramid(self) -> Pyramid:
@@ -144,6 +165,7 @@ class ImageInfo:
     first: FirstView
     original: Original
     detail: Detail | None  # None only on the sender's device before the tiles are encoded
+    key: bytes | None = None  # every blob of the image is sealed under it; None: an old, plaintext image
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +202,17 @@ def encode_body(info: ImageInfo, limits: ImageMsgLimits = LIMITS) -> bytes:
             f"caption of {size} bytes is over the {limits.max_caption}-byte limit", limit=limits.max_caption
         )
     f, o = info.first, info.original
+    if info.key is not None:
+        if len(info.key) != KEY_LEN or not o.parts:
+            raise MedcommError("a sealed image needs a 32-byte key and its original's sealed parts")
+        if info.detail is not None and info.detail.key != info.key:
+            raise MedcommError("the detail of a sealed image carries the image's key")
     obj: dict[str, Any] = {
         "v": VERSION,
         "kind": info.kind,
         "caption": info.caption,
         "info": info.info[: limits.max_info],
+        **({"k": info.key} if info.key is not None else {}),
         "first": {
             "sha": f.sha,
             "size": f.size,
@@ -225,11 +253,12 @@ def encode_body(info: ImageInfo, limits: ImageMsgLimits = LIMITS) -> bytes:
     return body
 
 
-def encode_manifest(manifest: Manifest, limits: ImageMsgLimits = LIMITS) -> bytes:
-    """The manifest blob: ``{v, w, h, tile, tiles: [[L, col, row, sha, size], ...]}``."""
+def encode_manifest(manifest: Manifest, limits: ImageMsgLimits = LIMITS, key: bytes | None = None) -> bytes:
+    """The manifest blob: ``{v, w, h, tile, tiles: [[L, col, row, sha, size], ...]}``, sealed
+    under the image's ``key`` when given (as :func:`parse_manifest` takes it back)."""
     if len(manifest.entries) > limits.max_tiles:
         raise LimitExceeded(f"{len(manifest.entries)} tiles over the {limits.max_tiles}-tile limit")
-    return _pack(
+    data = _pack(
         {
             "v": VERSION,
             "w": manifest.width,
@@ -238,6 +267,9 @@ def encode_manifest(manifest: Manifest, limits: ImageMsgLimits = LIMITS) -> byte
             "tiles": [[e.tile.level, e.tile.col, e.tile.row, e.sha, e.size] for e in manifest.entries],
         }
     )
+    if len(data) > limits.max_manifest:
+        raise LimitExceeded(f"manifest of {len(data)} bytes over {limits.max_manifest}")
+    return data if key is None else filecrypt.seal(key, data)
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -306,13 +338,17 @@ def parse_body(body: bytes, limits: ImageMsgLimits = LIMITS) -> ImageInfo:
     kind = m.get("kind")
     if kind not in VIEW_KINDS:
         raise _fail("unknown kind")
+    key = m.get("k")
+    if "k" in m and (type(key) is not bytes or len(key) != KEY_LEN):
+        raise _fail("the blob key is not 32 bytes")
+    sealed = filecrypt.sealed_size if key is not None else (lambda n: n)  # bounds of stored blobs
     f = _map(m, "first")
     codec = f.get("codec")
     if codec not in _CODECS or type(f.get("lossy")) is not bool:
         raise _fail("bad first-view codec")
     first = FirstView(
         _sha(f.get("sha")),
-        _int(f, "size", 1, limits.max_first),
+        _int(f, "size", 1, sealed(limits.max_first)),
         _mime(f),
         _int(f, "w", 1, 65536),
         _int(f, "h", 1, 65536),
@@ -322,7 +358,9 @@ def parse_body(body: bytes, limits: ImageMsgLimits = LIMITS) -> ImageInfo:
     )
     o = _map(m, "original")
     parts_raw = o.get("parts", [])
-    if not isinstance(parts_raw, list) or len(parts_raw) > limits.max_parts or len(parts_raw) == 1:
+    if not isinstance(parts_raw, list) or len(parts_raw) > limits.max_parts:
+        raise _fail("bad original parts")
+    if len(parts_raw) == (0 if key is not None else 1):  # sealed: always listed; plain: one is the file
         raise _fail("bad original parts")
     parts = []
     for p in parts_raw:
@@ -330,7 +368,11 @@ def parse_body(body: bytes, limits: ImageMsgLimits = LIMITS) -> ImageInfo:
             raise _fail("bad original part")
         parts.append(BlobRef(_sha(p[0]), p[1]))
     size = _int(o, "size", 1, limits.max_original)
-    if (parts and sum(p.size for p in parts) != size) or (not parts and size > limits.max_blob):
+    if key is not None:  # the parts' plaintexts, each fixed by its sealed length, make the file
+        plain = [filecrypt.plain_size(p.size) for p in parts]
+        if None in plain or sum(n or 0 for n in plain) != size:
+            raise _fail("original parts do not add up")
+    elif (parts and sum(p.size for p in parts) != size) or (not parts and size > limits.max_blob):
         raise _fail("original parts do not add up")
     if type(o.get("sent")) is not bool:
         raise _fail("original.sent missing")
@@ -363,9 +405,10 @@ def parse_body(body: bytes, limits: ImageMsgLimits = LIMITS) -> ImageInfo:
             p["codec"],
             _mime(p),
             _int(p, "q", 0, 100),
-            BlobRef(_sha(man.get("sha")), _int(man, "size", 1, limits.max_manifest)),
+            BlobRef(_sha(man.get("sha")), _int(man, "size", 1, sealed(limits.max_manifest))),
             _int(m, "tiles", 1, limits.max_tiles),
-            _int(m, "detail_bytes", 1, limits.max_tiles * limits.max_tile),
+            _int(m, "detail_bytes", 1, limits.max_tiles * sealed(limits.max_tile)),
+            key,
         )
     return ImageInfo(
         kind,
@@ -374,12 +417,20 @@ def parse_body(body: bytes, limits: ImageMsgLimits = LIMITS) -> ImageInfo:
         first,
         original,
         detail,
+        key,
     )
 
 
 def parse_manifest(data: bytes, detail: Detail, limits: ImageMsgLimits = LIMITS) -> Manifest:
-    """Check a manifest against the pyramid its message announced: every tile exists there,
-    at most once, with a plausible size."""
+    """Check a manifest blob, as stored (opened first under ``detail.key``: Tampered when it
+    does not open), against the pyramid its message announced: every tile exists there, at
+    most once, with a plausible size."""
+    sealed = detail.key is not None
+    if sealed:
+        if len(data) > filecrypt.sealed_size(limits.max_manifest):
+            raise LimitExceeded(f"manifest of {len(data)} bytes over {limits.max_manifest}")
+        data = filecrypt.open(detail.key, data)  # type: ignore[arg-type]
+    max_tile = filecrypt.sealed_size(limits.max_tile) if sealed else limits.max_tile
     m = _unpack(data, limits.max_manifest, "manifest", limits)
     if m.get("w") != detail.width or m.get("h") != detail.height or m.get("tile") != TILE:
         raise _fail("manifest is for another pyramid")
@@ -390,7 +441,7 @@ def parse_manifest(data: bytes, detail: Detail, limits: ImageMsgLimits = LIMITS)
     seen: set[TileId] = set()
     entries = []
     for r in rows:
-        if not (isinstance(r, list) and len(r) == 5 and type(r[4]) is int and 0 < r[4] <= limits.max_tile):
+        if not (isinstance(r, list) and len(r) == 5 and type(r[4]) is int and 0 < r[4] <= max_tile):
             raise _fail("bad manifest entry")
         try:
             tid = pyr.check(TileId.parse(r[:3]))

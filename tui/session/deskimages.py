@@ -24,6 +24,9 @@ what a live screen needs and a one-shot command does not:
   which keeps it until a member asks and sends it at its next sync) and windows it here,
   once it is on this device (the cache keeps it).
 
+Every blob of an image with a key is opened under it as it is read (see
+:mod:`medcomm.session.imagefetch`): what does not open is an error, never a picture.
+
 Logs carry ids and sizes, never pixels or file contents.
 """
 
@@ -37,12 +40,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medcomm.adapters.blobcache import BlobCache
 from medcomm.adapters.localstore import Line, image_arrived
 from medcomm.adapters.profile import data_dir
-from medcomm.core import imagemsg, wire
+from medcomm.core import filecrypt, imagemsg, wire
 from medcomm.core.imagemsg import BlobRef, ImageInfo, Manifest
 from medcomm.core.tiles import TileId
 from medcomm.errors import MedcommError, NotFound, UsageError, WireError
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("medcomm.deskimages")
 
 Step = Callable[[str, int, int], None]
+T = TypeVar("T")
 Arrived = Callable[[TileId, "Image.Image | None"], None]
 
 
@@ -372,26 +376,32 @@ class OpenedImage:
         d = self.info.detail
         if self._manifest is None and d is not None:
             try:
-                data = await self._blob(d.manifest)
+                self._manifest = await self._fetch(d.manifest, lambda data: imagemsg.parse_manifest(data, d))
             except NotFound:
                 return None  # not at the relay yet: asked again next time
-            self._manifest = imagemsg.parse_manifest(data, d)
         return self._manifest
 
     async def _blob(self, ref: BlobRef, progress: Callable[[int, int], None] | None = None) -> bytes:
-        from medcomm.session.transfer import download
+        """A blob's plaintext, opened under the image's key (Tampered, and gone from the
+        cache, when it does not open: never decoded, never shown)."""
+        key = self.info.key
+        return await self._fetch(ref, lambda data: filecrypt.unseal(key, data), progress)
+
+    async def _fetch(
+        self, ref: BlobRef, check: Callable[[bytes], T], progress: Callable[[int, int], None] | None = None
+    ) -> T:
+        from medcomm.session.transfer import fetch_blob
 
         with BlobCache(self._session.store.path.parent) as cache:
-            if not cache.has(ref.sha):
-                await download(
-                    self._session.link,
-                    ref.sha,
-                    cache,
-                    size=ref.size,
-                    timeout=self._limits.fetch_timeout,
-                    progress=progress,
-                )
-            return cache.read(ref.sha)  # checked against its SHA-256 on the way
+            return await fetch_blob(
+                self._session.link,
+                cache,
+                ref.sha,
+                check,  # on what the cache checked against its SHA-256 on the way
+                size=ref.size,
+                timeout=self._limits.fetch_timeout,
+                progress=progress,
+            )
 
 
 def _decode(data: bytes, mode: str | None, size: tuple[int, int] | None = None) -> Image.Image:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from medcomm.adapters.blobcache import blob_file
-from medcomm.core import imagemsg, wire
+from medcomm.core import filecrypt, imagemsg, wire
 from medcomm.core.tiles import TileId
 from medcomm.errors import MedcommError, UsageError
 from medcomm.session import casework
@@ -58,13 +58,19 @@ EXPORT = ExportLimits()
 # --- gathering ------------------------------------------------------------------------------
 
 
-def _cached(blobs: Path, sha: bytes) -> bytes | None:
-    """A blob of this device's cache, verified (a damaged file is not exported)."""
+def _cached(blobs: Path, sha: bytes, key: bytes | None = None) -> bytes | None:
+    """A blob of this device's cache, verified and opened under its image's key (a damaged
+    file, or one that does not open, is not exported)."""
     try:
         data = blob_file(blobs, sha).read_bytes()
     except OSError:
         return None
-    return data if hashlib.sha256(data).digest() == sha else None
+    if hashlib.sha256(data).digest() != sha:
+        return None
+    try:
+        return filecrypt.unseal(key, data)
+    except MedcommError:
+        return None
 
 
 def _image(blobs: Path, row: tuple[Any, ...], limits: ExportLimits) -> ImageRecord:
@@ -73,7 +79,7 @@ def _image(blobs: Path, row: tuple[Any, ...], limits: ExportLimits) -> ImageReco
         info = imagemsg.parse_body(body)
     except MedcommError as exc:
         return ImageRecord(cid.hex(), seq, when, sender, f"(unreadable image message: {exc})", None)
-    first = _cached(blobs, info.first.sha)
+    first = _cached(blobs, info.first.sha, info.key)
     rec = ImageRecord(
         cid.hex(),
         seq,
@@ -95,7 +101,7 @@ def _image(blobs: Path, row: tuple[Any, ...], limits: ExportLimits) -> ImageReco
         return rec
     pyr = d.pyramid
     for e in sorted(entries, key=lambda e: (e.tile.level, e.tile.row, e.tile.col)):
-        data = _cached(blobs, e.sha)
+        data = _cached(blobs, e.sha, info.key)
         if data is None:
             continue
         rec.tiles_here += 1

@@ -18,6 +18,11 @@ through the durable outbox (once per user and image: its id is derived, see
 uploads it at its next sync) or waits, bounded, asking the relay now and then (one small
 ``blob.get`` each) until it is there.
 
+Every blob of an image with a key (``k`` in its body) is sealed: each is opened under that
+key right after it is read from the cache (``transfer.fetch_blob``), before anything decodes
+it; one that does not open raises Tampered and leaves the cache, so it is never shown. The
+original is checked once more, whole, against the plaintext SHA-256 its message names.
+
 A tile from another device is decoded with Pillow's bomb guard on and must be exactly the
 size its id says, or the region is refused (a wrong size would shift every pixel after it).
 Nothing here logs pixels.
@@ -34,13 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from medcomm.adapters.blobcache import BlobCache
-from medcomm.core import imagemsg, imagereq, wire
+from medcomm.core import filecrypt, imagemsg, imagereq, wire
 from medcomm.core.delivery import OutItem
 from medcomm.core.imagemsg import BlobRef, ImageInfo, Manifest
 from medcomm.core.tiles import TILES, Region, TileId
 from medcomm.errors import LinkDown, NotFound, UsageError, WireError
 from medcomm.session.images import SHARE, ShareLimits, _StoredWatch, open_cache, pending_image
-from medcomm.session.transfer import download
+from medcomm.session.transfer import fetch_blob
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -123,11 +128,20 @@ async def find_image(session: Session, image_id: str, timeout: float) -> Located
         return locate_image(session, image_id)
 
 
-async def _blob(session: Session, ref: BlobRef, timeout: float, progress: Any = None) -> bytes:
+async def _blob(
+    session: Session, ref: BlobRef, key: bytes | None, timeout: float, progress: Any = None
+) -> bytes:
+    """A blob's plaintext: from the cache or the relay, opened under the image's key."""
     with BlobCache(session.store.path.parent) as cache:
-        if not cache.has(ref.sha):
-            await download(session.link, ref.sha, cache, size=ref.size, timeout=timeout, progress=progress)
-        return cache.read(ref.sha)
+        return await fetch_blob(
+            session.link,
+            cache,
+            ref.sha,
+            lambda data: filecrypt.unseal(key, data),
+            size=ref.size,
+            timeout=timeout,
+            progress=progress,
+        )
 
 
 async def fetch_first(session: Session, loc: Located, timeout: float, progress: Any = None) -> bytes:
@@ -137,7 +151,7 @@ async def fetch_first(session: Session, loc: Located, timeout: float, progress: 
     message can arrive seconds before the resumed first view does."""
     f = loc.info.first
     try:
-        return await _blob(session, BlobRef(f.sha, f.size), timeout, progress)
+        return await _blob(session, BlobRef(f.sha, f.size), loc.info.key, timeout, progress)
     except NotFound:
         raise NotFound(
             f"the first view of image {loc.cid.hex()[:12]} has not reached the relay yet; fetch again later",
@@ -146,14 +160,15 @@ async def fetch_first(session: Session, loc: Located, timeout: float, progress: 
 
 
 async def fetch_original(session: Session, loc: Located, timeout: float, progress: Any = None) -> bytes:
-    """The byte-exact original: each part verified on arrival, then the whole by SHA-256.
-    NotFound with ``data["later"]`` while it is not at the relay (not uploaded yet, or kept
-    on the sender's device until asked for: :func:`get_original` asks)."""
+    """The byte-exact original: each part verified on arrival (and opened, when sealed),
+    then the whole against the plaintext SHA-256 of the message. NotFound with
+    ``data["later"]`` while it is not at the relay (not uploaded yet, or kept on the
+    sender's device until asked for: :func:`get_original` asks)."""
     o = loc.info.original
     parts = []
     try:
         for ref in o.blobs():
-            parts.append(await _blob(session, ref, timeout, progress))
+            parts.append(await _blob(session, ref, loc.info.key, timeout, progress))
     except NotFound:
         why = "it has not reached the relay yet" if o.sent else "the sender's device sends it on request"
         raise NotFound(
@@ -287,15 +302,22 @@ def _check_not_gone(loc: Located, asked: imagereq.Asked | None) -> None:
 
 
 async def fetch_manifest(session: Session, loc: Located, timeout: float) -> Manifest | None:
-    """The tile manifest, or None while it has not reached the relay."""
+    """The tile manifest (opened and checked), or None while it has not reached the relay."""
     d = loc.info.detail
     if d is None:
         return None
     try:
-        data = await _blob(session, d.manifest, timeout)
+        with BlobCache(session.store.path.parent) as cache:
+            return await fetch_blob(
+                session.link,
+                cache,
+                d.manifest.sha,
+                lambda data: imagemsg.parse_manifest(data, d),
+                size=d.manifest.size,
+                timeout=timeout,
+            )
     except NotFound:
         return None
-    return imagemsg.parse_manifest(data, d)
 
 
 @dataclass(frozen=True)
@@ -307,7 +329,7 @@ class RegionResult:
     level: int  # pyramid level: the image is at 1/2**level of the original's resolution
     tiles: list[TileId]  # every tile the region needed, centre first
     missing: list[TileId]  # those not at the relay (yet)
-    fetched_bytes: int
+    fetched_bytes: int  # the blobs of the tiles that came, as they cross the link (sealed)
 
 
 FILL = 128  # mid-grey for missing tiles: visibly not content on paper and on film
@@ -354,7 +376,7 @@ async def fetch_region(
             return
         async with sem:
             try:
-                got[tid] = await _blob(session, BlobRef(entry.sha, entry.size), timeout)
+                got[tid] = await _blob(session, BlobRef(entry.sha, entry.size), loc.info.key, timeout)
             except NotFound:
                 return
         done["n"] += 1
@@ -371,7 +393,7 @@ async def fetch_region(
         tile_im = _decode_tile(data, pyr.box(tid), mode)
         canvas.paste(tile_im, (tid.col * TILES.tile - lx0, tid.row * TILES.tile - ly0))
     missing = [t for t in ids if t not in got]
-    return RegionResult(canvas, r, level, ids, missing, sum(len(b) for b in got.values()))
+    return RegionResult(canvas, r, level, ids, missing, sum(table[t].size for t in got))
 
 
 def _decode_tile(data: bytes, box: Any, mode: str) -> Image.Image:

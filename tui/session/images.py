@@ -5,7 +5,8 @@ Sending, in this order (each step durable before the next can be seen by anyone)
 1. **prepare** (CPU, in a thread): decode, correct (docscan for report/film/ecg), first view
    (imaging); for docscan kinds the tiles are cut from docscan's full-tone ``gray`` picture,
    while the first view is made from its ``image`` (two-level when that reads better);
-2. **record**: the original (in parts of at most 16 MiB), the first view and a row in
+2. **record**: the original (in sealed parts of at most 16 MiB) and the first view,
+   sealed under the image's new key (see "Sealed blobs" below), and a row in
    ``image_sends`` (``pending.sqlite3``, ``synchronous=FULL``) with its message id, and pins
    that keep those blobs out of the cache's trimming. From here a dead link, a killed
    process or a flat battery cannot lose the image; ``share`` prints the id now;
@@ -50,6 +51,17 @@ oldest are dropped from the pin (``dropped``: the cache may then let them go), a
 for one this device no longer holds is answered in the consult ("gone") so the asker is told
 instead of waiting.
 
+**Sealed blobs.** ``record`` makes one random key per image and seals every blob of it
+(:mod:`medcomm.core.filecrypt`): the first view, each tile, the manifest and each part of
+the original, each its own secretstream, before it goes into the cache; the key goes into
+the message body (``k``) and nowhere else. The cache, the uploads and the relay hold the
+same sealed bytes under the same SHA-256, so resuming, pins and the ``done`` count work as
+before, and nothing at the relay can be read without the message. Tiles that are the same
+picture (blank paper) are sealed once and go up once. A part of an original is at most
+``filecrypt.fits(part_size)`` bytes of the file, so that sealed it is still one relay blob;
+the first view's budget is met by the sealed blob (41 bytes more than the picture). A row
+recorded before blobs were sealed (no key in its plan) finishes as it began, in plaintext.
+
 A row whose process died during step 3 is taken up by :func:`send_pending_images` from the
 cached original (same kind, same window). Two processes never work on the same row: each
 holds an advisory lock file per row (``<data dir>/locks/<id>``) while it does.
@@ -81,7 +93,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from medcomm.adapters.blobcache import BlobCache
-from medcomm.core import imagemsg, imagereq, wire
+from medcomm.core import filecrypt, imagemsg, imagereq, wire
 from medcomm.core.delivery import Acked, OutItem, Rejected
 from medcomm.core.imagemsg import (
     BlobRef,
@@ -124,7 +136,7 @@ class ShareLimits:
     encode_threads: int = 2  # tile encoders (AVIF releases the GIL: 2 threads = 1.6x on 2 cores)
     upload_parallel: int = 2  # detail blobs in flight: tiles are one chunk, so like transfer's window
     fetch_parallel: int = 2  # tile downloads in flight, same reasoning downhill
-    part_size: int = 16 * 1024 * 1024  # one part of an original: the relay's largest blob
+    part_size: int = 16 * 1024 * 1024  # one sealed part of an original: the relay's largest blob
     background_seconds: float = 3600.0  # a background sync's time budget (then `medcomm sync` goes on)
     keep_originals_bytes: int = 2 * 1024**3  # originals kept for requests; past it the oldest go
 
@@ -368,7 +380,11 @@ def make(source: str | Path | bytes, as_kind: str = "auto", window: str | None =
         seen["c"] = c
         return c.image
 
-    p = imaging.prepare(data, as_kind, corr, window=window)
+    p = imaging.prepare(data, as_kind, corr, window=window, budget_bytes=_sealed_budget(data, as_kind))
+    budget = imaging.FIRST_VIEW.budget(p.kind)
+    if filecrypt.sealed_size(len(p.first.data)) > budget:  # found by detection; within 41 B of it
+        again = "auto" if p.kind == "slice" else p.kind
+        p = imaging.prepare(data, again, corr, window=window, budget_bytes=_sealed_budget(data, p.kind))
     c = seen.get("c")
     info = ""
     if p.kind == "slice":
@@ -380,6 +396,18 @@ def make(source: str | Path | bytes, as_kind: str = "auto", window: str | None =
             info = {"report": "page", "ecg": "strip"}.get(p.kind, p.kind) + " straightened"
     fmt = imaging.sniff(data) or "dicom"
     return Made(p, data, imaging.FORMATS[fmt][1], _original_size(data, p), info)
+
+
+def _sealed_budget(data: bytes, as_kind: str) -> int | None:
+    """The first view's byte budget less what sealing adds, so that the blob on the wire
+    keeps the kind's budget; None while the kind is not known yet (``auto`` on a picture:
+    :func:`make` checks the result and fits it again in the rare case it is over)."""
+    from medcomm.adapters import imaging
+
+    kind = "slice" if imaging.sniff(data) == "dicom" else as_kind
+    if kind not in (*imaging.KINDS, "slice"):
+        return None
+    return filecrypt.fits(imaging.FIRST_VIEW.budget(kind))  # type: ignore[arg-type]
 
 
 def _original_size(data: bytes, p: Prepared) -> tuple[int, int]:
@@ -419,16 +447,25 @@ def _put(cache: BlobCache, data: bytes) -> bytes:
         raise MedcommError(f"cannot keep the image on this device: {exc.strerror or exc}") from None
 
 
-def _store_detail(data_dir: Path, p: Prepared, threads: int) -> tuple[Detail, tuple[TileEntry, ...]]:
-    """Encode the tiles into the cache, then the manifest; returns the detail (for the body)
-    and the tiles (coarse to fine). Opens its own cache: SQLite connections stay in their
-    thread."""
+def _store_detail(
+    data_dir: Path, p: Prepared, threads: int, key: bytes | None
+) -> tuple[Detail, tuple[TileEntry, ...]]:
+    """Encode the tiles, seal each under the image's ``key`` (None: a row from before blobs
+    were sealed) into the cache, then the manifest; returns the detail (for the body) and
+    the tiles (coarse to fine). The same tile twice is one sealed blob. Opens its own
+    cache: SQLite connections stay in their thread."""
     tiles = encode_tiles(p, threads)
     entries = []
+    sealed: dict[bytes, tuple[bytes, int]] = {}  # plaintext SHA-256 -> the blob it went into
     with BlobCache(data_dir) as cache:
         for tid, enc in tiles:
-            entries.append(TileEntry(tid, _put(cache, enc.data), len(enc.data)))
-        blob = imagemsg.encode_manifest(Manifest(p.pyramid.width, p.pyramid.height, tuple(entries)))
+            plain = hashlib.sha256(enc.data).digest()
+            if plain not in sealed:
+                blob = enc.data if key is None else filecrypt.seal(key, enc.data)
+                sealed[plain] = (_put(cache, blob), len(blob))
+            entries.append(TileEntry(tid, *sealed[plain]))
+        manifest = Manifest(p.pyramid.width, p.pyramid.height, tuple(entries))
+        blob = imagemsg.encode_manifest(manifest, key=key)
         msha = _put(cache, blob)
     enc0 = tiles[0][1]
     detail = Detail(
@@ -441,6 +478,7 @@ def _store_detail(data_dir: Path, p: Prepared, threads: int) -> tuple[Detail, tu
         BlobRef(msha, len(blob)),
         len(entries),
         sum(e.size for e in entries),
+        key,
     )
     return detail, tuple(entries)
 
@@ -466,21 +504,26 @@ def record(
     consult = check_consult(consult)
     p = made.prepared
     data = made.original
-    parts = [data[i : i + limits.part_size] for i in range(0, len(data), limits.part_size)]
+    key = filecrypt.new_key()
+    step = filecrypt.fits(limits.part_size)  # sealed, each part is still one relay blob
     with open_cache(session) as cache:
         if cache.db.execute("SELECT count(*) FROM image_sends WHERE error IS NULL").fetchone()[0] >= (
             limits.max_pending
         ):
             raise LimitExceeded(f"{limits.max_pending} images already wait for the link: run medcomm sync")
-        refs = [BlobRef(_put(cache, part), len(part)) for part in parts]
-        first_sha = _put(cache, p.first.data)
+        refs = []
+        for i in range(0, len(data), step):
+            part = filecrypt.seal(key, data[i : i + step])
+            refs.append(BlobRef(_put(cache, part), len(part)))
+        first = filecrypt.seal(key, p.first.data)
+        first_sha = _put(cache, first)
         plan = ImageInfo(
             p.kind,
             caption.strip(),
             made.info,
             FirstView(
                 first_sha,
-                len(p.first.data),
+                len(first),
                 p.first.mime,
                 p.first.width,
                 p.first.height,
@@ -494,9 +537,10 @@ def record(
                 made.original_mime,
                 *made.original_size,
                 send_original,
-                tuple(refs) if len(refs) > 1 else (),
+                tuple(refs),
             ),
             None,
+            key,
         )
         body = imagemsg.encode_body(plan)  # checks the caption's length before anything is kept
         cid = cid or secrets.token_bytes(wire.CID_LEN)
@@ -543,14 +587,16 @@ async def _make_ready(
 
     async def build() -> tuple[Detail, tuple[TileEntry, ...]]:
         p = prepared
+        key = pend.plan.key
         if p is None:  # resumed after a crash: cut the tiles again from the cached original
             with open_cache(session) as cache:
-                original = b"".join(cache.read(r.sha) for r in pend.plan.original.blobs())
+                blobs = [cache.read(r.sha) for r in pend.plan.original.blobs()]
+            original = b"".join(filecrypt.unseal(key, b) for b in blobs)
             made = await asyncio.to_thread(make, original, _as_kind(pend.plan.kind), pend.window)
             p = made.prepared
         if step is not None:
             step("tiles", 0, p.pyramid.tile_count())
-        detail, entries = await asyncio.to_thread(_store_detail, data_dir, p, SHARE.encode_threads)
+        detail, entries = await asyncio.to_thread(_store_detail, data_dir, p, SHARE.encode_threads, key)
         if step is not None:
             step("tiles", detail.tiles, detail.tiles)
         log.info("image tiles cid=%s tiles=%d in %.2f s", pend.cid.hex(), detail.tiles, loop.time() - t0)

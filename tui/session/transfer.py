@@ -25,6 +25,14 @@ outbox under the client id chosen at recording, and only then forgets the row.
 :func:`fetch_note` finds a note by its message id and returns its Ogg Opus bytes, from the
 cache when it is there.
 
+Sealed blobs: a note's Ogg file is sealed (:mod:`medcomm.core.filecrypt`) under a fresh key
+that travels only in its message body, before it is kept here, so the cache, the upload and
+the relay hold the same ciphertext (a resumed upload goes on with the very bytes it began
+with). :func:`fetch_blob` is the one way in for a reader: the cached blob (downloaded and
+verified by SHA-256 when not here yet) passed through a check that opens it under its
+message's key; a blob that does not open is dropped from the cache and raises Tampered, so
+it is never shown nor taken as here.
+
 Logs name ids and sizes, never contents.
 """
 
@@ -38,10 +46,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from medcomm.adapters.blobcache import BlobCache, PendingNote, note_body, parse_note_body
-from medcomm.core import wire
+from medcomm.adapters.blobcache import BlobCache, NoteInfo, PendingNote, note_body, parse_note_body
+from medcomm.core import filecrypt, wire
 from medcomm.core.delivery import OutItem, backoff
 from medcomm.errors import (
     AccessDenied,
@@ -50,6 +58,7 @@ from medcomm.errors import (
     MedcommError,
     NotFound,
     RemoteError,
+    Tampered,
     UsageError,
     WireError,
 )
@@ -61,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("medcomm.transfer")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -429,6 +439,34 @@ async def _get_window(
     return size
 
 
+async def fetch_blob(
+    link: Link,
+    cache: BlobCache,
+    sha: bytes,
+    check: Callable[[bytes], T],
+    *,
+    size: int | None = None,
+    timeout: float,
+    progress: Progress | None = None,
+) -> T:
+    """``check`` of blob ``sha`` as this device holds it (downloaded first when it is not
+    here: resumable, verified by SHA-256). ``check`` opens it under its message's key
+    (``filecrypt.unseal``) and may decode it; when it raises Tampered the cached file goes
+    before the error does, so a blob that does not open is never shown, nor counted as
+    here, and the next look fetches it again."""
+    if not cache.has(sha):
+        await download(link, sha, cache, size=size, timeout=timeout, progress=progress)
+    data = cache.read(sha)  # checked against its SHA-256
+    try:
+        return check(data)
+    except Tampered:
+        cache.path(sha).unlink(missing_ok=True)
+        log.warning(
+            "blob=%s size=%d does not open under its message's key: dropped", sha.hex()[:12], len(data)
+        )
+        raise
+
+
 def _got(result: object, offset: int, size: int | None, limits: TransferLimits) -> tuple[bytes, int]:
     if not isinstance(result, dict):
         raise WireError("blob answer is not a map")
@@ -472,15 +510,18 @@ def check_consult(consult: str) -> str:
 
 def record_note(session: Session, consult: str, ogg: bytes) -> PendingNote:
     """Make a voice note durable on this device (blob in the cache, then a pending row),
-    before anything is uploaded: from here on a crash or a dead link cannot lose it."""
+    before anything is uploaded: from here on a crash or a dead link cannot lose it. The
+    blob is the Ogg file sealed under a fresh key, which only the note's body carries."""
     from medcomm.adapters.oggopus import note_duration
 
     consult = check_consult(consult)
     duration = note_duration(ogg)  # validates the whole file; needs no libopus
+    key = filecrypt.new_key()
+    sealed = filecrypt.seal(key, ogg)
     with _cache(session) as cache:
-        sha = cache.put(ogg)
-        note = cache.add_pending(consult, sha, len(ogg), note_body(sha, len(ogg), duration))
-    log.info("note recorded cid=%s blob=%s size=%d", note.cid.hex(), sha.hex()[:12], len(ogg))
+        sha = cache.put(sealed)
+        note = cache.add_pending(consult, sha, len(sealed), note_body(sha, len(sealed), duration, key))
+    log.info("note recorded cid=%s blob=%s size=%d", note.cid.hex(), sha.hex()[:12], len(sealed))
     return note
 
 
@@ -539,10 +580,19 @@ def check_note_id(note_id: str) -> str:
 def locate_note(session: Session, note_id: str) -> tuple[bytes, int | None]:
     """(blob sha, size) of a note named by its message id or its blob id (see
     :func:`check_note_id`); a message id is looked up in history, the outbox and the
-    pending notes. A blob id's size comes with the first chunk."""
+    pending notes. A blob id's size comes with the first chunk when no note here names it."""
+    sha, size, _ = _locate(session, note_id)
+    return sha, size
+
+
+def _locate(session: Session, note_id: str) -> tuple[bytes, int | None, bytes | None]:
+    """(blob sha, size, key) of a note; the key of a note named by its blob id comes from
+    the message on this device that names that blob (None when there is none)."""
     key = check_note_id(note_id)
     if _SHA_HEX.fullmatch(key):
-        return bytes.fromhex(key), None
+        sha = bytes.fromhex(key)
+        info = _note_naming(session, sha)
+        return (sha, None, None) if info is None else (sha, info.size, info.key)
     cid = bytes.fromhex(key)
     db: Any = session.store.db  # read-only lookups by the indexed client id
     row = db.execute("SELECT kind, body FROM messages WHERE cid=?", (cid,)).fetchone()
@@ -556,20 +606,59 @@ def locate_note(session: Session, note_id: str) -> tuple[bytes, int | None]:
     if row[0] != wire.KINDS["note"]:
         raise UsageError(f"message {key} is not a voice note")
     info = parse_note_body(row[1])
-    return info.sha, info.size
+    return info.sha, info.size, info.key
+
+
+def _note_naming(session: Session, sha: bytes) -> NoteInfo | None:
+    """The note on this device (history, outbox, pending) whose body names blob ``sha``: a
+    body holds the id as hex text, so SQLite finds it without decoding every note."""
+    db: Any = session.store.db
+    needle = sha.hex().encode()
+    for table in ("messages", "outbox"):
+        rows = db.execute(
+            f"SELECT body FROM {table} WHERE kind=? AND instr(body, ?) > 0 LIMIT 8",
+            (wire.KINDS["note"], needle),
+        ).fetchall()
+        for (body,) in rows:
+            try:
+                info = parse_note_body(body)
+            except WireError:
+                continue
+            if info.sha == sha:
+                return info
+    with _cache(session) as cache:
+        pending = [n for n in cache.pending(include_failed=True) if n.sha == sha]
+    return parse_note_body(pending[0].body) if pending else None
+
+
+def _ogg(key: bytes | None, sha: bytes, data: bytes) -> bytes:
+    """A note blob opened under its message's key; a plain one (an old note) must be Ogg."""
+    if key is None and not data.startswith(b"OggS"):
+        raise NotFound(
+            f"blob {sha.hex()[:12]} is sealed and no note on this device names it: "
+            "play it by its message id (after medcomm sync)"
+        )
+    return filecrypt.unseal(key, data)
 
 
 async def fetch_note(
     session: Session, note_id: str, *, timeout: float, progress: Progress | None = None
 ) -> bytes:
-    """The Ogg Opus bytes of a note: from the cache, else downloaded (resumable, verified).
-    A message id this device does not know yet is looked up again after a sync."""
+    """The Ogg Opus bytes of a note: from the cache, else downloaded (resumable, verified),
+    then opened under the key its message carries (Tampered when it does not open). A
+    message id this device does not know yet is looked up again after a sync."""
     try:
-        sha, size = locate_note(session, note_id)
+        sha, size, key = _locate(session, note_id)
     except NotFound:
         await session.sync(timeout)
-        sha, size = locate_note(session, note_id)
+        sha, size, key = _locate(session, note_id)
     with _cache(session) as cache:
-        if not cache.has(sha):
-            await download(session.link, sha, cache, size=size, timeout=timeout, progress=progress)
-        return cache.read(sha)
+        return await fetch_blob(
+            session.link,
+            cache,
+            sha,
+            lambda data: _ogg(key, sha, data),
+            size=size,
+            timeout=timeout,
+            progress=progress,
+        )
