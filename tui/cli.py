@@ -1225,7 +1225,8 @@ def call(
     """Call the other members of a consult (or answer with --answer) and talk until Ctrl-C.
 
     The status line shows state, time, kbit/s up and down, round trip, jitter-buffer delay and
-    concealed audio, once a second. With --mic/--speaker WAV files the call runs headless."""
+    concealed audio, once a second. With --mic/--speaker WAV files the call runs headless.
+    Voice is end-to-end encrypted: the relay forwards it without being able to listen."""
     import asyncio
     import signal
 
@@ -1236,7 +1237,7 @@ def call(
 
     async def main() -> Any:
         from medcomm.adapters.audio import open_sink, open_source
-        from medcomm.session.call import run_call
+        from medcomm.session.call import SessionCallKeys, run_call
         from medcomm.session.service import Session
 
         source, sink = open_source(mic), open_sink(speaker)
@@ -1256,8 +1257,8 @@ def call(
         async with Session.open() as s:
             await s.link.wait_until(lambda: s.status.state == "online", 30.0)
             out = await run_call(
-                s.link, s.me, consult, source, sink, profile=profile, seconds=seconds or None,
-                answer=answer, stop=stop, on_status=status,
+                s.link, s.me, consult, source, sink, keys=SessionCallKeys(s), profile=profile,
+                seconds=seconds or None, answer=answer, stop=stop, on_status=status,
             )
         if tty:
             sys.stderr.write("\n")

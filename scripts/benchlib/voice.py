@@ -27,7 +27,11 @@ What is measured, per voice profile and link:
 * a 5 s stall mid-call: the delay before it, and how long after it ends the delay is back
   within 100 ms of that (late audio must be dropped, never played);
 * a 3-way call: each member's downlink (at most two streams);
-* auscultation: 1/3-octave band response 20 Hz-1 kHz of heart sounds and a log sweep.
+* auscultation: 1/3-octave band response 20 Hz-1 kHz of heart sounds and a log sweep;
+* the cost of end-to-end encryption, from each sender's call report: per rung, the media
+  frames sent per second, the bytes each frame carries beyond its Opus packet (measured from
+  the frames as handed to the link: 5 header bytes plus the seal's tag), the tag alone, and
+  the kbit/s the tag costs per direction (and its share of the measured wire rate).
 
 badlink shapes TCP payload bytes: headers and pure ACKs cross it free, so a wire rate above
 the link's nominal rate (marked ``!``) still fits here where it would queue on a real link.
@@ -77,6 +81,8 @@ PRODUCT_PROFILES = ("auto", "thin", "standard")
 
 # Targets (from the issue).
 WIRE_TARGET = {"thin": 16.0, "standard": 28.0}  # kbit/s per direction with IP/TCP headers
+SEAL_TARGET = 24  # bytes per media frame the end-to-end seal may add
+MEDIA_HEADER = 5  # the voice frame's header (medcomm.core.voiceframe.MEDIA_HEADER)
 OFFLINE_PESQ_GAP = 0.15  # clean link vs offline encode/decode
 PESQ_TARGET = {("3g-weak", "thin"): 2.8, ("3g-weak", "standard"): 3.1}
 STOI_TARGET = {"edge": 0.9}
@@ -524,6 +530,43 @@ def direction(
     return out
 
 
+def seal_cost(report: dict[str, Any]) -> dict[str, Any]:
+    """What end-to-end encryption cost one sender's stream, per rung, from its call report.
+
+    ``frame_bytes`` are the voice frames as the engine handed them to the link; minus the
+    Opus packets and the 5-byte header, what is left is the seal, measured, not assumed."""
+    crypto = report.get("crypto") or {}
+    rungs: dict[str, dict[str, float]] = {}
+    frames_all = seal_all = secs_all = 0.0
+    for name, r in (crypto.get("rungs") or {}).items():
+        frames, secs = r.get("frames", 0), r.get("seconds", 0.0)
+        if not frames:
+            continue
+        beyond = (r["frame_bytes"] - r["opus_bytes"]) / frames
+        seal = beyond - MEDIA_HEADER
+        fps = frames / secs if secs > 0 else float("nan")
+        rungs[name] = {
+            "frames": frames,
+            "seconds": secs,
+            "frames_s": fps,
+            "opus_b": r["opus_bytes"] / frames,
+            "beyond_opus_b": beyond,
+            "seal_b": seal,
+            "seal_kbps": seal * 8 * fps / 1000,
+        }
+        frames_all += frames
+        seal_all += seal * frames
+        secs_all += secs
+    return {
+        "overhead": crypto.get("overhead"),
+        "rungs": rungs,
+        "seal_b": seal_all / frames_all if frames_all else float("nan"),
+        "seal_kbps": seal_all * 8 / secs_all / 1000 if secs_all else float("nan"),
+        "no_key": crypto.get("no_key"),
+        "failed_auth": sum(crypto.get(k, 0) for k in ("tampered", "truncated", "replayed")),
+    }
+
+
 def wire_window(run: CallRun, leg: Leg, others: list[Leg]) -> tuple[float, float]:
     """The talking part of a call on one clock: all engines running, first and last second cut."""
     starts = [run.reports.get(x.member.name, {}).get("source_started", 0.0) for x in [leg, *others]]
@@ -629,6 +672,10 @@ def speech_run(
     result["wire_doctor"] = run.watch.rates(doctor.name, start, end)
     result["up"] = direction(run, legs[0], legs[1], nominal, offline)
     result["down"] = direction(run, legs[1], legs[0], nominal, offline)
+    result["seal"] = {
+        "up": seal_cost(run.reports.get(clinic.name, {})),
+        "down": seal_cost(run.reports.get(doctor.name, {})),
+    }
     return result
 
 
@@ -876,6 +923,39 @@ def print_speech(link: str, rows: list[dict[str, Any]], doctor_link: str, faults
         )
 
 
+def print_seal(link: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\n== end-to-end encryption of the media frames over {link} (ChaCha20-Poly1305, per sender) ==")
+    print(
+        f"  {'profile':<9}{'dir':<5}{'rung':<13}{'frames/s':>9}{'Opus B':>8}{'frame-Opus B':>13}{'seal B':>8}"
+        f"{'seal kbit/s':>12}{'of wire':>9}{'no key':>8}{'failed':>8}"
+    )
+    for r in rows:
+        seal = r.get("seal") or {}
+        for d in ("up", "down"):
+            x = seal.get(d) or {}
+            wire = (r.get("wire") or {}).get(f"{d}_kbps")
+            share = x.get("seal_kbps", float("nan")) / wire * 100 if wire else float("nan")
+            rungs = x.get("rungs") or {}
+            tail = f"{f(share, '.1f') + '%':>9}{x.get('no_key', '-')!s:>8}{x.get('failed_auth', '-')!s:>8}"
+            for i, (name, c) in enumerate(sorted(rungs.items(), key=lambda kv: -kv[1]["frames"])):
+                first = i == 0
+                print(
+                    f"  {r['profile'] if first else '':<9}{d if first else '':<5}{name:<13}"
+                    f"{f(c['frames_s'], '.1f'):>9}{f(c['opus_b'], '.0f'):>8}"
+                    f"{f(c['beyond_opus_b'], '.1f'):>13}{f(c['seal_b'], '.1f'):>8}"
+                    f"{f(c['seal_kbps'], '.2f'):>12}" + (tail if first else "")
+                )
+            if not rungs:
+                print(f"  {r['profile']:<9}{d:<5}{'-':<13}  no call report with crypto figures")
+    print(
+        "  frame-Opus B = bytes of each voice frame beyond its Opus packet (5 header + the seal), measured "
+        "from the frames sent;\n  seal kbit/s = the seal's bytes x frames/s at that rung (WebSocket, TCP/IP "
+        "headers not included; of wire = the whole call's seal kbit/s over the direction's wire rate);\n"
+        "  no key = frames the receiver dropped before the sender's key had arrived; failed = failed "
+        "authentication"
+    )
+
+
 def print_comparison(speech: list[dict[str, Any]]) -> None:
     links = list(dict.fromkeys(r["link"] for r in speech))
     profiles = list(dict.fromkeys(r["profile"] for r in speech))
@@ -1008,6 +1088,10 @@ def targets(report: dict[str, Any]) -> list[tuple[bool, str]]:
         w = r.get("wire") or {}
         for d in ("up", "down"):
             x = r[d]
+            seal = (r.get("seal") or {}).get(d) or {}
+            if seal.get("rungs"):
+                v = val(seal.get("seal_b"))
+                check(v <= SEAL_TARGET, f"seal overhead {prof} {link} {d}: {v:.1f} B/frame <= {SEAL_TARGET}")
             if prof in WIRE_TARGET:
                 v = val(w.get(f"{d}_kbps"))
                 check(
@@ -1206,6 +1290,7 @@ def main(argv: list[str]) -> int:
                         )
                     report["speech"].extend(rows)
                     print_speech(link, rows, args.doctor_link, args.faults)
+                    print_seal(link, rows)
                     sys.stdout.flush()
                 print_comparison(report["speech"])
             if "stall" in runs:

@@ -56,6 +56,22 @@ def test_media_layout_is_five_header_bytes_then_the_packet() -> None:
     assert parse(data) == frame
 
 
+@given(media_frames, slots)
+def test_header_with_another_slot_differs_in_the_slot_bits_only(frame: MediaFrame, slot: int) -> None:
+    data = frame.pack()
+    assert data == frame.header() + frame.payload
+    other = frame.header(slot)
+    assert other[0] == 0x40 | slot and other[1:] == data[1:MEDIA_HEADER]
+    assert with_slot(data, slot)[:MEDIA_HEADER] == other  # what a sealed payload is bound to survives
+
+
+def test_header_refuses_a_slot_out_of_range() -> None:
+    frame = MediaFrame(0, 1, 2, 3, b"x")
+    for slot in (-1, 16):
+        with pytest.raises(WireError):
+            frame.header(slot)
+
+
 def test_feedback_layout_is_a_tag_and_four_big_endian_u16() -> None:
     fb = Feedback(2, 0xBEEF, 340, 120, 1000)
     data = fb.pack()

@@ -10,6 +10,11 @@ unmistakably different. A received file is matched to what was sent by its loudn
 playout delay is allowed to move during a call (the jitter buffer starts at 120 ms and
 shrinks once it has measured the link), which a single waveform lag cannot follow. The first
 1.5 s (the jitter buffer's learning time) are left out of the match.
+
+Voice is sealed end to end: each end's stream key travels in a ``callkey`` message through the
+relay's durable log, and the media frames the relay forwards carry only the sealed packets.
+The reports' ``crypto`` figures and an in-process end that watches its own encoder, link and
+opener show it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medcomm.adapters import opus
 from medcomm.adapters.audio import WavSink, WavSource
+from medcomm.core import voiceframe
+from medcomm.core.voicecrypt import OVERHEAD, StreamOpener
 from medcomm.errors import LinkDown
-from medcomm.session.call import CallLimits, run_call
+from medcomm.session.call import CallEngine, CallLimits, SessionCallKeys, run_call
 from medcomm.session.service import Session
 from tests.harness.relay import MEDCOMM, RelayProcess, medcomm
 
@@ -298,6 +306,22 @@ def test_reports_carry_per_second_stats(held_call: HeldCall) -> None:
         assert sum(e["dropped"] for e in per_second) == 0  # loopback never backs up
 
 
+def test_every_frame_was_sealed_and_opened_end_to_end(held_call: HeldCall) -> None:
+    reports = {p.name: json.loads(p.report.read_text())["crypto"] for p in (held_call.a, held_call.b)}
+    for me, other in (("amina", "dr.chen"), ("dr.chen", "amina")):
+        mine, theirs = reports[me], reports[other]
+        assert mine["overhead"] == 16
+        assert mine["sealed"] >= 40, mine  # ~5 s of speech in 60-120 ms packets, DTX in the pauses
+        # what the other sealed was opened here, or waited for its key (loopback loses nothing)
+        assert mine["opened"] + mine["no_key"] >= theirs["sealed"] - 3, (me, mine, theirs)
+        assert mine["opened"] >= 0.8 * theirs["sealed"], (me, mine, theirs)
+        assert mine["tampered"] == mine["truncated"] == mine["replayed"] == 0, mine
+        rungs = mine["rungs"]
+        assert sum(r["frames"] for r in rungs.values()) == mine["sealed"]
+        for r in rungs.values():  # each frame on the wire: 5 header bytes, the packet, the tag
+            assert r["frame_bytes"] - r["opus_bytes"] == r["frames"] * (voiceframe.MEDIA_HEADER + OVERHEAD)
+
+
 def test_report_keeps_the_call_duration(held_call: HeldCall) -> None:
     for p in (held_call.a, held_call.b):
         report = json.loads(p.report.read_text())
@@ -335,10 +359,44 @@ async def test_answer_picks_up_a_call_that_was_already_ringing(world: World, tmp
     )
     try:
         wait_text(tmp_path / "a.err", "ringing", 30, a)
-        # what `medcomm call --answer` does, with the ring already delivered before run_call
+        # what `medcomm call --answer` does, with the ring already delivered before run_call;
+        # this end also keeps what its encoder made, what it handed the link (the bytes the
+        # relay receives) and, for the frames the relay forwarded, the sealed and opened forms
+        encoded: list[bytes] = []
+        to_relay: list[bytes] = []
+        from_relay: list[tuple[bytes, bytes]] = []
+        engines: list[CallEngine] = []
         async with Session.open(home=world.doctor) as s:
             await s.link.wait_until(lambda: s.status.state == "online", 20)
             await asyncio.sleep(0.5)
+            send_voice = s.link.send_voice
+
+            def tap_send(data: bytes, backlog_limit: int) -> int | None:
+                sent = send_voice(data, backlog_limit)
+                if sent is not None and voiceframe.frame_kind(data) == "media":
+                    to_relay.append(data)
+                return sent
+
+            def tap(engine: CallEngine) -> None:
+                engines.append(engine)
+                encode, open_frame = engine.encoder.encode, engine.crypto.open
+
+                def tap_encode(pcm: np.ndarray) -> opus.Encoded:
+                    out = encode(pcm)
+                    if out.packet:
+                        encoded.append(out.packet)
+                    return out
+
+                def tap_open(frame: voiceframe.MediaFrame, now: float) -> tuple[int, bytes] | None:
+                    out = open_frame(frame, now)
+                    if out is not None:
+                        from_relay.append((frame.payload, out[1]))
+                    return out
+
+                engine.encoder.encode = tap_encode  # type: ignore[method-assign]
+                engine.crypto.open = tap_open  # type: ignore[method-assign]
+
+            s.link.send_voice = tap_send  # type: ignore[method-assign]
             source, sink = WavSource(tmp_path / "b_in.wav"), WavSink(tmp_path / "b_out.wav")
             out = await run_call(
                 s.link,
@@ -346,16 +404,84 @@ async def test_answer_picks_up_a_call_that_was_already_ringing(world: World, tmp
                 world.spare,
                 source,
                 sink,
+                keys=SessionCallKeys(s),
                 seconds=1.0,
                 answer=True,
                 limits=CallLimits(answer_wait=2.0),
+                engine_hook=tap,
             )
         assert out.outcome == "hung up" and out.seconds > 0.5
         assert out.report["bad_frames"] == 0
+        # what the relay received from us: sealed, never the encoder's packets
+        assert len(to_relay) >= 5 and len(encoded) >= len(to_relay)
+        mine = StreamOpener(engines[0].crypto.own_key)
+        for data in to_relay:
+            frame = voiceframe.parse(data)
+            assert isinstance(frame, voiceframe.MediaFrame)
+            assert frame.payload not in encoded
+            packet = mine.open(frame, 0.0)[1]
+            assert packet in encoded and packet not in frame.payload
+            assert len(frame.payload) == len(packet) + OVERHEAD
+        # what the relay forwarded to us from the caller's CLI: sealed, opened here into Opus
+        assert len(from_relay) >= 5, len(from_relay)
+        for payload, packet in from_relay:
+            assert payload != packet and packet not in payload and len(payload) == len(packet) + OVERHEAD
+            assert opus.packet_duration_ms(packet) >= 20
+        crypto = out.report["crypto"]
+        assert isinstance(crypto, dict) and crypto["tampered"] == crypto["replayed"] == 0
         rc, printed = finish(a, 20)  # our hang-up ends the call for the caller too
         assert rc == 0 and "completed" in printed, printed
     finally:
         stop(a)
+
+
+async def test_the_desk_answers_with_the_sessions_keys_and_both_ends_hear(
+    world: World, tmp_path: Path
+) -> None:
+    """``Session.calls`` (the desk's controller) carries the session's keys: a call answered
+    there is sealed both ways like one from the CLI."""
+    a_in = speechlike(4.0, 140.0, seed=8)
+    write_wav(tmp_path / "a_in.wav", a_in)
+    write_wav(tmp_path / "b_in.wav", speechlike(4.0, 210.0, seed=9))
+    async with Session.open(home=world.doctor) as s:
+        await s.link.wait_until(lambda: s.status.state == "online", 20)
+        calls = s.calls
+        a = spawn(
+            world.nurse,
+            tmp_path / "a.err",
+            "call",
+            world.spare,
+            "--mic",
+            str(tmp_path / "a_in.wav"),
+            "--speaker",
+            str(tmp_path / "a_out.wav"),
+            "--seconds",
+            "3",
+            "--report",
+            str(tmp_path / "a.json"),
+        )
+        try:
+            await poll_until(lambda: calls.incoming() is not None, 30)
+            mic, speaker = str(tmp_path / "b_in.wav"), str(tmp_path / "b_out.wav")
+            calls.answer(world.spare, "auto", mic=mic, speaker=speaker)
+            await poll_until(lambda: calls.view is not None and calls.view.state == "ended", 30)
+            rc, printed = finish(a, 20)
+        finally:
+            stop(a)
+        view = calls.view
+        assert view is not None and view.error is None, view
+        assert rc == 0 and "hung up" in printed, printed  # its --seconds ran out, the desk's call ended
+        stats = view.stats
+        assert stats is not None and stats.failed_auth == 0
+    # the desk's end opened the caller's speech: its recording follows what was said
+    heard = read_wav(tmp_path / "b_out.wav")
+    assert len(heard) >= 2 * RATE
+    tenths = [heard[i : i + RATE // 10] for i in range(0, len(heard) - RATE // 10, RATE // 10)]
+    peak = max(float(np.sqrt(np.mean(x**2))) for x in tenths)
+    assert peak > 1000, peak
+    # and the caller opened the desk's frames
+    report = json.loads((tmp_path / "a.json").read_text())["crypto"]
+    assert report["opened"] >= 10 and report["tampered"] == report["replayed"] == 0, report
 
 
 async def test_a_ring_that_ended_while_offline_is_not_answered(world: World, tmp_path: Path) -> None:
@@ -392,6 +518,7 @@ async def test_a_ring_that_ended_while_offline_is_not_answered(world: World, tmp
                 world.spare,
                 source,
                 sink,
+                keys=SessionCallKeys(s),
                 answer=True,
                 limits=CallLimits(answer_wait=1.0),
             )

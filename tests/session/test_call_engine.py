@@ -6,6 +6,10 @@ of receiver), and the router's output is delivered to the other link's ``voice_l
 after a fixed one-way delay on the event loop. Sources and sinks are clocked by the wall
 clock like a sound card (20 ms blocks), so the engine runs exactly as it does in a call;
 each test lasts one to three seconds of real time and every wait is bounded.
+
+Media is sealed end to end as in a real call: each party's stream key is given out through a
+``KeyBoard`` that stands for the consult's ``callkey`` messages landing in each member's local
+store (optionally late, as the reliable path can be); the sealing and opening are the real ones.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,9 +28,10 @@ import pytest
 
 from medcomm.adapters import opus
 from medcomm.core import voiceframe, wire
-from medcomm.errors import LinkDown, VoiceUnavailable
+from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
+from medcomm.errors import LinkDown, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
-from medcomm.session.call import CallEngine, CallLimits, run_call
+from medcomm.session.call import CallEngine, CallKeys, CallLimits, DeskCalls, run_call
 from medcomm.session.link import Link, LinkStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -161,16 +167,80 @@ def rms(pcm: np.ndarray) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if pcm.size else 0.0
 
 
+# --- the keys ---------------------------------------------------------------------------------
+
+
+class KeyBoard:
+    """Stream keys as the members' local stores would hold them once the ``callkey`` messages
+    arrive: ``announce`` makes a fresh key and it becomes visible to every member after
+    ``delay`` s (0: at once)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.keys: dict[tuple[str, str, str], bytes] = {}
+        self.announced: list[tuple[str, str, str]] = []  # (consult, call, member), in order
+
+    def put(self, consult: str, call: str, member: str, key: bytes) -> None:
+        self.keys[(consult, call, member)] = key
+
+    def device(self, member: str) -> DeviceKeys:
+        return DeviceKeys(self, member)
+
+
+@dataclass
+class DeviceKeys:
+    """One device's ``CallKeys`` on the board."""
+
+    board: KeyBoard
+    me: str
+
+    async def announce(self, consult: str, call: str) -> bytes:
+        key = secrets.token_bytes(32)
+        self.board.announced.append((consult, call, self.me))
+        if self.board.delay > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.board.delay, self.board.put, consult, call, self.me, key)
+        else:
+            self.board.put(consult, call, self.me, key)
+        return key
+
+    def lookup(self, consult: str, call: str, member: str) -> bytes | None:
+        return self.board.keys.get((consult, call, member))
+
+
+def keys_for(member: str, board: KeyBoard | None = None) -> CallKeys:
+    return (board or KeyBoard()).device(member)
+
+
 # --- the link and the relay -------------------------------------------------------------------
 
 
 class FakeRelay:
     """The relay's call registry and voice router, with a fixed one-way delay each way."""
 
-    def __init__(self, one_way: float = ONE_WAY) -> None:
+    def __init__(self, one_way: float = ONE_WAY, key_delay: float = 0.0) -> None:
         self.calls = CallRegistry()
         self.one_way = one_way
         self.call_id = ""
+        self.board = KeyBoard(key_delay)
+        self.slots: dict[str, int] = {}
+
+    def crypto(self, link: FakeLink, key: bytes | None = None, key_delay: float | None = None) -> CallCrypto:
+        """``link``'s part in the call's crypto: its own stream key given out (now, or after
+        ``key_delay`` s), the others' looked up on the board."""
+        own = key or secrets.token_bytes(32)
+        delay = self.board.delay if key_delay is None else key_delay
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, self.board.put, CONSULT, self.call_id, link.user, own)
+        else:
+            self.board.put(CONSULT, self.call_id, link.user, own)
+        crypto = CallCrypto(own, lambda member: self.board.keys.get((CONSULT, self.call_id, member)))
+        crypto.set_members(self.slots)
+        return crypto
+
+    def key_of(self, link: FakeLink) -> bytes:
+        return self.board.keys[(CONSULT, self.call_id, link.user)]
 
     def connect(self, links: list[FakeLink]) -> None:
         now = time.monotonic()
@@ -179,8 +249,9 @@ class FakeRelay:
         for link in links[1:]:
             self.calls.answer(call.id, link.user, link, now)
         self.call_id = call.id
+        self.slots = call.slots()
         for link in links:
-            link.slot = call.slots()[link.user]
+            link.slot = self.slots[link.user]
 
     def forward(self, sender: FakeLink, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -268,6 +339,7 @@ class Call:
     b: Party
     stop: asyncio.Event
     tasks: list[asyncio.Task[None]]
+    relay: FakeRelay
 
     def running(self) -> bool:
         return not any(t.done() for t in self.tasks)
@@ -275,29 +347,39 @@ class Call:
 
 @contextlib.asynccontextmanager
 async def call(
-    a_pcm: np.ndarray, b_pcm: np.ndarray, profile: str = "auto", limits: CallLimits = CallLimits()
+    a_pcm: np.ndarray,
+    b_pcm: np.ndarray,
+    profile: str = "auto",
+    limits: CallLimits = CallLimits(),
+    key_delay: float = 0.0,
 ) -> AsyncIterator[Call]:
-    """Two engines in a call through the fake relay; stopped (bounded) on the way out."""
-    relay = FakeRelay()
+    """Two engines in a call through the fake relay; stopped (bounded) on the way out.
+    ``key_delay``: seconds before each party's stream key reaches the other."""
+    relay = FakeRelay(key_delay=key_delay)
     links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
     relay.connect(links)
     parties = []
     for link, pcm in zip(links, (a_pcm, b_pcm), strict=True):
         source, sink = ClockedSource(pcm), ClockedSink()
-        parties.append(Party(link, source, sink, CallEngine(as_link(link), source, sink, profile, limits)))
+        engine = CallEngine(as_link(link), source, sink, profile, limits, crypto=relay.crypto(link))
+        parties.append(Party(link, source, sink, engine))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(p.engine.run(stop)) for p in parties]
-    c = Call(parties[0], parties[1], stop, tasks)
+    c = Call(parties[0], parties[1], stop, tasks, relay)
     try:
         yield c
     finally:
-        stop.set()
-        done, pending = await asyncio.wait(tasks, timeout=5)
-        for t in pending:
-            t.cancel()
-        assert not pending, "an engine did not stop within 5 s of stop"
-        for t in done:
-            t.result()  # an engine that crashed fails the test here
+        await finish(stop, tasks)
+
+
+async def finish(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stop.set()
+    done, pending = await asyncio.wait(tasks, timeout=5)
+    for t in pending:
+        t.cancel()
+    assert not pending, "an engine did not stop within 5 s of stop"
+    for t in done:
+        t.result()  # an engine that crashed fails the test here
 
 
 async def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> None:
@@ -410,33 +492,52 @@ async def test_malformed_voice_frames_are_dropped_and_the_real_stream_plays_on()
         def media(payload: bytes, ts: int = 0) -> bytes:
             return bytes((0x40 | slot, 200, ts >> 8, ts & 0xFF, 0x80 | 90)) + payload
 
-        bad = [
+        malformed = [
             b"",  # empty
             b"\x41",  # a tag and nothing else
             bytes((0x40 | slot, 1, 0, 0)),  # a media header cut short
-            bytes((0x40 | slot, 1, 0, 0, 0x80)),  # a whole header, no Opus packet
+            bytes((0x40 | slot, 1, 0, 0, 0x80)),  # a whole header, no payload
             b"\x61\x00\x01\x00",  # a feedback frame cut short
             bytes((0x60 | slot,)) + bytes(8) + b"\x00",  # a feedback frame too long
             bytes((0x60 | slot, 0, 0, 0, 0, 0, 0, 0x13, 0x88)),  # concealed 5000 permille
             b"\x50" + bytes(20),  # an unknown voice-plane tag
             media(bytes(1600)),  # over the voice plane's 1500-byte limit
-            media(b"\x03\x00"),  # Opus: code 3 with zero frames
-            media(b"\x02\xff"),  # Opus: code 2, first frame longer than the packet
-            media(b"\x80" + bytes(10)),  # Opus: one 2.5 ms CELT frame, no whole ms
-            media(b"\x03\x7f" + bytes(10)),  # Opus: 127 frames, over 120 ms
         ]
         rng = random.Random(1234)
         noise = [b"\x40" + rng.randbytes(rng.randrange(0, 5)) for _ in range(40)]  # never a whole header
-        for data in bad + noise:
+        for data in malformed + noise:
             b.on_voice(data)  # the link's reader calls this; it must not raise
-        expected = len(bad) + len(noise)
+        expected = len(malformed) + len(noise)
         assert b.report()["bad_frames"] == expected
+        # a whole header on A's slot with anything but A's sealed packet: fails authentication
+        forged = [media(b"\x03\x00"), media(b"\x78" + bytes(10))]
+        forged += [media(rng.randbytes(rng.randrange(17, 120)), rng.randrange(65536)) for _ in range(40)]
+        failed = b.crypto.stats.failed_auth
+        for data in forged:
+            b.on_voice(data)
+        assert b.crypto.stats.failed_auth == failed + len(forged)
+        assert b.report()["bad_frames"] == expected, "a forgery never reaches the Opus parser"
+        # A's key, but Opus packets that break RFC 6716 (what a buggy or hostile member could
+        # send): authentic, then refused by the packet check. Sealed at odd ms that A's
+        # 20 ms-grained clock never uses, so no nonce repeats and A's stream is not disturbed.
+        last = c.a.engine.crypto.sealer.last_ts
+        assert last is not None and last > 200
+        broken = [
+            b"\x03\x00",  # code 3 with zero frames
+            b"\x02\xff",  # code 2, first frame longer than the packet
+            b"\x80" + bytes(10),  # one 2.5 ms CELT frame, no whole ms
+            b"\x03\x7f" + bytes(10),  # 127 frames, over 120 ms
+        ]
+        key = c.relay.key_of(c.a.link)
+        for i, packet in enumerate(broken):
+            sealed = StreamSealer(key).seal(200 + i, last - 13 - 20 * i, 0x80 | 90, packet)
+            b.on_voice(voiceframe.with_slot(sealed, slot))
+        assert b.report()["bad_frames"] == expected + len(broken)
         assert set(b.streams) == {slot}, "no stream was opened for garbage"
-        # arbitrary bytes after a valid header at slot 0: dropped or played, but never a crash
+        # arbitrary bytes after a valid header at slot 0 (nobody's): dropped, never a crash
         for _ in range(40):
             b.on_voice(b"\x40" + rng.randbytes(rng.randrange(5, 120)))
         after = time.monotonic()
-        assert b.report()["bad_frames"] >= expected
         played = b.streams[slot].jitter.stats(reset=False).played
         await asyncio.sleep(1.2)
         assert c.running()
@@ -445,6 +546,113 @@ async def test_malformed_voice_frames_are_dropped_and_the_real_stream_plays_on()
         assert steady.size >= RATE // 2
         assert abs(dominant_hz(steady) - TONE_HZ) <= 3.0
         assert rms(steady) > 0.5 * rms(tone(1))
+        assert b.report()["bad_frames"] == expected + len(broken)
+
+
+async def test_until_the_senders_key_arrives_its_frames_are_dropped_and_the_line_says_so() -> None:
+    async with call(tone(10), np.zeros(RATE * 10, np.int16), key_delay=1.2) as c:
+        keyed = time.monotonic() + 1.2
+        await asyncio.sleep(1.1)
+        b = c.b.engine
+        assert b.crypto.stats.no_key >= 8, "A's frames before its key were not dropped as no key"
+        assert b.crypto.stats.opened == 0 and b.streams == {}, "nothing plays without the key"
+        assert "waiting for a key" in b.stats.line() and "failed" not in b.stats.line()
+        await wait_for(lambda: c.b.sink.onset() is not None, 1.5)
+        heard = c.b.sink.onset()
+        assert heard is not None and heard > keyed, "audio played before the key could open it"
+        dropped = b.crypto.stats.no_key
+        await asyncio.sleep(1.2)
+        assert c.running()
+        assert b.crypto.stats.no_key == dropped, "frames still dropped once the key was here"
+        # the line speaks of the last second: it stops saying so at the refresh after the last drop
+        await wait_for(lambda: "waiting for a key" not in b.stats.line(), 1.1)
+        steady = c.b.sink.audio(heard + 0.3, heard + 1.0)
+        assert abs(dominant_hz(steady) - TONE_HZ) <= 3.0 and rms(steady) > 0.5 * rms(tone(1))
+        report = b.report()
+        assert cast(dict[str, int], report["crypto"])["no_key"] == dropped
+        assert report["bad_frames"] == 0
+
+
+async def test_tampered_and_replayed_frames_are_counted_and_never_played() -> None:
+    async with call(tone(10), np.zeros(RATE * 10, np.int16)) as c:
+        await wait_for(lambda: len(c.b.link.received) >= 6, 1.5)
+        b = c.b.engine
+        real = [d for d in c.b.link.received if is_media(d)]
+        opened = b.crypto.stats.opened
+        jitter = b.streams[c.a.link.slot].jitter
+        pushed: list[int] = []
+        push = jitter.push
+
+        def counting_push(ts_ms: int, *rest: object) -> None:
+            pushed.append(ts_ms)
+            push(ts_ms, *rest)  # type: ignore[arg-type]
+
+        jitter.push = counting_push  # type: ignore[method-assign]
+        for data in real[:4]:  # the relay (or anyone on the path) sends frames again
+            b.on_voice(data)
+        flipped = []
+        for i, data in enumerate(real[-3:]):  # one bit changed: level, payload, tag
+            bad = bytearray(data)
+            bad[(4, 9, len(data) - 1)[i]] ^= 0x04
+            flipped.append(bytes(bad))
+        for data in flipped:
+            b.on_voice(data)
+        b.on_voice(real[-1][:-10])  # cut short
+        stats = b.crypto.stats
+        assert (stats.replayed, stats.tampered, stats.failed_auth) == (4, 4, 8)
+        assert stats.opened == opened
+        assert pushed == [], "a dropped frame reached the jitter buffer"
+        assert b.report()["bad_frames"] == 0
+        await asyncio.sleep(1.1)
+        assert c.running() and "8 failed authentication" in b.stats.line()
+        assert stats.opened > opened + 5, "the real stream stopped"
+
+
+async def test_a_member_who_starts_a_new_stream_is_heard_under_the_new_key() -> None:
+    """A leaves and joins again as a new stream (its clock starts at 0, a new key, the same
+    slot): B, still in the call, switches to the key once it has arrived."""
+    relay = FakeRelay()
+    links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
+    relay.connect(links)
+    b_sink = ClockedSink()
+    b = CallEngine(as_link(links[1]), ClockedSource(np.zeros(RATE * 10, np.int16)), b_sink,
+                   crypto=relay.crypto(links[1]))  # fmt: skip
+    b_stop, a_stop = asyncio.Event(), asyncio.Event()
+    b_task = asyncio.create_task(b.run(b_stop))
+    tasks = [b_task]
+    try:
+        first = CallEngine(as_link(links[0]), ClockedSource(tone(10)), ClockedSink(),
+                           crypto=relay.crypto(links[0]))  # fmt: skip
+        tasks.append(asyncio.create_task(first.run(a_stop)))
+        await wait_for(lambda: b_sink.onset() is not None, 1.5)
+        await asyncio.sleep(1.5)  # the first stream's clock is well ahead of where the next starts
+        a_stop.set()
+        await asyncio.wait_for(tasks[1], 3.0)
+        old_key = relay.key_of(links[0])
+        a_stop = asyncio.Event()
+        second = CallEngine(as_link(links[0]), ClockedSource(tone(10, freq=300)), ClockedSink(),
+                            crypto=relay.crypto(links[0], key_delay=0.3))  # fmt: skip
+        tasks.append(asyncio.create_task(second.run(a_stop)))
+        restarted = time.monotonic()
+        await asyncio.sleep(1.6)
+        assert relay.key_of(links[0]) != old_key
+        assert b.crypto.stats.key_changes == 1
+        # the new stream's first frames could not open before its key came: "no key", not forgeries
+        assert b.crypto.stats.no_key >= 2 and b.crypto.stats.failed_auth == 0
+        assert "failed" not in b.stats.line()
+        # heard as soon as its key is here: a new stream, not late frames of the old one
+        late = b_sink.audio(restarted + 0.7, restarted + 1.5)
+        assert late.size and abs(dominant_hz(late) - 300.0) <= 3.0 and rms(late) > 0.4 * rms(tone(1))
+    finally:
+        a_stop.set()
+        await finish(b_stop, tasks)
+
+
+async def test_the_desk_does_not_place_a_call_it_cannot_encrypt() -> None:
+    calls = DeskCalls(as_link(FakeLink("amina")), "amina")
+    with pytest.raises(UsageError, match="encrypted"):
+        calls.start(CONSULT, "auto", mic="no-such-device", speaker="no-such-device")
+    assert not calls.active and calls.view is None
 
 
 async def test_mute_stops_sending_and_unmute_resumes() -> None:
@@ -470,7 +678,7 @@ async def test_the_engine_stops_when_the_source_ends() -> None:
     links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
     relay.connect(links)
     source, sink = ClockedSource(tone(0.6)), ClockedSink()
-    engine = CallEngine(as_link(links[0]), source, sink)
+    engine = CallEngine(as_link(links[0]), source, sink, crypto=relay.crypto(links[0]))
     stop = asyncio.Event()
     started = time.monotonic()
     await asyncio.wait_for(engine.run(stop), 3.0)
@@ -480,8 +688,10 @@ async def test_the_engine_stops_when_the_source_ends() -> None:
     assert source.stopped and sink.stopped
     assert links[0].voice_listener is None  # the link no longer feeds a finished call
     assert links[0].bulk_allowed.is_set()
-    frames = [voiceframe.parse(d) for _, d in links[0].sent if is_media(d)]
-    covered = sum(1000 * opus.packet_samples(cast(voiceframe.MediaFrame, f).payload) // RATE for f in frames)
+    opener = StreamOpener(relay.key_of(links[0]))
+    frames = [cast(voiceframe.MediaFrame, voiceframe.parse(d)) for _, d in links[0].sent if is_media(d)]
+    packets = [opener.open(f, 0.0)[1] for f in frames]
+    covered = sum(1000 * opus.packet_samples(p) // RATE for p in packets)
     assert 560 <= covered <= 720, covered  # all of the 0.6 s went out, the tail padded to a packet
 
 
@@ -494,7 +704,8 @@ class UnopenableSink(ClockedSink):
 
 async def test_a_speaker_that_fails_to_open_leaves_nothing_running() -> None:
     link, source = FakeLink("amina"), ClockedSource(tone(1))
-    engine = CallEngine(as_link(link), source, UnopenableSink())
+    crypto = CallCrypto(bytes(32), lambda _m: None)
+    engine = CallEngine(as_link(link), source, UnopenableSink(), crypto=crypto)
     with pytest.raises(VoiceUnavailable):
         await asyncio.wait_for(engine.run(asyncio.Event()), 2.0)
     assert link.voice_listener is None
@@ -514,11 +725,15 @@ async def test_run_call_places_a_call_and_ends_when_the_far_end_hangs_up() -> No
     link.answers["call"] = {"call": "abcdefgh", "state": "ringing", "slots": {"amina": 1}}
     lines: list[str] = []
     source, sink = ClockedSource(tone(10)), ClockedSink()
-    placing = run_call(as_link(link), "amina", CONSULT, source, sink, on_status=lines.append)
+    board = KeyBoard()
+    placing = run_call(
+        as_link(link), "amina", CONSULT, source, sink, keys=board.device("amina"), on_status=lines.append
+    )
     task = asyncio.create_task(placing)
     await wait_for(lambda: bool(link.listeners), 1.0)
     await asyncio.sleep(0.05)
     assert not task.done() and lines == ["ringing"]
+    assert board.announced == [(CONSULT, "abcdefgh", "amina")], "the key goes out while it rings"
     link.emit(state("zzzzzzzz", "active", {"x": 1, "y": 2}))  # another consult's call: not ours
     link.emit(state("abcdefgh", "active", {"amina": 1, "dr.chen": 2}))
     await wait_for(lambda: link.media_sent() >= 3, 1.5)
@@ -531,11 +746,22 @@ async def test_run_call_places_a_call_and_ends_when_the_far_end_hangs_up() -> No
     assert any(line.startswith("in call") for line in lines[1:])
     assert link.listeners == [] and link.voice_listener is None
     assert cast(list[object], out.report["seconds"])
+    assert board.announced == [(CONSULT, "abcdefgh", "amina")]
+    # every media frame went out sealed under the key announced, and nothing else opens them
+    opener = StreamOpener(board.keys[(CONSULT, "abcdefgh", "amina")])
+    sent = [cast(voiceframe.MediaFrame, voiceframe.parse(d)) for _, d in link.sent if is_media(d)]
+    packets = [opener.open(f, 0.0)[1] for f in sent]
+    assert all(opus.packet_duration_ms(p) > 0 for p in packets)
+    pairs = list(zip(sent, packets, strict=True))
+    assert all(len(f.payload) == len(p) + OVERHEAD and p not in f.payload for f, p in pairs)
+    crypto = cast(dict[str, object], out.report["crypto"])
+    assert crypto["sealed"] == len(sent) and crypto["overhead"] == 16
 
 
 async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
     link = FakeLink("dr.chen")
     link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    board = KeyBoard()
     task = asyncio.create_task(
         run_call(
             as_link(link),
@@ -543,24 +769,29 @@ async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
             CONSULT,
             ClockedSource(tone(10)),
             ClockedSink(),
+            keys=board.device("dr.chen"),
             answer=True,
             seconds=0.8,
         )
     )
     await wait_for(lambda: bool(link.listeners), 1.0)
+    assert board.announced == []  # nothing to give out before there is a call to answer
     link.emit(state("abcdefgh", "ringing", {"amina": 1}))
     out = await asyncio.wait_for(task, 3.0)
     assert out.outcome == "hung up"
     assert 0.7 < out.seconds < 1.5
     assert link.requests == [("answer", {"call": "abcdefgh"}), ("hangup", {"call": "abcdefgh"})]
     assert link.media_sent() >= 5
+    assert board.announced == [(CONSULT, "abcdefgh", "dr.chen")]
 
 
 async def test_run_call_reports_a_declined_call_without_starting_media() -> None:
     link = FakeLink("amina")
     link.answers["call"] = {"call": "abcdefgh", "state": "ringing"}
     source = ClockedSource(tone(10))
-    task = asyncio.create_task(run_call(as_link(link), "amina", CONSULT, source, ClockedSink()))
+    task = asyncio.create_task(
+        run_call(as_link(link), "amina", CONSULT, source, ClockedSink(), keys=keys_for("amina"))
+    )
     await wait_for(lambda: bool(link.listeners), 1.0)
     link.emit(state("abcdefgh", "ended", {}, "declined"))
     out = await asyncio.wait_for(task, 2.0)
@@ -574,7 +805,9 @@ async def test_hanging_up_while_it_rings_cancels_the_call() -> None:
     link.answers["call"] = {"call": "abcdefgh", "state": "ringing"}
     stop = asyncio.Event()
     source = ClockedSource(tone(10))
-    task = asyncio.create_task(run_call(as_link(link), "amina", CONSULT, source, ClockedSink(), stop=stop))
+    task = asyncio.create_task(
+        run_call(as_link(link), "amina", CONSULT, source, ClockedSink(), keys=keys_for("amina"), stop=stop)
+    )
     await wait_for(lambda: bool(link.listeners), 1.0)
     await asyncio.sleep(0.1)
     stop.set()
@@ -589,8 +822,9 @@ async def test_answering_a_named_call_does_not_wait_for_a_ring() -> None:
     link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
     source, sink = ClockedSource(tone(10)), ClockedSink()
     run = run_call(
-        as_link(link), "dr.chen", CONSULT, source, sink, answer=True, call_id="abcdefgh", seconds=0.3
-    )
+        as_link(link), "dr.chen", CONSULT, source, sink, keys=keys_for("dr.chen"), answer=True,
+        call_id="abcdefgh", seconds=0.3,
+    )  # fmt: skip
     out = await asyncio.wait_for(run, 2.0)
     assert (out.call, out.outcome) == ("abcdefgh", "hung up")
     assert link.requests == [("answer", {"call": "abcdefgh"}), ("hangup", {"call": "abcdefgh"})]
@@ -604,8 +838,9 @@ async def test_answer_takes_a_call_that_rang_before_run_call_listened() -> None:
     lines: list[str] = []
     source, sink = ClockedSource(tone(10)), ClockedSink()
     run = run_call(
-        as_link(link), "dr.chen", CONSULT, source, sink, answer=True, seconds=0.3, on_status=lines.append
-    )
+        as_link(link), "dr.chen", CONSULT, source, sink, keys=keys_for("dr.chen"), answer=True, seconds=0.3,
+        on_status=lines.append,
+    )  # fmt: skip
     out = await asyncio.wait_for(run, 2.0)  # no ring event ever comes: it must not wait for one
     assert (out.call, out.outcome) == ("abcdefgh", "hung up")
     assert link.requests[0] == ("answer", {"call": "abcdefgh"})
@@ -621,6 +856,7 @@ async def test_answer_ignores_a_call_it_is_already_in_and_waits_for_a_ring() -> 
         CONSULT,
         ClockedSource(tone(10)),
         ClockedSink(),
+        keys=keys_for("dr.chen"),
         answer=True,
         limits=CallLimits(answer_wait=0.3),
     )

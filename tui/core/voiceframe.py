@@ -10,6 +10,10 @@ Media frame (5 header bytes, then one Opus packet of at least one byte)::
 
     0x40 | slot   seq & 0xFF   ts & 0xFFFF (big-endian)   level
 
+On the wire the payload is the Opus packet sealed end to end (``medcomm.core.voicecrypt``: the
+packet plus a 16-byte tag, the header with its slot bits zeroed as associated data); this
+module frames and parses either alike, and the relay never needs more than the header.
+
 Feedback frame (receiver -> sender, 9 bytes: the brief said 11, but its four u16 fields after
 the tag byte make 9, and no fifth field was ever named)::
 
@@ -104,10 +108,16 @@ class MediaFrame:
     def dbov(self) -> float:
         return level_dbov(self.level)
 
+    def header(self, slot: int | None = None) -> bytes:
+        """The 5 header bytes, with ``slot`` in place of the frame's own: slot 0 gives the
+        bytes a sealed payload is bound to, since the relay rewrites only the slot bits."""
+        s = self.slot if slot is None else slot
+        _u(s, 4, "slot")
+        return bytes((MEDIA_TAG | s, self.seq, self.ts >> 8, self.ts & 0xFF, self.level))
+
     def pack(self, limits: VoiceLimits = VOICE) -> bytes:
         _check_max(MEDIA_HEADER + len(self.payload), limits)
-        header = bytes((MEDIA_TAG | self.slot, self.seq, self.ts >> 8, self.ts & 0xFF, self.level))
-        return header + self.payload
+        return self.header() + self.payload
 
 
 @dataclass(frozen=True, slots=True)

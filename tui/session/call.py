@@ -11,6 +11,18 @@ timestamp, hold time, jitter-buffer delay, concealment) that its sender's rate c
 reads. A dropped connection does not end the call: when the link is back the engine answers
 again and keeps its slot.
 
+Every media frame is sealed end to end (``core.voicecrypt``): when this device starts
+streaming in a call (the caller as soon as the relay has given the call an id, while it
+rings; the answerer once it has answered; anyone joining the same call again, in a new
+``run_call``) it makes a fresh key for its stream and gives it to the consult's members in a
+sealed ``callkey`` message (``CallKeys.announce``). A frame from slot S is opened with the key
+of the member the call's ``CallState.slots`` puts in S, as the local store holds it; when a
+new key takes over a slot, a new stream (its clock starting again) gets a new jitter buffer
+and decoder. Frames whose sender's key has not arrived yet are dropped ("no key"),
+as are frames that fail authentication; the status line says so while it happens. Answering
+again after a reconnect inside one engine keeps the key: the stream and its clock go on, and a
+``callkey`` message that had not left yet is still in the durable outbox.
+
 The timing decisions live in the sans-I/O cores (``core.jitter``, ``core.ratecontrol``);
 this module only drives them with the clock, the link and the sound edge.
 """
@@ -23,16 +35,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medcomm.core import voiceframe, wire
 from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
 from medcomm.core.ratecontrol import RateControl
-from medcomm.errors import LinkDown, MedcommError, UsageError, WireError
+from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
+from medcomm.errors import LinkDown, MedcommError, Tampered, UsageError, WireError
 from medcomm.session.link import Link, LinkStatus
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from medcomm.session.service import Session
 
 log = logging.getLogger("medcomm.call")
 
@@ -74,14 +89,20 @@ class CallStats:
     dropped: int = 0  # our packets dropped before the wire (link behind or down)
     muted: bool = False
     slots: dict[str, int] = field(default_factory=dict)
+    no_key: int = 0  # far-end frames dropped because their sender's key is not here (yet)
+    no_key_now: int = 0  # ... of them in the last second: the line says so only while it lasts
+    failed_auth: int = 0  # far-end frames dropped as tampered, cut short or replayed
 
     def line(self) -> str:
         rtt = f"{self.rtt_ms:.0f} ms" if self.rtt_ms is not None else "-"
         mute = " · muted" if self.muted else ""
+        keys = f" · waiting for a key: {self.no_key_now} dropped" if self.no_key_now else ""
+        auth = f" · {self.failed_auth} failed authentication" if self.failed_auth else ""
         return (
             f"{self.state} {int(self.seconds) // 60}:{int(self.seconds) % 60:02d} · "
             f"up {self.up_kbps:.1f} kbit/s · down {self.down_kbps:.1f} kbit/s · rtt {rtt} · "
-            f"buffer {self.jitter_ms} ms · concealed {self.concealed_pct:.1f}% · {self.rung}{mute}"
+            f"buffer {self.jitter_ms} ms · concealed {self.concealed_pct:.1f}% · {self.rung}"
+            f"{mute}{keys}{auth}"
         )
 
 
@@ -91,7 +112,7 @@ class _Stream:
 
     jitter: JitterBuffer
     decoder: Any
-    ts: voiceframe.Unwrapper = field(default_factory=lambda: voiceframe.Unwrapper(16))
+    key_stream: int = 0  # the crypto's stream number (a new key: a new stream, its clock from 0)
     pcm: Any = None  # decoded samples not yet mixed (numpy, made on first use)
     last_ts16: int | None = None
     last_arrival: float = 0.0
@@ -99,8 +120,25 @@ class _Stream:
     stats: JitterStats | None = None
 
 
+@dataclass
+class _RungCost:
+    """What this device's stream cost at one rung: the benchmark's measure of the seal."""
+
+    frames: int = 0
+    opus_bytes: int = 0
+    frame_bytes: int = 0  # voice frames as handed to the link: header, sealed packet and tag
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"frames": self.frames, "opus_bytes": self.opus_bytes, "frame_bytes": self.frame_bytes,
+                "tag_bytes": self.frames * OVERHEAD, "seconds": round(self.seconds, 2)}
+
+
 class CallEngine:
-    """Media for one call. ``run`` returns when ``stop`` is set or the source ends."""
+    """Media for one call. ``run`` returns when ``stop`` is set or the source ends.
+
+    ``crypto`` seals what this device sends and opens what the others send; there is no
+    plaintext mode."""
 
     def __init__(
         self,
@@ -109,6 +147,8 @@ class CallEngine:
         sink: Any,
         profile: str = "auto",
         limits: CallLimits = CallLimits(),
+        *,
+        crypto: CallCrypto,
     ) -> None:
         import numpy
 
@@ -116,6 +156,9 @@ class CallEngine:
 
         self._np = numpy  # imported here: the desk makes DeskCalls at start, numpy only for a call
         self.link, self.source, self.sink, self.limits = link, source, sink, limits
+        self.crypto = crypto
+        self._costs: dict[str, _RungCost] = {}
+        self._no_key_seen = 0
         self.rate = RateControl(profile)
         rung = self.rate.rung
         self._opus = opus
@@ -148,12 +191,20 @@ class CallEngine:
                 self.streams_feedback = True
                 self._unechoed_since = None
                 return
-            duration = self._opus.packet_duration_ms(frame.payload)  # a bad packet opens no stream
+            try:
+                opened = self.crypto.open(frame, now)
+            except Tampered:
+                return  # counted by the crypto: it fails authentication, so it is not a peer's
+            if opened is None:
+                return  # the sender's key has not arrived yet: counted, never played
+            ts, packet = opened
+            duration = self._opus.packet_duration_ms(packet)  # a bad packet opens no stream
             stream = self.streams.get(frame.slot)
-            if stream is None:
-                stream = self.streams[frame.slot] = _Stream(JitterBuffer(), self._opus.Decoder())
-            ts = stream.ts.unwrap(frame.ts)
-            stream.jitter.push(ts, duration, frame.payload, frame.level, now)
+            key_stream = self.crypto.stream_of(frame.slot)
+            if stream is None or stream.key_stream != key_stream:
+                stream = _Stream(JitterBuffer(), self._opus.Decoder(), key_stream)
+                self.streams[frame.slot] = stream
+            stream.jitter.push(ts, duration, packet, frame.level, now)
             stream.last_ts16, stream.last_arrival = frame.ts, now
         except (WireError, MedcommError, ValueError):
             self._bad_frames += 1  # a malformed frame from a peer never harms the call
@@ -181,6 +232,7 @@ class CallEngine:
                 self._adapt(now)
                 if now >= next_stats:
                     span = 1.0 + (now - next_stats)
+                    self._cost(self.rate.rung.name).seconds += span
                     self._refresh_stats(now, (self._bytes_up - last_up) * 8 / span / 1000,
                                         (self._bytes_down - last_down) * 8 / span / 1000)
                     last_up, last_down, next_stats = self._bytes_up, self._bytes_down, now + 1.0
@@ -213,13 +265,13 @@ class CallEngine:
             if not enc.packet:
                 continue  # DTX: nothing worth 60+ bytes of headers
             level = voiceframe.level_byte(enc.level_dbov, enc.talking)
-            data = voiceframe.MediaFrame.outgoing(self._seq, ts, level, enc.packet).pack()
+            data = self.crypto.seal(self._seq, ts, level, enc.packet)
             self._seq += 1
             naive = self.rate.profile == "naive"
             if not naive and self._stalled(now):
                 self.stats.dropped += 1  # the link has gone quiet: do not fill it with stale audio
                 continue
-            backlog_limit = int(self.rate.rung.packet_bytes(60) * self.limits.backlog_packets)
+            backlog_limit = int(self.rate.rung.packet_bytes(60 + OVERHEAD) * self.limits.backlog_packets)
             if naive:
                 backlog_limit = 1 << 30  # the comparison queues everything, as plain VoIP over TCP does
             backlog = self.link.send_voice(data, backlog_limit)
@@ -228,11 +280,21 @@ class CallEngine:
                 self.rate.on_backlog(backlog_limit + len(data), now)
                 continue
             self._bytes_up += len(data) + 2
+            cost = self._cost(self.rate.rung.name)
+            cost.frames, cost.opus_bytes, cost.frame_bytes = (
+                cost.frames + 1, cost.opus_bytes + len(enc.packet), cost.frame_bytes + len(data)
+            )
             self.rate.on_sent(ts, now)
             self.rate.on_backlog(backlog, now)
             if self._unechoed_since is None:
                 self._unechoed_since = now
             self._last_probe = now
+
+    def _cost(self, rung: str) -> _RungCost:
+        cost = self._costs.get(rung)
+        if cost is None:
+            cost = self._costs[rung] = _RungCost()
+        return cost
 
     def _stalled(self, now: float) -> bool:
         """True while what we sent long ago is still not echoed: the link (or the far end)
@@ -307,6 +369,9 @@ class CallEngine:
         s.jitter_ms = max((h.delay_ms for h in heard), default=0)
         s.concealed_pct = round(max((h.concealed_pm_total for h in heard), default=0) / 10, 1)
         s.muted = self.muted
+        cs = self.crypto.stats
+        s.no_key, s.no_key_now, s.failed_auth = cs.no_key, cs.no_key - self._no_key_seen, cs.failed_auth
+        self._no_key_seen = cs.no_key
 
     def _snapshot(self) -> dict[str, object]:
         s = self.stats
@@ -319,13 +384,17 @@ class CallEngine:
         return {
             "qdelay_ms": rs.qdelay_ms, "up_kbps": s.up_kbps, "down_kbps": s.down_kbps, "rtt_ms": s.rtt_ms,
             "jb_ms": s.jitter_ms, "concealed_pct": s.concealed_pct, "rung": s.rung, "dropped": s.dropped,
+            "no_key": self.crypto.stats.no_key, "failed_auth": self.crypto.stats.failed_auth,
             "streams": per_stream,
         }
 
     def report(self) -> dict[str, object]:
         """Everything the benchmark needs to align and judge a call (no audio content)."""
+        crypto: dict[str, object] = {"overhead": OVERHEAD, **self.crypto.stats.as_dict(),
+                                     "rungs": {r: c.as_dict() for r, c in self._costs.items() if c.frames}}
         return {"source_started": self.source_started, "sink_started": self.sink_started,
                 "bad_frames": self._bad_frames, "seconds": self.history, "final": self._snapshot(),
+                "crypto": crypto,
                 "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
                                  for c in self.rate.stats().recent]}
 
@@ -397,6 +466,67 @@ class CallSignals:
                 stopper.cancel()
 
 
+class CallKeys(Protocol):
+    """Where a call's stream keys come from and go to (the session's end-to-end layer)."""
+
+    async def announce(self, consult: str, call: str) -> bytes:
+        """A fresh key for this device's stream in ``call``, given to the consult's members."""
+        ...
+
+    def lookup(self, consult: str, call: str, member: str) -> bytes | None:
+        """The newest key of ``member``'s stream in ``call`` held here; None until it arrives."""
+        ...
+
+
+class SessionCallKeys:
+    """``CallKeys`` over a ``Session``: ``callkey`` messages on the reliable path, keys kept in
+    the local store's key ring as they arrive."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def announce(self, consult: str, call: str) -> bytes:
+        from medcomm.session.e2ekeys import announce_call_key
+
+        if self.session.store.keyring is None:
+            raise UsageError("calls are end-to-end encrypted, and this device has no keys: log in again")
+        return await announce_call_key(self.session, consult, call)
+
+    def lookup(self, consult: str, call: str, member: str) -> bytes | None:
+        ring = self.session.store.keyring
+        return None if ring is None else ring.call_key(consult, call, member)
+
+
+def _slots(value: object) -> dict[str, int]:
+    """A slots map from a relay answer, keeping only well-formed entries."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and type(v) is int}
+
+
+async def _stream_crypto(
+    link: Link, keys: CallKeys, consult: str, call_id: str, slots: dict[str, int], limits: CallLimits
+) -> tuple[CallCrypto, Callable[[object], None]]:
+    """This device's new stream key, announced, and the crypto that follows who is in which
+    slot (the listener it returns is the caller's to remove)."""
+    try:
+        own = await asyncio.wait_for(keys.announce(consult, call_id), limits.request_timeout)
+    except TimeoutError:
+        raise LinkDown("the call's key could not be queued in time") from None
+    crypto = CallCrypto(own, lambda member: keys.lookup(consult, call_id, member))
+    live = link.call_states.get(consult)
+    if not slots and live is not None and live.call == call_id:
+        slots = live.slots  # the relay's answer said nothing of who is in: its last word then
+    crypto.set_members(slots)
+
+    def follow(event: object) -> None:
+        if isinstance(event, wire.CallState) and event.call == call_id and event.state != "ended":
+            crypto.set_members(event.slots)
+
+    link.listeners.append(follow)
+    return crypto, follow
+
+
 @dataclass
 class CallOutcome:
     call: str = ""
@@ -413,6 +543,7 @@ async def run_call(
     source: Any,
     sink: Any,
     *,
+    keys: CallKeys,
     profile: str = "auto",
     seconds: float | None = None,
     answer: bool = False,
@@ -423,11 +554,13 @@ async def run_call(
     call_id: str = "",
 ) -> CallOutcome:
     """Place (or, with ``answer``, wait for and answer) a call in ``consult`` and carry it
-    until ``stop`` is set, ``seconds`` pass, the source ends or the others hang up."""
+    until ``stop`` is set, ``seconds`` pass, the source ends or the others hang up. ``keys``
+    gives this device's stream key out and finds the others' (end to end: see the module)."""
     stop = stop or asyncio.Event()
     signals = CallSignals(link)
     outcome = CallOutcome()
     ended = False
+    follow: Callable[[object], None] | None = None
     try:
         if answer:
             ringing = link.call_states.get(consult)
@@ -444,10 +577,15 @@ async def run_call(
                     outcome.outcome = "hung up"
                     return outcome
                 call_id = state.call
-            await signals.request("answer", {"call": call_id}, limits.request_timeout)
+            result = await signals.request("answer", {"call": call_id}, limits.request_timeout)
+            slots = _slots(result.get("slots"))
+            crypto, follow = await _stream_crypto(link, keys, consult, call_id, slots, limits)
         else:
             result = await signals.request("call", {"consult": consult}, limits.request_timeout)
             call_id = str(result["call"])
+            # announced while it rings, so the key is with the others by the time they answer
+            slots = _slots(result.get("slots"))
+            crypto, follow = await _stream_crypto(link, keys, consult, call_id, slots, limits)
             if result.get("state") == "ringing":
                 on_status("ringing")
                 state = await signals.next_state(
@@ -460,8 +598,9 @@ async def run_call(
                     ended = True
                     outcome.call, outcome.outcome = call_id, state.outcome
                     return outcome
+                crypto.set_members(state.slots)
         outcome.call = call_id
-        engine = CallEngine(link, source, sink, profile, limits)
+        engine = CallEngine(link, source, sink, profile, limits, crypto=crypto)
         if engine_hook is not None:
             engine_hook(engine)
         watcher = asyncio.ensure_future(_watch(signals, call_id, stop, limits))
@@ -482,6 +621,8 @@ async def run_call(
         outcome.outcome = "completed" if ended else "hung up"
         return outcome
     finally:
+        if follow is not None and follow in link.listeners:
+            link.listeners.remove(follow)
         if call_id and not ended:
             with contextlib.suppress(MedcommError, TimeoutError):
                 await signals.request("hangup", {"call": call_id}, 5.0)
@@ -536,8 +677,10 @@ class DeskCalls:
     second for meters, so a call does not flood an SSH link with redraws.
     """
 
-    def __init__(self, link: Link, me: str, changed: Callable[[], None] = lambda: None) -> None:
-        self.link, self.me, self.changed = link, me, changed
+    def __init__(
+        self, link: Link, me: str, changed: Callable[[], None] = lambda: None, keys: CallKeys | None = None
+    ) -> None:
+        self.link, self.me, self.changed, self.keys = link, me, changed, keys
         self.view: CallView | None = None
         self.ringing: dict[str, wire.CallState] = {}  # consult -> call ringing for us
         self._task: asyncio.Task[CallOutcome] | None = None
@@ -606,6 +749,8 @@ class DeskCalls:
 
         if self.active:
             raise UsageError("already in a call: hang up first")
+        if self.keys is None:
+            raise UsageError("calls are end-to-end encrypted, and this desk has no keys for them")
         opus.load()  # a missing libopus is said now, not after the call connected
         source = open_source(mic)
         try:
@@ -626,6 +771,9 @@ class DeskCalls:
     async def _carry(
         self, consult: str, source: Any, sink: Any, profile: str, answer: bool, call_id: str
     ) -> CallOutcome:
+        keys = self.keys
+        assert keys is not None, "checked by _launch"
+
         def status(line: str) -> None:
             if self.view is not None:
                 self.view.line = line
@@ -635,7 +783,7 @@ class DeskCalls:
 
         try:
             out = await run_call(
-                self.link, self.me, consult, source, sink, profile=profile, answer=answer,
+                self.link, self.me, consult, source, sink, keys=keys, profile=profile, answer=answer,
                 stop=self._stop, on_status=status, engine_hook=self._hook, call_id=call_id,
             )
             if self.view is not None:

@@ -136,15 +136,20 @@ class Session:
         """The desk's call controller (``session.call.DeskCalls``), made on first use so
         that text-only commands never import the audio stack."""
         if self._calls is None:
-            from medcomm.session.call import DeskCalls
+            from medcomm.session.call import DeskCalls, SessionCallKeys
 
-            self._calls = DeskCalls(self.link, self.me)
+            self._calls = DeskCalls(self.link, self.me, keys=SessionCallKeys(self))
         return self._calls
 
     async def close(self) -> None:
         if self._calls is not None:
             await self._calls.close()
+        await self._flush_keys()
         self._stop.set()
+        if self._keys_task is not None:
+            self._keys_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keys_task
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 5)
