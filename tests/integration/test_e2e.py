@@ -33,7 +33,7 @@ def hits(paths: list[Path], needles: list[bytes]) -> list[tuple[str, str]]:
     found = []
     for path in paths:
         data = path.read_bytes()
-        found += [(path.name, n.decode()) for n in needles if n in data]
+        found += [(path.name, repr(n[:16])) for n in needles if n in data]
     return found
 
 
@@ -47,23 +47,39 @@ def logged_relay(tmp_path: Path) -> RelayProcess:
 
 
 def test_the_relay_keeps_no_readable_text(logged_relay: RelayProcess, tmp_path: Path) -> None:
-    """Canaries in a chat message, a case card and a consult's follow-up: after delivery,
-    the relay's database, blob folder and log hold none of them; the doctor reads them all."""
+    """Canaries in a chat message, a case card, a follow-up, an image's caption and file name
+    and a voice note's file name, and the image's and note's own bytes: after delivery, the
+    relay's databases, blob folder and log hold none of them; the doctor reads them all."""
+    from tests.integration.test_notes_cli import speechlike
+    from tests.integration.test_share_cli import report_photo
+
     nurse = logged_relay.identity(tmp_path, "amina", "clinic")
     doctor = logged_relay.identity(tmp_path, "dr.chen", "doctor")
     opened = medcomm("consult", "open", "Consult", "--with", "dr.chen", home=nurse, check=True)
     consult = opened.stdout.strip()
-    chat, complaint, reason = (f"CANARY{secrets.token_hex(6)}" for _ in range(3))
+    chat, complaint, reason, caption, name = (f"CANARY{secrets.token_hex(6)}" for _ in range(5))
     medcomm("send", consult, f"SpO2 91% {chat}", home=nurse, check=True)
     medcomm("case", consult, "--set", f"complaint={complaint}", home=nurse, check=True)
     medcomm("followup", consult, "--due", "+7d", "--reason", reason, home=nurse, check=True)
+    photo, wav = tmp_path / f"{name}.jpg", tmp_path / f"{name}.wav"
+    report_photo(photo, 900, 700)
+    speechlike(wav, 2.0)
+    medcomm("share", consult, str(photo), "--caption", caption, "--original", home=nurse, check=True)
+    medcomm("note", consult, "--from", str(wav), home=nurse, check=True)
+    medcomm("sync", home=nurse, check=True)
     medcomm("sync", home=doctor, check=True)
-    texts = " ".join(m["text"] for m in history(doctor, consult))
-    assert chat in texts and reason in texts
+    seen = history(doctor, consult)
+    texts = " ".join(m["text"] for m in seen)
+    assert chat in texts and reason in texts and caption in texts
+    assert {"image", "note"} <= {m["kind"] for m in seen}
     logged_relay.stop()  # everything flushed to its files
     files = relay_files(logged_relay.data)
-    assert any(p.name == "relay.sqlite3" for p in files) and any(p.name == "relay.log" for p in files)
-    assert hits(files, [chat.encode(), complaint.encode(), reason.encode()]) == []
+    assert {"relay.sqlite3", "relay.log", "blobs.sqlite3"} <= {p.name for p in files}
+    assert sum(p.parent.name != logged_relay.data.name for p in files) >= 3  # blobs: view, original, note
+    raw = photo.read_bytes()
+    canaries = [c.encode() for c in (chat, complaint, reason, caption, name)]
+    pieces = [raw[i : i + 32] for i in range(0, len(raw) - 32, len(raw) // 8)] + [b"OggS"]
+    assert hits(files, canaries + pieces) == []
 
 
 def test_a_removed_member_cannot_read_what_follows(logged_relay: RelayProcess, tmp_path: Path) -> None:
