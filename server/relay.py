@@ -556,7 +556,10 @@ class Relay:
                 raise UsageError(f"'names' must be a list of at most {WIRE.max_members * 8} names")
             return self.store.device_keys([wire.user_name(n) for n in names])
         if op == "open":
-            title = _arg_text(args, "title", WIRE.max_title)
+            title = args.get("title")  # "": devices send it sealed in the consult instead
+            if not isinstance(title, str) or len(title) > WIRE.max_title:
+                raise UsageError(f"title must be text of at most {WIRE.max_title} characters")
+            title = title.strip()
             others = args.get("with", [])
             if not isinstance(others, list) or len(others) >= WIRE.max_members:
                 raise UsageError(f"'with' must be a list of at most {WIRE.max_members - 1} names")

@@ -133,7 +133,7 @@ def test_kinds_are_fixed_numbers_never_reused():
     """Kinds are stored in every history: a number once given keeps its meaning."""
     assert KINDS == {
         "text": 1, "image": 2, "note": 3, "call": 4, "system": 5, "case": 6, "status": 7, "followup": 8,
-        "request": 9, "key": 10, "keyreq": 11, "callkey": 12,
+        "request": 9, "key": 10, "keyreq": 11, "callkey": 12, "title": 13,
     }
     assert len(set(KINDS.values())) == len(KINDS)
 
@@ -343,7 +343,7 @@ def test_wrong_field_type_is_refused(cls, index, bad):
     ([T.SEND, "abc123", CID, True, b""], "kind True"),
     ([T.SEND, "abc123", CID, "text", b""], "kind by name"),
     ([T.SEND, "abc123", CID, 1.0, b""], "kind float"),
-    ([T.MSG, "abc123", 1, CID, "ana", T_MS, 13, b""], "msg kind 13"),
+    ([T.MSG, "abc123", 1, CID, "ana", T_MS, 14, b""], "msg kind 14"),
     ([T.RECEIPT, "abc123", 1, 0], "state 0"),
     ([T.RECEIPT, "abc123", 1, 3], "state 3"),
     ([T.RECEIPT, "abc123", -1, 1], "negative seq"),

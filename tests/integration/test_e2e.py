@@ -47,17 +47,17 @@ def logged_relay(tmp_path: Path) -> RelayProcess:
 
 
 def test_the_relay_keeps_no_readable_text(logged_relay: RelayProcess, tmp_path: Path) -> None:
-    """Canaries in a chat message, a case card, a follow-up, an image's caption and file name
-    and a voice note's file name, and the image's and note's own bytes: after delivery, the
+    """Canaries in a consult's title, a chat message, a case card, a follow-up, an image's
+    caption and file name, a voice note's file name, and the image's own bytes: after delivery, the
     relay's databases, blob folder and log hold none of them; the doctor reads them all."""
     from tests.integration.test_notes_cli import speechlike
     from tests.integration.test_share_cli import report_photo
 
     nurse = logged_relay.identity(tmp_path, "amina", "clinic")
     doctor = logged_relay.identity(tmp_path, "dr.chen", "doctor")
-    opened = medcomm("consult", "open", "Consult", "--with", "dr.chen", home=nurse, check=True)
+    chat, complaint, reason, caption, name, title = (f"CANARY{secrets.token_hex(6)}" for _ in range(6))
+    opened = medcomm("consult", "open", f"Boy, 6 {title}", "--with", "dr.chen", home=nurse, check=True)
     consult = opened.stdout.strip()
-    chat, complaint, reason, caption, name = (f"CANARY{secrets.token_hex(6)}" for _ in range(5))
     medcomm("send", consult, f"SpO2 91% {chat}", home=nurse, check=True)
     medcomm("case", consult, "--set", f"complaint={complaint}", home=nurse, check=True)
     medcomm("followup", consult, "--due", "+7d", "--reason", reason, home=nurse, check=True)
@@ -72,12 +72,14 @@ def test_the_relay_keeps_no_readable_text(logged_relay: RelayProcess, tmp_path: 
     texts = " ".join(m["text"] for m in seen)
     assert chat in texts and reason in texts and caption in texts
     assert {"image", "note"} <= {m["kind"] for m in seen}
+    listed = medcomm("consult", "list", "--json", home=doctor, check=True).stdout
+    assert [json.loads(line)["title"] for line in listed.splitlines()] == [f"Boy, 6 {title}"]
     logged_relay.stop()  # everything flushed to its files
     files = relay_files(logged_relay.data)
     assert {"relay.sqlite3", "relay.log", "blobs.sqlite3"} <= {p.name for p in files}
     assert sum(p.parent.name != logged_relay.data.name for p in files) >= 3  # blobs: view, original, note
     raw = photo.read_bytes()
-    canaries = [c.encode() for c in (chat, complaint, reason, caption, name)]
+    canaries = [c.encode() for c in (chat, complaint, reason, caption, name, title)]
     pieces = [raw[i : i + 32] for i in range(0, len(raw) - 32, len(raw) // 8)] + [b"OggS"]
     assert hits(files, canaries + pieces) == []
 

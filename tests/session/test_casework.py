@@ -40,7 +40,8 @@ async def test_card_status_and_followup_sync_between_two_devices(relay: RelayPro
     }
     async with Session.open(home=nurse) as s:
         consult, item = await casework.open_with_case(s, "Boy, 6, fever", ["dr.chen"], card, WAIT)
-        assert item is not None and await stored(s, item) == 3  # behind the relay's "open" and our key
+        # behind the relay's "open", the sealed title and our key
+        assert item is not None and await stored(s, item) == s.store.last_seq(consult)
         pid = casework.consult_state(s, consult).card.get("patient.id")
         assert pid and pid.startswith("p")
 
@@ -116,7 +117,7 @@ async def test_offline_change_shows_at_once_and_counts_for_the_next_check(
     async with Session.open(home=nurse) as s:
         await s.sync(WAIT)
         st = casework.consult_state(s, consult)
-        assert st.status.state == "closed" and st.status.history[0].seq == 2
+        assert st.status.state == "closed" and st.status.history[0].seq == s.store.last_seq(consult)
 
 
 async def test_two_claims_at_once_end_the_same_on_both_devices(

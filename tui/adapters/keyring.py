@@ -72,12 +72,19 @@ PLAIN_KINDS = frozenset({wire.KINDS["system"], wire.KINDS["call"], wire.KINDS["k
 SEALED_KINDS = frozenset(wire.KINDS.values()) - PLAIN_KINDS
 KEY_KINDS = frozenset({wire.KINDS["key"], wire.KINDS["keyreq"]})
 CALL_KEY = wire.KINDS["callkey"]  # sealed, but consumed here like the key kinds: never history
-NOT_HISTORY = KEY_KINDS | {CALL_KEY}
+TITLE = wire.KINDS["title"]  # sealed; sets the consult's title, no history line of its own
+NOT_HISTORY = KEY_KINDS | {CALL_KEY, TITLE}
 
 #: The kind a message has in the local history while it cannot be shown: waiting for its
 #: key (empty body) or dropped because it failed authentication (``TAMPERED`` body).
 LOCKED = 0
 TAMPERED = b"!"
+
+
+def set_title(db: sqlite3.Connection, consult: str, plain: bytes) -> None:
+    title = plain.decode("utf-8", "replace").strip()[: wire.WIRE.max_title]
+    if title:
+        db.execute("UPDATE consults SET title=? WHERE id=?", (title, consult))
 
 
 class KeyRing:
@@ -320,9 +327,14 @@ class KeyRing:
                     continue  # stays locked; the owner's own box may still come
                 plain, kind = TAMPERED, LOCKED
                 log.warning("message failed authentication consult=%s seq=%d", consult, seq)
-            if kind == CALL_KEY:
-                self._keep_call_key(consult, seq, owner, plain)
+            if kind in (CALL_KEY, TITLE):
+                if kind == CALL_KEY:
+                    self._keep_call_key(consult, seq, owner, plain)
+                else:
+                    set_title(self.db, consult, plain)
+                    self.db.execute("DELETE FROM messages WHERE consult=? AND seq=?", (consult, seq))
                 self.db.execute("DELETE FROM e2e_locked WHERE consult=? AND seq=?", (consult, seq))
+                self.opened += 1
                 continue
             self.db.execute(
                 "UPDATE messages SET kind=?, body=? WHERE consult=? AND seq=?", (kind, plain, consult, seq)

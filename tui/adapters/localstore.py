@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.adapters.keyring import LOCKED, NOT_HISTORY, SEALED_KINDS, TAMPERED, KeyRing
+from medcomm.adapters.keyring import LOCKED, NOT_HISTORY, SEALED_KINDS, TAMPERED, TITLE, KeyRing, set_title
 from medcomm.core import e2e, imagemsg, imagereq, wire
 from medcomm.core.delivery import OutItem
 
@@ -126,7 +126,8 @@ def body_text(kind: int, body: bytes, blobs: Path | None = None) -> str:
         except Exception:
             return "(unreadable system event)"
         if isinstance(ev, dict) and ev.get("event") == "open":
-            return f'opened "{ev.get("title", "")}" with {", ".join(ev.get("members", []))}'
+            title = f' "{ev["title"]}"' if ev.get("title") else ""  # sealed apart: see the consult's title
+            return f"opened{title} with {', '.join(ev.get('members', []))}"
         if isinstance(ev, dict) and ev.get("event") == "add":
             return f"added {ev.get('member', '?')}"
         if isinstance(ev, dict) and ev.get("event") == "remove":
@@ -401,7 +402,11 @@ class LocalStore:
 
     def set_members(self, consult: str, members: list[str]) -> None:
         with self.db:
-            self.db.execute("UPDATE consults SET members=? WHERE id=?", (",".join(members), consult))
+            self.db.execute(
+                "INSERT INTO consults (id, members) VALUES (?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET members=excluded.members",
+                (consult, ",".join(members)),
+            )
 
     def first_queued(self, consult: str) -> float | None:
         """When the oldest item still queued for the consult was queued: a key message goes
@@ -454,6 +459,8 @@ class LocalStore:
             kind, body = m.kind, m.body
         elif mine is not None and m.sender == self.keyring.me.name and mine[0] == m.kind:
             kind, body = m.kind, bytes(mine[1])  # our own, acknowledged on another connection
+            if kind == TITLE:
+                set_title(self.db, m.consult, body)
             if kind in NOT_HISTORY:
                 return
         else:
@@ -461,6 +468,9 @@ class LocalStore:
             if taken is None:
                 return
             kind, body = taken
+            if kind == TITLE:
+                set_title(self.db, m.consult, body)
+                return
         self.db.execute(
             "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
             (m.consult, m.seq, m.cid, m.sender, m.time, kind, body),
@@ -483,10 +493,11 @@ class LocalStore:
         if not isinstance(ev, dict):
             return
         self.db.execute("INSERT OR IGNORE INTO consults (id) VALUES (?)", (m.consult,))
-        if ev.get("event") == "open":
+        if ev.get("event") == "open":  # the title comes sealed, apart (older relays named it here)
+            title = str(ev.get("title", ""))
             self.db.execute(
-                "UPDATE consults SET title=?, members=? WHERE id=?",
-                (str(ev.get("title", "")), ",".join(map(str, ev.get("members", []))), m.consult),
+                "UPDATE consults SET title=CASE WHEN ?='' THEN title ELSE ? END, members=? WHERE id=?",
+                (title, title, ",".join(map(str, ev.get("members", []))), m.consult),
             )
         elif ev.get("event") == "add":
             (members,) = self.db.execute("SELECT members FROM consults WHERE id=?", (m.consult,)).fetchone()

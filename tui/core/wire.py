@@ -37,11 +37,12 @@ CID_LEN = 16  # client message id bytes: random, constant across retries
 # request asks an image's sender for its original (medcomm.core.imagereq): the relay stores
 # and fans them out like text, blind to their bodies. key and keyreq carry the end-to-end
 # sender keys and the asks for them (medcomm.core.e2e); callkey (sealed) gives a call's
-# members the key of one participant's voice stream. Every other body a client sends is
+# members the key of one participant's voice stream; title carries the consult's title,
+# which the relay is not told. Every other body a client sends is
 # sealed, so "blind" holds for the relay by construction.
 KINDS: dict[str, int] = {
     "text": 1, "image": 2, "note": 3, "call": 4, "system": 5, "case": 6, "status": 7, "followup": 8,
-    "request": 9, "key": 10, "keyreq": 11, "callkey": 12,
+    "request": 9, "key": 10, "keyreq": 11, "callkey": 12, "title": 13,
 }
 KIND_NAMES: dict[int, str] = {v: k for k, v in KINDS.items()}
 ROLES = ("clinic", "doctor", "admin")

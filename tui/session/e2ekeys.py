@@ -78,11 +78,18 @@ async def ensure_distributed(session: Session, consult: str) -> int:
     Returns the number of devices boxed for. Never raises for a missing link: what cannot be
     done now is done by ``maintain`` at the next connection."""
     ring = _ring(session)
-    names = members(session, consult)
-    if not names:
+    with session.store.db:
+        fresh = ring.undelivered(consult, [])
+    if fresh is None:
         return 0
+    names = members(session, consult)
+    sent_before = session.store.db.execute(
+        "SELECT 1 FROM e2e_sent WHERE consult=? AND key_id=? LIMIT 1", (consult, fresh[0])
+    ).fetchone()
     cached = {n: ring.devices(n) for n in names}
-    if any(d is None for d in cached.values()):
+    # A new key goes to the members the relay names now, not to those this device last heard
+    # of: one it has not heard was removed must not get it.
+    if not names or sent_before is None or any(d is None for d in cached.values()):
         if session.link.status.state == "connecting":  # a command just started: the message
             with contextlib.suppress(LinkDown):  # cannot leave before the link anyway, and
                 await session.link.wait_until(  # this way its key goes first
@@ -90,6 +97,13 @@ async def ensure_distributed(session: Session, consult: str) -> int:
                 )
         if session.link.status.state != "online":
             return 0
+        try:
+            got = await session.link.request("members", {"consult": consult}, REQUEST_TIMEOUT)
+        except (LinkDown, MedcommError) as exc:
+            log.info("members of consult=%s not learned: %s", consult, exc)
+            return 0
+        names = [str(m) for m in got["members"]]  # type: ignore[index]
+        session.store.set_members(consult, names)
         try:
             known = await devices(session, names)
         except (LinkDown, MedcommError) as exc:
@@ -100,6 +114,7 @@ async def ensure_distributed(session: Session, consult: str) -> int:
     targets = [d for devs in known.values() for d in devs]
     with session.store.db:
         todo = ring.undelivered(consult, targets)
+        ring.mark_sent(consult, fresh[0], [ring.public])  # given out to who is in: ask no more
     if todo is None or not todo[2]:
         return 0
     key_id, key, recipients = todo

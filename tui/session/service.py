@@ -299,9 +299,22 @@ class Session:
     # --- consults -------------------------------------------------------------------------
 
     async def open_consult(self, title: str, others: list[str], timeout: float) -> str:
-        result = await self.link.request("open", {"title": title, "with": others}, timeout)
+        """Open a consult; its title (health data: "Boy, 6, fever") goes sealed in the consult,
+        so the relay only ever learns who is in it."""
+        title = title.strip()
+        if not title or len(title) > WIRE.max_title:
+            raise UsageError(f"a consult title is 1 to {WIRE.max_title} characters")
+        sealed = self.store.keyring is not None
+        args = {"title": "" if sealed else title, "with": others}
+        result = await self.link.request("open", args, timeout)
         consult = str(result["id"])  # type: ignore[index]
         await self.link.wait_until(lambda: self.store.has_consult(consult), timeout)
+        if sealed:
+            item = OutItem(secrets.token_bytes(wire.CID_LEN), consult, wire.KINDS["title"], title.encode())
+            self.store.enqueue(item)
+            with self.store.db:
+                self.store.db.execute("UPDATE consults SET title=? WHERE id=?", (title, consult))
+            await self.link.submit(item)
         return consult
 
     async def add_member(self, consult: str, name: str, timeout: float) -> list[str]:
@@ -319,10 +332,12 @@ class Session:
         member's device seal new messages with keys the removed member never receives."""
         consult = _consult(consult)
         result = await self.link.request("remove", {"consult": consult, "name": name}, timeout)
+        members = list(result["members"])  # type: ignore[index]
         if self.store.keyring is not None:
+            self.store.set_members(consult, members)
             with self.store.db:
                 self.store.keyring.retire(consult)  # not waiting for the note: our next message is new-keyed
-        return list(result["members"])  # type: ignore[index]
+        return members
 
     async def users(self, timeout: float) -> list[dict[str, str]]:
         """Enrolled users (name, role), for picking consult members."""
