@@ -444,28 +444,23 @@ def consult_list(
 @consult_app.command("add")
 def consult_add(consult: str, name: str, timeout: TimeoutOpt = 30.0) -> None:
     """Add member NAME to consult ID."""
-    from medcomm.session.service import Session
-
-    async def main() -> list[str]:
-        async with Session.open(subscribe=False) as s:
-            return await s.add_member(consult, name.strip().lower(), timeout)
-
-    try:
-        members = _run(main())
-    except MedcommError as exc:
-        raise _fail(exc) from None
-    typer.echo(f"{consult}: {', '.join(members)}")
+    _change_members(consult, name, timeout, remove=False)
 
 
 @consult_app.command("remove")
 def consult_remove(consult: str, name: str, timeout: TimeoutOpt = 30.0) -> None:
     """Remove member NAME from consult ID. They keep what they already received, and cannot
     read anything sent after: every member's device starts a new key they never get."""
+    _change_members(consult, name, timeout, remove=True)
+
+
+def _change_members(consult: str, name: str, timeout: float, *, remove: bool) -> None:
     from medcomm.session.service import Session
 
     async def main() -> list[str]:
         async with Session.open(subscribe=False) as s:
-            return await s.remove_member(consult, name.strip().lower(), timeout)
+            change = s.remove_member if remove else s.add_member
+            return await change(consult, name.strip().lower(), timeout)
 
     try:
         members = _run(main())

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
 from medcomm.adapters.blobcache import BlobCache
 from medcomm.core import filecrypt, wire
@@ -29,19 +28,9 @@ BLOB_ARGS = {"consult", "sha", "size", "offset", "data", "length"}
 
 def report_photo(path: Path) -> bytes:
     """A phone photo of a printed page on a desk (small: the test stays fast)."""
-    rng = np.random.default_rng(3)
-    w, h = 1000, 760
-    ph = int(h * 0.86)
-    pw = int(ph / 1.414)
-    page = Image.new("L", (pw, ph), 236)
-    d = ImageDraw.Draw(page)
-    font = ImageFont.load_default(size=12)
-    for i, y in enumerate(range(ph // 12, ph - ph // 12, ph // 30)):
-        d.text((pw // 14, y), f"Haemoglobin {9 + i * 0.3:.1f} g/dL  ref 12.0-16.0", fill=25, font=font)
-    desk = Image.new("RGB", (w, h), (90, 70, 50))
-    desk.paste(page.convert("RGB"), ((w - pw) // 2, (h - ph) // 2))
-    a = np.asarray(desk, dtype=np.float32) * (0.8 + 0.2 * np.arange(w) / w)[None, :, None]
-    Image.fromarray(np.clip(a + rng.normal(0, 3, a.shape), 0, 255).astype(np.uint8)).save(path, quality=90)
+    from tests.integration.test_share_cli import report_photo as photo
+
+    photo(path, 1000, 760, seed=3)
     return path.read_bytes()
 
 
