@@ -49,12 +49,23 @@ Images come from ``FakeImages`` (``tests/harness/fake_images.py``): ``add_image`
 follow-ups, the triage queue) comes from ``FakeCasework`` (``tests/harness/fake_casework.py``),
 which folds with the real core: ``add_case``, ``add_status``, ``add_followup_message`` and
 ``workflow_asked``.
+
+Safety numbers are made by the real ``core.safety`` from keys derived from each name (and
+how often its keys changed), so they are fixed and equal on both sides. Every other member
+starts "unverified"; a test sets states and changes keys by hand::
+
+    fake.key_states["dr.osei"] = "verified"
+    fake.change_keys("dr.osei")         # a new device: a new number, and "changed" if verified
+    fake.keys_failure = LinkDown("offline: the relay is not reachable")
+    fake.hold_keys = True               # verifications waits for release_keys()
+    fake.keys_asked                     # [("verifications", k), ("confirm", "dr.osei", number)]
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -62,9 +73,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from medcomm.adapters.localstore import Line
+from medcomm.core import safety
 from medcomm.core.wire import KINDS, CallState
 from medcomm.errors import LinkDown, MedcommError, NotFound, ProfileError, UsageError
 from medcomm.session.call import CallView
+from medcomm.session.verify import Verification
 from tests.harness.fake_casework import FakeCasework
 from tests.harness.fake_images import FakeImages
 
@@ -314,6 +327,13 @@ class FakeSession(FakeImages, FakeCasework):
         self.fetch_progress: Callable[[int, int], None] | None = None  # the desk's, while fetching
         self._fetched = asyncio.Event()
         self._played = asyncio.Event()
+        # Safety numbers.
+        self.key_states: dict[str, str] = {}  # member -> verified | changed (absent: unverified)
+        self.key_changes: dict[str, int] = {}  # member -> how often their device keys changed
+        self.keys_failure: MedcommError | None = None  # verifications and confirm_member raise it
+        self.hold_keys = False
+        self.keys_asked: list[tuple[str, ...]] = []
+        self._keys_released = asyncio.Event()
         self.init_images()
         self.init_casework()
 
@@ -536,6 +556,44 @@ class FakeSession(FakeImages, FakeCasework):
             if line.id == note_id:
                 return line
         raise NotFound(f"no voice note {note_id} on this device")
+
+    # --- safety numbers ---------------------------------------------------------------------
+
+    async def verifications(self, consult: str, timeout: float) -> list[Verification]:
+        self.keys_asked.append(("verifications", consult))
+        if self.hold_keys:
+            await asyncio.wait_for(self._keys_released.wait(), timeout)
+        if self.keys_failure is not None:
+            raise self.keys_failure
+        return [self._verification(m) for m in self._consult(consult).members if m != self.me]
+
+    async def confirm_member(self, them: str, number: str, timeout: float) -> Verification:
+        self.keys_asked.append(("confirm", them, number))
+        if self.keys_failure is not None:
+            raise self.keys_failure
+        if "".join(number.split()) != self.safety_number(them):
+            raise UsageError(f"that is not the current safety number with {them}: show it again and compare")
+        self.key_states[them] = "verified"
+        return self._verification(them)
+
+    def safety_number(self, them: str) -> str:
+        """The number the real core makes from this fake's keys of ``me`` and ``them``."""
+        return safety.safety_number(self.me, [self._device_key(self.me)], them, [self._device_key(them)])
+
+    def change_keys(self, name: str) -> None:
+        """``name`` has new device keys: a new number, and "changed" if they were verified."""
+        self.key_changes[name] = self.key_changes.get(name, 0) + 1
+        if self.key_states.get(name) == "verified":
+            self.key_states[name] = "changed"
+
+    def release_keys(self) -> None:
+        self._keys_released.set()
+
+    def _device_key(self, name: str) -> bytes:
+        return hashlib.sha256(f"{name}/{self.key_changes.get(name, 0)}".encode()).digest()
+
+    def _verification(self, them: str) -> Verification:
+        return Verification(them, self.safety_number(them), self.key_states.get(them, "unverified"), 1)
 
     # --- opening, as build_app expects ----------------------------------------------------
 

@@ -33,6 +33,11 @@ outbox like a chat line and return at once; ``update_case`` returns None when th
 already says that. ``change_status`` is the core's ``set`` (the fake's ``set_status`` drives
 the link status). ``assign`` adds the user as a member first when needed, which needs the
 link (``LinkDown`` otherwise).
+
+Safety numbers (``medcomm.session.verify`` behind the real one): ``verifications`` asks the
+relay for the current keys of a consult's other members (so it needs the link), and
+``confirm_member`` marks one verified only if the number the users compared is still the
+current one.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ if TYPE_CHECKING:
     from medcomm.core.triage import QueueEntry
     from medcomm.core.workflow import ConsultState
     from medcomm.session.deskimages import ImageSummary
+    from medcomm.session.verify import Verification
 
 
 class LinkStatusView(Protocol):
@@ -258,6 +264,13 @@ class DeskSession(Protocol):
     async def close_followup(
         self, consult: str, fid: str | None, done: bool = True
     ) -> tuple[Any, str]: ...  # fid None: the only open one; done False: cancelled
+
+    # safety numbers (``medcomm.session.verify`` behind the real one)
+    async def verifications(self, consult: str, timeout: float) -> list[Verification]: ...  # other members
+
+    async def confirm_member(
+        self, them: str, number: str, timeout: float
+    ) -> Verification: ...  # UsageError: not the current number any more
 
 
 def caller_of(ring: IncomingCall) -> str:

@@ -595,6 +595,29 @@ class Session:
         with BlobCache(directory) as cache:
             yield cache
 
+    # --- safety numbers, for the desk: thin doors to medcomm.session.verify ------------------
+
+    async def verifications(self, consult: str, timeout: float) -> list[Any]:
+        """The safety number with each other member of ``consult``, from keys fetched now
+        (one request per member: a consult has a few; one deadline bounds them all)."""
+        from medcomm.session import verify
+
+        consult = _consult(consult)
+        row = next((r for r in self.overview() if r["id"] == consult), None)
+        if row is None:
+            raise NotFound(f"no consult {consult} on this device")
+        others = [m for m in row["members"] if m != self.me]  # type: ignore[attr-defined]
+        deadline = time.monotonic() + timeout
+        out: list[Any] = []
+        for them in others:
+            out.append(await verify.verification(self, them, max(0.1, deadline - time.monotonic())))
+        return out
+
+    async def confirm_member(self, them: str, number: str, timeout: float) -> Any:
+        from medcomm.session import verify
+
+        return await verify.confirm(self, them, number, timeout)
+
 
 def _consult(consult: str) -> str:
     c = consult.strip().lower()

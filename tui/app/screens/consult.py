@@ -3,7 +3,8 @@ call bar with its keys (F2 call, F3 hang up, F4 mute, F6 voice profile), voice n
 (F7 record / stop and send, Esc cancel; F8 or Enter on a note plays it, F8 again stops),
 and images (F5 attach, F9 or Enter on one: the viewer; see ``consult_images``), and the
 consult's workflow under a one-line case header (Ctrl+T the case card, Ctrl+G claim, status,
-advice, follow-ups, assign, Ctrl+L the patient's other consults; see ``consult_case``).
+advice, follow-ups, assign, Ctrl+L the patient's other consults; see ``consult_case``), and
+F12 the members' safety numbers (``memberkeys``).
 
 The call keys show in the footer only when they do something here ("f2 Call" in a quiet
 consult, "f3 Hang up f4 Mute" during its call): two entries fit beside the others at 80
@@ -34,6 +35,7 @@ from medcomm.adapters.localstore import Line
 from medcomm.app.ports import LiveCall, NoteRecording, caller_of
 from medcomm.app.screens.consult_case import ConsultCase
 from medcomm.app.screens.consult_images import ConsultImages
+from medcomm.app.screens.memberkeys import MemberKeys
 from medcomm.app.widgets.callbar import PROFILE_NOTES, CallBar
 from medcomm.app.widgets.caseheader import CaseHeader
 from medcomm.app.widgets.compose import ComposeBox
@@ -72,6 +74,8 @@ class ConsultView(ConsultCase, ConsultImages, Screen[None]):
         Binding("ctrl+t", "case_card", "Case card", show=False),
         Binding("ctrl+g", "case_menu", "Workflow", show=False),
         Binding("ctrl+l", "linked", "Other consults", show=False),
+        # not Ctrl+K: the compose box (a TextArea) uses it to delete to the end of the line
+        Binding("f12", "member_keys", "Safety numbers", show=False),
         # only while recording (else it passes on to "Back")
         Binding("escape", "cancel_note", "Cancel note", show=False, priority=True),
         Binding("ctrl+q", "app.quit", "Quit"),
@@ -172,6 +176,11 @@ class ConsultView(ConsultCase, ConsultImages, Screen[None]):
 
     def action_focus_compose(self) -> None:
         self.query_one(ComposeBox).focus()
+
+    def action_member_keys(self) -> None:
+        """F12: the members' safety numbers, to compare aloud and mark verified."""
+        if self.desk.session is not None:
+            self.desk.push_screen(MemberKeys(self.consult, self.desk.session))
 
     # --- the call bar ----------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ Consult
   Viewer       ←↑↓→ or hjkl pan, + - zoom, 0 fit, w DICOM window, Esc back
   Ctrl+T       case card: Tab next field, Ctrl+S save, Esc cancel
   Ctrl+G       claim, status, advice, follow-up, assign to someone
-  Ctrl+L       the patient's other consults (Enter opens one)
+  Ctrl+L / F12 the patient's other consults / members' safety numbers
 Call    F2 call · F3 hang up · F4 mute · F6 profile of the next call:
         auto → thin (worst links) → standard → auscultation (heart)
 Anywhere
