@@ -224,7 +224,8 @@ async def test_a_fresh_upload_goes_on_from_what_the_relay_already_holds(
     world: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     nurse, doctor, consult = world
-    data, sha = random_blob(12 * CHUNK + 5)
+    # long enough that the cancel lands mid-way even when the machine is slow to deliver it
+    data, sha = random_blob(48 * CHUNK + 5)
     enough = asyncio.Event()
     acked: list[int] = []
 
