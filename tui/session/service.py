@@ -315,6 +315,8 @@ class Session:
             with self.store.db:
                 self.store.db.execute("UPDATE consults SET title=? WHERE id=?", (title, consult))
             await self.link.submit(item)
+            with contextlib.suppress(LinkDown):  # the members see the title with the consult
+                await self.wait_stored(item, timeout)  # (if the link went, it stays queued)
         return consult
 
     async def add_member(self, consult: str, name: str, timeout: float) -> list[str]:
