@@ -80,6 +80,9 @@ class BlobLimits:
     max_partials: int = 8  # unfinished uploads per user (bounds disk: 8 x max_size per user)
     partial_idle: float = 7 * 24 * 3600.0  # seconds; an idle partial may then be evicted by a new one
     max_consults: int = 256  # consults one blob may be linked to (bounds the access check)
+    # bytes one user's blobs (finished and begun) may hold at the relay: a clinic's year of
+    # report photos' first views and tiles is a few hundred MB; a runaway script stops here
+    user_quota: int = 4 * 1024**3
 
 
 BLOBS = BlobLimits()
@@ -92,6 +95,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     sha BLOB NOT NULL, consult TEXT NOT NULL, user TEXT NOT NULL, created INTEGER NOT NULL,
     PRIMARY KEY (sha, consult)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_user ON uploads(user);
 CREATE TABLE IF NOT EXISTS partials (
     user TEXT NOT NULL, sha BLOB NOT NULL, consult TEXT NOT NULL, size INTEGER NOT NULL,
     created INTEGER NOT NULL, PRIMARY KEY (user, sha)
@@ -234,6 +238,7 @@ class BlobStore:
             partial = None
         if partial is None:
             self._make_room(user)
+            self._check_quota(user, size)
             partial = Partial(user, sha, consult, size)
             with self.db:
                 self.db.execute(
@@ -307,6 +312,22 @@ class BlobStore:
         raise LimitExceeded(
             f"{len(rows)} uploads already in progress (the limit is {self.limits.max_partials})"
         )
+
+    def _check_quota(self, user: str, size: int) -> None:
+        """Refuse a new upload that would take the user's bytes at the relay (the blobs they
+        uploaded or linked, each counted once, and their unfinished uploads) past the quota."""
+        (held,) = self.db.execute(
+            "SELECT coalesce(sum(size), 0) FROM blobs WHERE sha IN (SELECT sha FROM uploads WHERE user=?)",
+            (user,),
+        ).fetchone()
+        (begun,) = self.db.execute(
+            "SELECT coalesce(sum(size), 0) FROM partials WHERE user=?", (user,)
+        ).fetchone()
+        if held + begun + size > self.limits.user_quota:
+            raise LimitExceeded(
+                f"{user} holds {held + begun} bytes at the relay; {size} more would pass the "
+                f"quota of {self.limits.user_quota}"
+            )
 
     def _drop_partial(self, partial: Partial) -> None:
         with self.db:

@@ -372,3 +372,23 @@ def test_a_disk_failure_is_a_retryable_error_not_a_dropped_connection(
     # them and completes the blob instead of claiming "have everything" while incomplete
     assert head(store, "amina", "aaaaaa", sha, len(data)) == {"have": len(data), "complete": True}
     assert get(store, "dr.chen", sha, 0, 100)["data"] == data
+
+
+def test_a_users_blobs_stop_at_their_quota(tmp_path: Path) -> None:
+    """Finished and begun uploads count; a blob linked into a second consult counts once;
+    another user is not held back by it."""
+    s = BlobStore(tmp_path, BlobLimits(user_quota=3 * CHUNK))
+    try:
+        first, first_sha = blob(2 * CHUNK, seed=1)
+        assert upload_all(s, "amina", "aaaaaa", first, first_sha)["complete"]
+        assert head(s, "amina", "cccccc", first_sha, len(first))["complete"]  # linked: no new bytes
+        begun, begun_sha = blob(CHUNK // 2, seed=2)
+        head(s, "amina", "aaaaaa", begun_sha, len(begun))  # 2.5 chunks held or begun
+        big, big_sha = blob(CHUNK, seed=3)
+        with pytest.raises(LimitExceeded, match="quota"):
+            head(s, "amina", "aaaaaa", big_sha, len(big))
+        assert upload_all(s, "bongani", "bbbbbb", big, big_sha)["complete"]
+        small, small_sha = blob(CHUNK // 4, seed=4)
+        assert upload_all(s, "amina", "aaaaaa", small, small_sha)["complete"]  # still room for this
+    finally:
+        s.close()
