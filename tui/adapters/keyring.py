@@ -100,14 +100,9 @@ class KeyRing:
     def current(self, consult: str) -> tuple[bytes, bytes]:
         """This device's key for the consult, made (inside the caller's transaction) when
         there is none or the last was retired."""
-        row = self.db.execute(
-            "SELECT o.key_id, k.key FROM e2e_own o JOIN e2e_keys k ON k.consult=o.consult "
-            "AND k.owner=? AND k.key_id=o.key_id WHERE o.consult=? AND o.retired=0 "
-            "ORDER BY o.created DESC LIMIT 1",
-            (self.me.name, consult),
-        ).fetchone()
-        if row is not None:
-            return bytes(row[0]), bytes(row[1])
+        own = self._own(consult)
+        if own is not None:
+            return own
         key_id, key = e2e.new_key()
         self.db.execute(
             "INSERT INTO e2e_own (consult, key_id, created) VALUES (?,?,?)", (consult, key_id, time.time())
@@ -118,6 +113,20 @@ class KeyRing:
         )
         log.info("new sender key consult=%s key=%s", consult, key_id.hex())
         return key_id, key
+
+    def _own(self, consult: str) -> tuple[bytes, bytes] | None:
+        """This device's unretired key for the consult (id, key), if it has one."""
+        row = self.db.execute(
+            "SELECT o.key_id, k.key FROM e2e_own o JOIN e2e_keys k ON k.consult=o.consult "
+            "AND k.owner=? AND k.key_id=o.key_id WHERE o.consult=? AND o.retired=0 "
+            "ORDER BY o.created DESC LIMIT 1",
+            (self.me.name, consult),
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def own_consults(self) -> list[str]:
+        """Consults where this device has an unretired key (to give out to new devices)."""
+        return [r[0] for r in self.db.execute("SELECT DISTINCT consult FROM e2e_own WHERE retired=0")]
 
     def retire(self, consult: str) -> None:
         """A member left: the next message starts a new key."""
@@ -130,21 +139,22 @@ class KeyRing:
     def undelivered(self, consult: str, devices: list[bytes]) -> tuple[bytes, bytes, list[bytes]] | None:
         """(key id, key, devices not yet given it) for this device's current key, None when
         it has no unretired key for the consult yet (nothing sealed, nothing to give)."""
-        row = self.db.execute(
-            "SELECT o.key_id, k.key FROM e2e_own o JOIN e2e_keys k ON k.consult=o.consult AND k.owner=? "
-            "AND k.key_id=o.key_id WHERE o.consult=? AND o.retired=0 ORDER BY o.created DESC LIMIT 1",
-            (self.me.name, consult),
-        ).fetchone()
-        if row is None:
+        own = self._own(consult)
+        if own is None:
             return None
-        key_id = bytes(row[0])
-        sent = {
-            bytes(r[0])
-            for r in self.db.execute(
-                "SELECT device FROM e2e_sent WHERE consult=? AND key_id=?", (consult, key_id)
-            )
-        }
-        return key_id, bytes(row[1]), [d for d in devices if d not in sent and d != self.public]
+        key_id, key = own
+        sent = set(self._given(consult, key_id))
+        return key_id, key, [d for d in devices if d not in sent and d != self.public]
+
+    def _given(self, consult: str, key_id: bytes) -> list[bytes]:
+        rows = self.db.execute("SELECT device FROM e2e_sent WHERE consult=? AND key_id=?", (consult, key_id))
+        return [bytes(r[0]) for r in rows]
+
+    def ever_given(self, consult: str) -> bool:
+        """Whether this device's current key for the consult was given out at all yet (a
+        fresh one goes to the members the relay names, not to the ones cached here)."""
+        own = self._own(consult)
+        return own is not None and bool(self._given(consult, own[0]))
 
     def mark_sent(self, consult: str, key_id: bytes, devices: list[bytes]) -> None:
         self.db.executemany(
@@ -158,6 +168,11 @@ class KeyRing:
             "SELECT key FROM e2e_keys WHERE consult=? AND owner=? AND key_id=?", (consult, owner, key_id)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def all_keys(self, consult: str) -> list[e2e.SharedKey]:
+        """Every key held for the consult, to hand on to a member added later."""
+        rows = self.db.execute("SELECT owner, key_id, key FROM e2e_keys WHERE consult=?", (consult,))
+        return [e2e.SharedKey(o, bytes(k), bytes(v), self.public) for o, k, v in rows]
 
     def held(self, consult: str, wanted: list[tuple[str, bytes]]) -> list[e2e.SharedKey]:
         out = []

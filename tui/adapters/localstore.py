@@ -400,6 +400,11 @@ class LocalStore:
             log.info("re-keyed consult=%s key=%s", consult, new_id.hex())
         return self.wire_item(OutItem(cid, consult, kind, b""))
 
+    def members(self, consult: str) -> list[str]:
+        """The consult's members as this device last heard them (from the relay's notes)."""
+        row = self.db.execute("SELECT members FROM consults WHERE id=?", (consult,)).fetchone()
+        return [m for m in (row[0].split(",") if row else []) if m]
+
     def set_members(self, consult: str, members: list[str]) -> None:
         with self.db:
             self.db.execute(

@@ -48,11 +48,6 @@ def _ring(session: Session) -> KeyRing:
     return ring
 
 
-def members(session: Session, consult: str) -> list[str]:
-    row = session.store.db.execute("SELECT members FROM consults WHERE id=?", (consult,)).fetchone()
-    return [m for m in (row[0].split(",") if row else []) if m]
-
-
 async def devices(session: Session, names: list[str], *, refresh: bool = False) -> dict[str, list[bytes]]:
     """Each name's device keys: from the cache, asking the relay for names it lacks (or all
     of them with ``refresh``). Names the relay does not know are left out."""
@@ -78,18 +73,14 @@ async def ensure_distributed(session: Session, consult: str) -> int:
     Returns the number of devices boxed for. Never raises for a missing link: what cannot be
     done now is done by ``maintain`` at the next connection."""
     ring = _ring(session)
-    with session.store.db:
-        fresh = ring.undelivered(consult, [])
+    fresh = ring.undelivered(consult, [])
     if fresh is None:
         return 0
-    names = members(session, consult)
-    sent_before = session.store.db.execute(
-        "SELECT 1 FROM e2e_sent WHERE consult=? AND key_id=? LIMIT 1", (consult, fresh[0])
-    ).fetchone()
+    names = session.store.members(consult)
     cached = {n: ring.devices(n) for n in names}
     # A new key goes to the members the relay names now, not to those this device last heard
     # of: one it has not heard was removed must not get it.
-    if not names or sent_before is None or any(d is None for d in cached.values()):
+    if not names or not ring.ever_given(consult) or any(d is None for d in cached.values()):
         if session.link.status.state == "connecting":  # a command just started: the message
             with contextlib.suppress(LinkDown):  # cannot leave before the link anyway, and
                 await session.link.wait_until(  # this way its key goes first
@@ -153,7 +144,7 @@ async def maintain(session: Session, now: float | None = None) -> dict[str, int]
     with session.store.db:  # asked only once caught up: the key may be just behind in the stream
         missing = ring.missing(now, ASK_AGAIN) if session.link.core.is_synced() else {}
     for consult, wanted in missing.items():
-        if session.me not in members(session, consult):
+        if session.me not in session.store.members(consult):
             continue
         for start in range(0, len(wanted), e2e.MAX_WANTED):
             part = wanted[start : start + e2e.MAX_WANTED]
@@ -162,8 +153,7 @@ async def maintain(session: Session, now: float | None = None) -> dict[str, int]
             with session.store.db:
                 ring.asked(consult, part, now)
             done["asked"] += len(part)
-    own = [r[0] for r in session.store.db.execute("SELECT DISTINCT consult FROM e2e_own WHERE retired=0")]
-    for consult in own:
+    for consult in ring.own_consults():
         done["given"] += await ensure_distributed(session, consult)
     if any(done.values()):
         log.info("keys: %s", " ".join(f"{k}={v}" for k, v in done.items()))
@@ -177,7 +167,7 @@ async def _answer(session: Session, ring: KeyRing, consult: str, sender: str, bo
     except WireError as exc:
         log.warning("key request dropped consult=%s: %s", consult, exc)
         return 0
-    if req.device == ring.public or sender not in members(session, consult):
+    if req.device == ring.public or sender not in session.store.members(consult):
         return 0  # our own ask coming back, or someone no longer in the consult
     if not ring.device_of(sender, req.device):
         await devices(session, [sender], refresh=True)
@@ -209,8 +199,7 @@ async def share_history(session: Session, consult: str, name: str) -> int:
     messages from before they joined open too. Others' keys it lacks, the newcomer asks for."""
     ring = _ring(session)
     found = await devices(session, [name], refresh=True)
-    rows = session.store.db.execute("SELECT owner, key_id, key FROM e2e_keys WHERE consult=?", (consult,))
-    keys = [e2e.SharedKey(o, bytes(k), bytes(v), ring.public) for o, k, v in rows]
+    keys = ring.all_keys(consult)
     targets = found.get(name, [])
     if not keys or not targets:
         return 0

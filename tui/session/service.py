@@ -167,12 +167,9 @@ class Session:
         from medcomm.session.e2ekeys import maintain
 
         def keys_queued() -> bool:
-            kinds = tuple(KEY_KINDS)
-            return bool(
-                self.store.db.execute(
-                    "SELECT 1 FROM outbox WHERE error IS NULL AND kind IN (?,?) LIMIT 1", kinds
-                ).fetchone()
-            )
+            marks = ",".join("?" * len(KEY_KINDS))
+            query = f"SELECT 1 FROM outbox WHERE error IS NULL AND kind IN ({marks}) LIMIT 1"
+            return self.store.db.execute(query, tuple(KEY_KINDS)).fetchone() is not None
 
         try:
             await asyncio.wait_for(maintain(self), KEY_FLUSH)
