@@ -74,7 +74,21 @@ class _Dialog(ModalScreen[object]):
         self.dismiss(None)
 
 
-class ActionMenu(_Dialog):
+class _PickDialog(_Dialog):
+    """A dialog around one list (or, with nothing to pick, none): focused at once, and
+    dismissed with the id of the option chosen."""
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        for options in self.query(OptionList):
+            options.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        self.dismiss(event.option.id)
+
+
+class ActionMenu(_PickDialog):
     """Dismissed with the chosen action's name (see ``ACTIONS``), or None."""
 
     BINDINGS = [
@@ -105,13 +119,6 @@ class ActionMenu(_Dialog):
             )
         yield StatusLine(id="status")
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.query_one(OptionList).focus()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self.dismiss(event.option.id)
 
     def action_pick(self, what: str) -> None:
         self.dismiss(what)
@@ -230,7 +237,7 @@ class FollowupDialog(_Dialog):
         self.dismiss((day, reason))
 
 
-class PickFollowup(_Dialog):
+class PickFollowup(_PickDialog):
     """Which open follow-up to end: dismissed with its id, or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
@@ -256,13 +263,6 @@ class PickFollowup(_Dialog):
             )
         yield StatusLine(id="status")
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.query_one(OptionList).focus()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self.dismiss(event.option.id)
 
 
 class AssignDialog(_Dialog):
@@ -314,7 +314,7 @@ def linked_prompt(st: ConsultState, me: str) -> Text:
     return out
 
 
-class LinkedConsults(_Dialog):
+class LinkedConsults(_PickDialog):
     """The patient's other consults on this device, oldest first; Enter opens one
     (dismissed with its id), Esc goes back (None)."""
 
@@ -347,11 +347,3 @@ class LinkedConsults(_Dialog):
                 )
         yield StatusLine(id="status")
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        for options in self.query(OptionList):
-            options.focus()
-
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        event.stop()
-        self.dismiss(event.option.id)
