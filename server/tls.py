@@ -10,10 +10,10 @@ crash in between leaves nothing that a later start would half-trust.
 from __future__ import annotations
 
 import datetime
-import os
 import ssl
 from pathlib import Path
 
+from medcomm.adapters.profile import write_atomic
 from medcomm.errors import UsageError
 
 TLS_DIR = "tls"
@@ -65,20 +65,9 @@ def self_signed(data_dir: Path, host: str) -> tuple[Path, Path]:
     key_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(key, key_pem, 0o600)
-    _write(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key, key_pem, 0o600)
+    write_atomic(cert, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def cert_fingerprint(cert: Path) -> str:

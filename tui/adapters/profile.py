@@ -55,11 +55,12 @@ class Profile:
         return load_or_create_seed(self.home)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write readable only by this user (a key file on a shared clinic PC)."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomic, fsynced write; by default readable only by this user (a key file on a shared
+    clinic PC). The relay's TLS key and certificate are written the same way."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -77,7 +78,7 @@ def load_or_create_seed(home: Path | None = None) -> bytes:
             raise ProfileError(f"device key {path} is damaged; move it away and log in again")
         return seed
     seed = os.urandom(32)
-    _write_private(path, seed)
+    write_atomic(path, seed)
     return seed
 
 
@@ -104,7 +105,7 @@ def load_profile(home: Path | None = None) -> Profile:
 
 def save_profile(profile: Profile) -> None:
     fields = {k: v for k, v in asdict(profile).items() if k != "home"}
-    _write_private(config_dir(profile.home) / PROFILE_FILE, json.dumps(fields, indent=2).encode())
+    write_atomic(config_dir(profile.home) / PROFILE_FILE, json.dumps(fields, indent=2).encode())
 
 
 def check_relay_url(url: str) -> str:
