@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
 import pytest
@@ -58,13 +59,30 @@ def test_round_trip_gives_the_packet_and_its_full_timestamp() -> None:
         assert opener.open(frame, now=ts / 1000) == (ts, packet)
 
 
-def test_the_seal_costs_exactly_the_16_byte_tag() -> None:
+def test_the_seal_costs_exactly_the_8_byte_tag() -> None:
     sealer = StreamSealer(KEY)
     for size in (1, 17, 90, 420):
         data = sealer.seal(size, size * 100, LEVEL, bytes(size))
-        assert len(data) - MEDIA_HEADER - size == OVERHEAD == TAG_LEN == 16
+        assert len(data) - MEDIA_HEADER - size == OVERHEAD == TAG_LEN == 8
         assert len(data) == sealed_size(size)
     assert OVERHEAD <= 24
+
+
+def test_the_construction_is_chacha20_then_a_keyed_blake2b_tag() -> None:
+    """Rebuilt here from the standard primitives alone, so the wire format is pinned: subkeys by
+    keyed BLAKE2b, ChaCha20 at counter 0 with the ts as nonce, a 64-bit BLAKE2b tag over the
+    header with the slot zeroed, the 8-byte ts and the ciphertext."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    ts, packet = 123_456, OPUS
+    frame = media(StreamSealer(KEY).seal(7, ts, LEVEL, packet))
+    enc = hashlib.blake2b(key=KEY, digest_size=32, person=b"medcomm voice e").digest()
+    mac = hashlib.blake2b(key=KEY, digest_size=32, person=b"medcomm voice m").digest()
+    nonce16 = bytes(4) + ts.to_bytes(12, "big")
+    ciphertext = Cipher(algorithms.ChaCha20(enc, nonce16), mode=None).encryptor().update(packet)
+    tag = hashlib.blake2b(frame.header(0) + ts.to_bytes(8, "big") + ciphertext, key=mac, digest_size=8).digest()
+    assert frame.payload == ciphertext + tag
+    assert enc != mac and KEY not in (enc, mac)
 
 
 def test_the_payload_on_the_wire_is_not_the_packet() -> None:
@@ -345,7 +363,7 @@ def test_failures_are_counted_by_kind() -> None:
     crypto.open(f, 0.3)
     cases = [
         (f, "replayed"),
-        (MediaFrame(3, f.seq, f.ts, f.level, f.payload[:10]), "truncated"),
+        (MediaFrame(3, f.seq, f.ts, f.level, f.payload[:TAG_LEN]), "truncated"),
         (MediaFrame(3, f.seq ^ 1, f.ts, f.level, f.payload), "tampered"),
     ]
     for frame, kind in cases:

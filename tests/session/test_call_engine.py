@@ -755,7 +755,7 @@ async def test_run_call_places_a_call_and_ends_when_the_far_end_hangs_up() -> No
     pairs = list(zip(sent, packets, strict=True))
     assert all(len(f.payload) == len(p) + OVERHEAD and p not in f.payload for f, p in pairs)
     crypto = cast(dict[str, object], out.report["crypto"])
-    assert crypto["sealed"] == len(sent) and crypto["overhead"] == 16
+    assert crypto["sealed"] == len(sent) and crypto["overhead"] == OVERHEAD == 8
 
 
 async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:

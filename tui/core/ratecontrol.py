@@ -120,8 +120,8 @@ class RateLimits:
     initial_rtt_s: float = 1.0  # round trip assumed before any was measured (first feedback)
     backlog_s: float = 0.5  # transport backlog over one packet this long: congestion
     backlog_packets: float = 1.0  # "about one packet" of the current rung
-    # bytes per packet beside Opus: voice header 5, seal 16, WebSocket 2-6, TLS 22, TCP 32, IP 20
-    wire_overhead: int = 99
+    # bytes per packet beside Opus: voice header 5, seal 8, WebSocket 2-6, TLS 22, TCP 32, IP 20
+    wire_overhead: int = 91
     smoothing: float = 0.5  # EWMA weight of a new queueing-delay sample (4 samples/s: ~0.5 s)
     noise_gain: float = 3.0  # threshold margin per unit of measured jitter
     noise_cap_ms: float = 250.0  # the most jitter may raise the thresholds

@@ -11,7 +11,7 @@ Media frame (5 header bytes, then one Opus packet of at least one byte)::
     0x40 | slot   seq & 0xFF   ts & 0xFFFF (big-endian)   level
 
 On the wire the payload is the Opus packet sealed end to end (``medcomm.core.voicecrypt``: the
-packet plus a 16-byte tag, the header with its slot bits zeroed as associated data); this
+packet plus an 8-byte tag, the header with its slot bits zeroed as associated data); this
 module frames and parses either alike, and the relay never needs more than the header.
 
 Feedback frame (receiver -> sender, 9 bytes: the brief said 11, but its four u16 fields after
