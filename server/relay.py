@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.adapters.sockopts import delay_acks
+from medcomm.adapters.sockopts import corked, delay_acks
 from medcomm.core import wire
 from medcomm.core.wire import (
     CaughtUp,
@@ -341,12 +341,18 @@ class Relay:
         """One writer per connection: voice first, then the reliable queue in order."""
         while True:
             if conn.voice:
-                data: bytes | tuple[int, str] = conn.voice.popleft()
                 transport = getattr(conn.ws, "transport", None)
                 if transport is not None and transport.get_write_buffer_size() > self.limits.voice_backlog:
+                    conn.voice.popleft()
                     conn.voice_dropped += 1  # the link is behind: this audio would play late
                     continue
-            elif not conn.out.empty():
+                # all that is ready in one segment: a speaker's packet and the feedback that
+                # rode with it arrive together, and leave together
+                with corked(transport):
+                    for _ in range(len(conn.voice)):  # what is ready now; later frames are checked again
+                        await conn.ws.send(conn.voice.popleft())  # type: ignore[attr-defined]
+                continue
+            if not conn.out.empty():
                 data = conn.out.get_nowait()
             else:
                 conn.wake.clear()

@@ -371,8 +371,8 @@ async def test_answer_picks_up_a_call_that_was_already_ringing(world: World, tmp
             await asyncio.sleep(0.5)
             send_voice = s.link.send_voice
 
-            def tap_send(data: bytes, backlog_limit: int) -> int | None:
-                sent = send_voice(data, backlog_limit)
+            def tap_send(data: bytes, backlog_limit: int, *riders: bytes) -> int | None:
+                sent = send_voice(data, backlog_limit, *riders)
                 if sent is not None and voiceframe.frame_kind(data) == "media":
                     to_relay.append(data)
                 return sent

@@ -6,10 +6,12 @@ control chose and written *now*, ahead of anything our own code has queued; when
 packet is still unsent in the transport, the packet is dropped instead (stale audio is
 worth nothing, and the rate control steps down). Receiving: each stream (slot) has its own
 jitter buffer and decoder; the playout keeps about two output blocks in the sink and mixes
-the streams 20 ms at a time. Every 250 ms each stream heard gets a feedback report (echoed
+the streams 20 ms at a time. Every 500 ms each stream heard gets a feedback report (echoed
 timestamp, hold time, jitter-buffer delay, concealment) that its sender's rate control
-reads. A dropped connection does not end the call: when the link is back the engine answers
-again and keeps its slot.
+reads; it waits (up to ``feedback_hold``) for our next voice packet and rides in its TCP
+segment, its hold time counted up to when it leaves, so the wait does not read as delay. A
+dropped connection does not end the call: when the link is back the engine answers again and
+keeps its slot.
 
 Every media frame is sealed end to end (``core.voicecrypt``): when this device starts
 streaming in a call (the caller as soon as the relay has given the call an id, while it
@@ -62,6 +64,9 @@ class CallLimits:
     tick: float = 0.01  # s between looks at the source and the sink
     playout_blocks: int = 2  # 20 ms blocks kept queued in the sink (40 ms: the engine ticks every 10)
     feedback_every: float = 0.5  # s between feedback reports per stream heard (each ~65 B on the wire)
+    # s a report may wait for our next voice packet to ride with it instead of costing a 52-byte
+    # segment of its own: a packet (at most 120 ms) and a tick; a silent or muted side sends alone
+    feedback_hold: float = 0.15
     backlog_packets: float = 1.0  # unsent transport bytes (in packets) above which voice is dropped
     ring_timeout: float = 60.0  # s to wait for an answer
     answer_wait: float = 120.0  # s `--answer` waits for a call to ring
@@ -70,8 +75,8 @@ class CallLimits:
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
     def __post_init__(self) -> None:
-        if self.stall_after <= self.feedback_every:
-            raise UsageError("stall_after must exceed feedback_every: a normal gap is not a stall")
+        if self.stall_after <= self.feedback_every + self.feedback_hold:
+            raise UsageError("stall_after must exceed feedback_every + feedback_hold: that gap is normal")
 
 
 @dataclass
@@ -166,6 +171,7 @@ class CallEngine:
             rung.application, rung.bitrate_bps, rung.frame_ms, rung.bandwidth, dtx=rung.application == "voip"
         )
         self.streams: dict[int, _Stream] = {}
+        self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
         self.stats = CallStats(rung=rung.name)
         self._seq = 0
@@ -274,12 +280,14 @@ class CallEngine:
             backlog_limit = int(self.rate.rung.packet_bytes(60 + OVERHEAD) * self.limits.backlog_packets)
             if naive:
                 backlog_limit = 1 << 30  # the comparison queues everything, as plain VoIP over TCP does
-            backlog = self.link.send_voice(data, backlog_limit)
+            riders = self._reports(now)
+            backlog = self.link.send_voice(data, backlog_limit, *riders)
             if backlog is None:
                 self.stats.dropped += 1
                 self.rate.on_backlog(backlog_limit + len(data), now)
                 continue
-            self._bytes_up += len(data) + 2
+            self._reports_due.clear()
+            self._bytes_up += len(data) + 2 + sum(len(r) + 2 for r in riders)
             cost = self._cost(self.rate.rung.name)
             cost.frames, cost.opus_bytes, cost.frame_bytes = (
                 cost.frames + 1, cost.opus_bytes + len(enc.packet), cost.frame_bytes + len(data)
@@ -344,19 +352,37 @@ class CallEngine:
         return self._np.zeros(piece.duration_ms * (RATE // 1000), self._np.int16)
 
     def _feedback(self, now: float) -> None:
+        """Decide which streams are due a report; send them alone only once they have waited
+        ``feedback_hold`` for a voice packet of ours to ride with."""
         for slot, stream in self.streams.items():
-            if stream.last_ts16 is None or now - stream.reported < self.limits.feedback_every:
+            if slot in self._reports_due or stream.last_ts16 is None:
                 continue
-            if now - stream.last_arrival > 5.0:
-                continue  # nothing heard lately: no news to report
+            if now - stream.reported < self.limits.feedback_every or now - stream.last_arrival > 5.0:
+                continue  # reported lately, or nothing heard lately: no news to report
             stream.reported = now
-            stream.stats = stats = stream.jitter.stats(reset=True)
+            stream.stats = stream.jitter.stats(reset=True)
+            self._reports_due[slot] = now
+        if not any(now - due >= self.limits.feedback_hold for due in self._reports_due.values()):
+            return
+        reports = self._reports(now)
+        if not reports or self.link.send_voice(reports[0], 64 * 1024, *reports[1:]) is not None:
+            self._reports_due.clear()
+            self._bytes_up += sum(len(r) + 2 for r in reports)
+
+    def _reports(self, now: float) -> list[bytes]:
+        """The due feedback reports, packed now: the echo names the newest frame heard and the
+        hold time runs up to this moment, so the sender's round trip leaves the wait out."""
+        out = []
+        for slot in self._reports_due:
+            stream = self.streams.get(slot)
+            if stream is None or stream.last_ts16 is None or stream.stats is None:
+                continue
+            st = stream.stats
             report = voiceframe.Feedback.report(
-                slot, stream.last_ts16, (now - stream.last_arrival) * 1000, stats.delay_ms, stats.concealed_pm
+                slot, stream.last_ts16, (now - stream.last_arrival) * 1000, st.delay_ms, st.concealed_pm
             )
-            data = report.pack()
-            if self.link.send_voice(data, 64 * 1024) is not None:
-                self._bytes_up += len(data) + 2
+            out.append(report.pack())
+        return out
 
     def _refresh_stats(self, now: float, up: float, down: float) -> None:
         s = self.stats
