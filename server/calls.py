@@ -5,7 +5,12 @@ The relay forwards voice without decoding it: a voice-plane frame (first byte < 
 slot byte rewritten to the sender's slot, so receivers can tell streams apart. In a call of
 four or more a member's downlink carries at most the two loudest current speakers (the
 level byte in each frame says how loud and whether the sender is talking), so an EDGE
-downlink never has to carry three streams.
+downlink never has to carry three streams. Which two is decided with hysteresis: loudness is
+smoothed over a few hundred milliseconds, a free place goes to the first talking speaker, and
+a speaker takes a place from a forwarded one only by being ``switch_margin_db`` louder once
+that one has had its place ``switch_hold`` seconds. Each switch starts a stream again at the
+listener (a jitter buffer filling, a decoder from cold), so flipping between two speakers of
+about the same loudness, syllable by syllable, would cost more than it gives.
 
 A dropped connection does not end a call: on a flaky link the device reconnects within
 seconds and answers again, and keeps its slot. Only after ``grace`` seconds without a
@@ -37,6 +42,9 @@ class CallLimits:
     grace: float = 30.0  # a participant without a connection keeps its place this long
     max_parties: int = 15  # slots 1..15 (4 bits in the voice header)
     speaking_window: float = 1.0  # a member not heard this long is not a current speaker
+    loudness_halflife: float = 0.3  # s: a syllable's peak or a breath does not rank a speaker
+    switch_margin_db: float = 6.0  # how much louder a speaker must be to take a forwarded place
+    switch_hold: float = 1.0  # s a forwarded speaker keeps its place before it can be displaced
     max_voice_frame: int = 1500  # bytes; a bigger voice frame is dropped
 
 
@@ -50,7 +58,9 @@ class Party:
     bytes_in: int = 0
     frames_in: int = 0
     level: int = 0  # loudness (0..127) of the last frame, 0 when not talking
+    loud: float = 0.0  # level smoothed over ``loudness_halflife``: what speakers are ranked by
     heard_at: float = -1e9
+    forwarding: dict[str, float] = field(default_factory=dict)  # speakers sent to this listener -> since
 
 
 @dataclass
@@ -224,6 +234,8 @@ class CallRegistry:
         party.bytes_in += len(data)
         party.frames_in += 1
         party.level = data[4] & 0x7F if data[4] & 0x80 else 0
+        weight = 1.0 - 0.5 ** (max(0.0, now - party.heard_at) / self.limits.loudness_halflife)
+        party.loud += (party.level - party.loud) * weight
         party.heard_at = now
         out = bytes([MEDIA | party.slot]) + data[1:]
         return [
@@ -238,9 +250,26 @@ class CallRegistry:
         others = [p for p in call.parties.values() if p is not listener]
         if len(others) <= LOUDEST:
             return True
-        current = [p for p in others if now - p.heard_at <= self.limits.speaking_window]
-        loudest = sorted(current, key=lambda p: (-p.level, p.slot))[:LOUDEST]
-        return speaker in loudest
+        current = {p.user: p for p in others if now - p.heard_at <= self.limits.speaking_window}
+        places = listener.forwarding
+        for user in [u for u in places if u not in current]:
+            del places[user]  # gone quiet (or left): the place is free
+        if speaker.user in places:
+            return True
+        if speaker.level == 0:
+            return False  # not talking: no place is given for comfort noise
+        if len(places) < LOUDEST:
+            places[speaker.user] = now
+            return True
+        weakest = min(places, key=lambda u: (current[u].loud, -current[u].slot))
+        if (
+            speaker.loud >= current[weakest].loud + self.limits.switch_margin_db
+            and now - places[weakest] >= self.limits.switch_hold
+        ):
+            del places[weakest]
+            places[speaker.user] = now
+            return True
+        return False
 
     # --- internals --------------------------------------------------------------------------
 
