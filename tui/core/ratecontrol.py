@@ -63,17 +63,19 @@ class Rung:
         return self.packet_bytes(overhead) * 8000.0 / self.frame_ms
 
 
-#: Thinnest to standard. Wire rates with 63 header bytes (voice 5 + WebSocket/TCP/IP 58; TLS
-#: adds ~20) before pure ACKs and feedback: thin 11.2 kbit/s, low 13.2, mid 18.3, standard 23.3.
-#: Measured offline on the corpus speech (PESQ-WB / STOI, libopus 1.3.1, VBR, complexity 10):
-#: thin at 7 kbit/s 2.06 / 0.924 against 1.80 / 0.888 at 6 (STOI under the 0.9 that keeps words
-#: apart on EDGE), for +0.7 kbit/s on the wire (thin measured 13.3-14.0 at 6). Below 9 kbit/s
-#: libopus codes narrowband whatever band is allowed. ``low`` and ``mid`` cap the band at
-#: mediumband: at 9-12 kbit/s Opus spends its bits better there (9 kbit/s: mb 2.57 vs nb 2.47
-#: vs wb 2.31). Packets of 100 ms are coded as five 20 ms frames and score 0.1-0.3 lower than
-#: 80 or 120 ms (two 40 or 60 ms frames) at the same rate, so no rung uses them.
-#: thin fits one GPRS CS-2 timeslot (13.4 kbit/s) even with TLS (12.5 kbit/s), mid fits EDGE's
-#: 24 kbit/s uplink, standard needs 3G.
+#: Thinnest to standard. Wire rates with 71 header bytes a packet (voice 5 + seal 8 +
+#: WebSocket/TCP/IP 58; TLS adds ~20) before pure ACKs: thin 11.7 kbit/s, low 13.7, mid 19.1,
+#: standard 24.4. Measured offline on the corpus speech (PESQ-WB / STOI, en / zh, libopus
+#: 1.3.1, VBR, complexity 10, 120 ms): thin at 7 kbit/s 2.03 / 0.926 and 2.10 / 0.921, against
+#: 1.80 / 0.888 at 6 (STOI under the 0.9 that keeps words apart on EDGE). 8 kbit/s would give
+#: 2.25 / 0.951 and 2.41 / 0.949, but 12.7 kbit/s on the wire does not fit GPRS's 12 kbit/s
+#: uplink, and the thinnest rung must: below it there is nothing to step down to. Below 9
+#: kbit/s libopus codes narrowband whatever band is allowed. ``low`` and ``mid`` cap the band
+#: at mediumband: at 9-12 kbit/s Opus spends its bits better there (9 kbit/s: mb 2.58 / 2.55
+#: vs nb 2.36 / 2.58 vs wb 2.34 / 2.29). PESQ-WB 2.8 takes 10.5-11 kbit/s of mediumband (10:
+#: 2.78 / 2.84, 11: 2.97 / 3.00), ~17 kbit/s on the wire at 120 ms. Packets of 100 ms are coded
+#: as five 20 ms frames and score 0.1-0.3 lower than 80 or 120 ms (two 40 or 60 ms frames) at
+#: the same rate, so no rung uses them. mid fits EDGE's 24 kbit/s uplink, standard needs 3G.
 LADDER: tuple[Rung, ...] = (
     Rung("thin", 7000, 120),
     Rung("low", 9000, 120, "mb"),
