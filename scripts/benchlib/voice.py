@@ -924,7 +924,8 @@ def print_speech(link: str, rows: list[dict[str, Any]], doctor_link: str, faults
 
 
 def print_seal(link: str, rows: list[dict[str, Any]]) -> None:
-    print(f"\n== end-to-end encryption of the media frames over {link} (ChaCha20 + 8-byte BLAKE2b tag, per sender) ==")
+    seal = "ChaCha20 + 8-byte BLAKE2b tag"
+    print(f"\n== end-to-end encryption of the media frames over {link} ({seal}, per sender) ==")
     print(
         f"  {'profile':<9}{'dir':<5}{'rung':<13}{'frames/s':>9}{'Opus B':>8}{'frame-Opus B':>13}{'seal B':>8}"
         f"{'seal kbit/s':>12}{'of wire':>9}{'no key':>8}{'failed':>8}"

@@ -17,7 +17,8 @@ SEGS_OUT = 136  # offset of tcpi_segs_out in Linux's struct tcp_info (u32, since
 
 
 def segs_out(sock: socket.socket) -> int:
-    return int(struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), SEGS_OUT)[0])
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("I", info, SEGS_OUT)[0])
 
 
 @pytest.mark.skipif(CORK is None, reason="TCP_CORK is Linux-only")

@@ -80,7 +80,8 @@ def test_the_construction_is_chacha20_then_a_keyed_blake2b_tag() -> None:
     mac = hashlib.blake2b(key=KEY, digest_size=32, person=b"medcomm voice m").digest()
     nonce16 = bytes(4) + ts.to_bytes(12, "big")
     ciphertext = Cipher(algorithms.ChaCha20(enc, nonce16), mode=None).encryptor().update(packet)
-    tag = hashlib.blake2b(frame.header(0) + ts.to_bytes(8, "big") + ciphertext, key=mac, digest_size=8).digest()
+    authenticated = frame.header(0) + ts.to_bytes(8, "big") + ciphertext
+    tag = hashlib.blake2b(authenticated, key=mac, digest_size=8).digest()
     assert frame.payload == ciphertext + tag
     assert enc != mac and KEY not in (enc, mac)
 
