@@ -133,6 +133,15 @@ class MedcommApp(ImageWork, App[None]):
         except MedcommError as exc:
             self.notify(str(exc), severity="error", timeout=15)
 
+    async def action_quit(self) -> None:
+        """Ctrl+Q: a note being recorded is made durable *before* the app starts to exit.
+        Textual cancels the session's worker on exit without waiting for it, and a process
+        that ends cancels what is left again, so the worker's own last step could be cut short
+        and lose what was said (it still runs, for the other ways out)."""
+        if self.session is not None:
+            await self._keep_recording(self.session)
+        self.exit()
+
     async def _keep_recording(self, session: Any) -> None:
         """Quitting while a note records keeps it (durable, sent by the next desk or
         `medcomm sync`): what a clinician said is not thrown away by a stray Ctrl+Q."""
