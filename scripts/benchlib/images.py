@@ -71,8 +71,8 @@ from typing import Any
 
 from benchlib import imagemetrics as im
 from benchlib.procs import (
+    CORPUS,
     MEDCOMM,
-    ROOT,
     Badlink,
     Relay,
     free_port,
@@ -81,7 +81,6 @@ from benchlib.procs import (
     medcomm,
 )
 
-CORPUS = ROOT.parent / "shared" / "corpus"
 LINKS = load_badlink_profiles()
 KIB = 1024
 CHUNK = 8 * KIB

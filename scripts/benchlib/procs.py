@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "corpus"  # the benchmarks' speech, photos and films
 MEDCOMM = [sys.executable, "-m", "medcomm.cli"]
 _READY = re.compile(r"^medcomm relay listening on (wss?)://127\.0\.0\.1:(\d+)$")
 _BADLINK = re.compile(r"^badlink listening on (\S+):(\d+) -> ")

@@ -64,8 +64,8 @@ import numpy as np
 
 from benchlib import audiometrics as am
 from benchlib.procs import (
+    CORPUS,
     MEDCOMM,
-    ROOT,
     Badlink,
     Relay,
     free_port,
@@ -74,7 +74,6 @@ from benchlib.procs import (
     medcomm,
 )
 
-CORPUS = ROOT.parent / "shared" / "corpus"
 HEADER_BYTES = 52  # per TCP segment: IPv4 20 + TCP with the timestamp option 32
 MEMBERS = [("amina", "clinic"), ("dr.chen", "doctor"), ("dr.osei", "doctor"), ("dr.ali", "doctor")]
 PRODUCT_PROFILES = ("auto", "thin", "standard")
