@@ -30,7 +30,9 @@ def test_a_blob_opens_to_its_plaintext_and_its_size_is_known_in_advance(key: byt
     assert len(sealed) == filecrypt.sealed_size(n) == HEADER_LEN + n + TAG_LEN * max(1, -(-n // PIECE))
     assert filecrypt.plain_size(len(sealed)) == n
     assert filecrypt.open(key, sealed) == data
-    assert data == b"" or data[: min(n, 32)] not in sealed  # no plaintext on the wire
+    # no plaintext on the wire (a random string under 16 bytes may turn up in 40+ random ones:
+    # one byte does, one time in six)
+    assert n < 16 or data[:32] not in sealed
 
 
 def test_sealing_twice_gives_two_blobs_and_a_first_view_costs_41_bytes(key: bytes) -> None:
