@@ -109,7 +109,8 @@ def _key(key: bytes) -> bytes:
 
 
 class _Keys:
-    """A stream key's two subkeys, derived once: one never serves both ciphers."""
+    """A stream key's two subkeys, derived once (one never serves both ciphers), and the
+    packet seal made with them."""
 
     __slots__ = ("enc", "mac")
 
@@ -134,19 +135,17 @@ class _Keys:
         stream = Cipher(algorithms.ChaCha20(self.enc, b"\0\0\0\0" + nonce(ts)), mode=None).encryptor()
         return stream.update(data)
 
+    def seal(self, ad: bytes, ts: int, opus: bytes) -> bytes:
+        """Ciphertext and tag of one Opus packet (what a media frame carries as its payload)."""
+        ciphertext = self.xor(ts, opus)
+        return ciphertext + self.tag(ad, ts, ciphertext)
 
-def seal_packet(keys: _Keys, ad: bytes, ts: int, opus: bytes) -> bytes:
-    """Ciphertext and tag of one Opus packet (what a media frame carries as its payload)."""
-    ciphertext = keys.xor(ts, opus)
-    return ciphertext + keys.tag(ad, ts, ciphertext)
-
-
-def open_packet(keys: _Keys, ad: bytes, ts: int, payload: bytes) -> bytes | None:
-    """The Opus packet, or None when the tag does not match (checked before any decryption)."""
-    ciphertext, tag = payload[:-TAG_LEN], payload[-TAG_LEN:]
-    if not hmac.compare_digest(keys.tag(ad, ts, ciphertext), tag):
-        return None
-    return keys.xor(ts, ciphertext)
+    def open(self, ad: bytes, ts: int, payload: bytes) -> bytes | None:
+        """The Opus packet, or None when the tag does not match (checked before any decryption)."""
+        ciphertext, tag = payload[:-TAG_LEN], payload[-TAG_LEN:]
+        if not hmac.compare_digest(self.tag(ad, ts, ciphertext), tag):
+            return None
+        return self.xor(ts, ciphertext)
 
 
 def sealed_size(opus_bytes: int) -> int:
@@ -174,7 +173,7 @@ class StreamSealer:
             raise ValueError("an empty Opus packet is not sent")
         head = MediaFrame.outgoing(seq, ts, level, opus)  # checks the fields before a nonce is spent
         self.last_ts = ts
-        sealed = seal_packet(self._keys, head.header(0), ts, opus)
+        sealed = self._keys.seal(head.header(0), ts, opus)
         return MediaFrame(0, head.seq, head.ts, head.level, sealed).pack(self._limits)
 
 
@@ -186,8 +185,8 @@ class StreamOpener:
     """
 
     def __init__(self, key: bytes, limits: VoiceCryptLimits = VOICECRYPT) -> None:
-        self.key = _key(key)
-        self._keys = _Keys(key)
+        self._keys = _Keys(key)  # checks the key's length
+        self.key = key
         self.limits = limits
         self.highest: int | None = None  # newest ts authenticated
         self._highest_at = 0.0  # when it arrived (s, the caller's clock)
@@ -222,7 +221,7 @@ class StreamOpener:
             raise Tampered(f"voice frame of {len(frame.payload)} sealed bytes: cut short", reason="truncated")
         ad = frame.header(0)
         for ts in self.candidates(frame.ts, now):
-            plain = open_packet(self._keys, ad, ts, frame.payload)
+            plain = self._keys.open(ad, ts, frame.payload)
             if plain is not None:
                 break
         else:
