@@ -502,6 +502,7 @@ def direction(
     streams = final.get("streams", {})
     out["stale_dropped"] = sum(s.get("stale", 0) for s in streams.values())
     out["shrink_dropped"] = sum(s.get("shrunk", 0) for s in streams.values())
+    out["trimmed_ms"] = sum(s.get("trimmed_ms", 0) for s in streams.values())
     out["sender_qdelay_ms_median"] = statistics.median(
         [s["qdelay_ms"] for s in rs.get("seconds", []) if s.get("qdelay_ms") is not None] or [0]
     )
@@ -870,6 +871,9 @@ def f(value: Any, fmt: str = ".2f", none: str = "-") -> str:
     return format(value, fmt)
 
 
+DROPS = ("stale_dropped", "shrink_dropped", "trimmed_ms")  # the jitter buffer's ways down, per stream
+
+
 def rungs_text(shares: dict[str, float]) -> str:
     return " ".join(f"{r} {v * 100:.0f}%" for r, v in shares.items()) or "-"
 
@@ -886,7 +890,7 @@ def print_speech(link: str, rows: list[dict[str, Any]], doctor_link: str, faults
     head = (
         f"  {'profile':<9}{'dir':<5}{'wire kbit/s':>12}{'segs/s':>8}{'PESQ-WB':>9}{'offline':>9}{'STOI':>7}"
         f"{'delay+ p50/p95 ms':>19}{'(>5s)':>7}{'aligned':>9}{'conceal':>9}{'jb ms':>7}"
-        f"{'stale/shrunk':>13}{'load':>6}"
+        f"{'stale/shrunk/trim ms':>21}{'load':>6}"
         "  rungs of the sender"
     )
     print(head)
@@ -905,7 +909,7 @@ def print_speech(link: str, rows: list[dict[str, Any]], doctor_link: str, faults
                 f"{'(' + f(x.get('added_p95_steady_ms'), '.0f') + ')':>7}"
                 f"{str(x.get('aligned', '-')) + '/' + str(x.get('windows', '-')):>9}"
                 f"{f(x.get('concealed_pct'), '.1f') + '%':>9}{f(x.get('jb_ms_median'), '.0f'):>7}"
-                f"{str(x.get('stale_dropped', '-')) + '/' + str(x.get('shrink_dropped', '-')):>13}"
+                f"{'/'.join(str(x.get(k, '-')) for k in DROPS):>21}"
                 f"{f(r.get('load1'), '.1f'):>6}"
                 f"  {rungs_text(x.get('rungs', {}))}"
                 + (f" ({x['rate_changes']} changes)" if x.get("rate_changes") else "")

@@ -66,21 +66,27 @@ def payload(ts: int, dur: int) -> bytes:
 
 
 def run(
-    jb: JitterBuffer, pkts: list[Pkt], until: float, t0: float = 0.0, pause: tuple[float, float] | None = None
+    jb: JitterBuffer,
+    pkts: list[Pkt],
+    until: float,
+    t0: float = 0.0,
+    pause: tuple[float, float] | None = None,
+    lead: float = 0.0,
 ) -> list[Out]:
+    """Pull each piece ``lead`` ms before the previous one has played (an output queue)."""
     i, clock, outs = 0, t0, []
     while clock < until:
         if pause and pause[0] <= clock < pause[1]:
             clock = pause[1]  # the output stopped pulling (a device hiccup)
-        while i < len(pkts) and pkts[i].arrival <= clock:
+        while i < len(pkts) and pkts[i].arrival <= clock - lead:
             p = pkts[i]
             jb.push(p.ts, p.dur, payload(p.ts, p.dur), p.level, p.arrival / 1000)
             i += 1
-        piece = jb.pull(clock / 1000)
-        assert piece.duration_ms > 0, "a piece must move the play clock"
+        piece = jb.pull((clock - lead) / 1000 if outs else clock / 1000)
+        assert piece.played_ms > 0, "a piece must move the play clock"
         ts = struct.unpack(">qH", piece.payload)[0] if isinstance(piece, Play) else None
         outs.append(Out(clock, piece, ts, jb.stats(reset=False)))
-        clock += piece.duration_ms
+        clock += piece.played_ms
     return outs
 
 
@@ -95,7 +101,7 @@ def latency(o: Out) -> float:
 
 
 def total(outs: list[Out], kind: type, lo: float = 0, hi: float = 1e18) -> int:
-    return sum(o.piece.duration_ms for o in outs if isinstance(o.piece, kind) and lo <= o.start < hi)
+    return sum(o.piece.played_ms for o in outs if isinstance(o.piece, kind) and lo <= o.start < hi)
 
 
 def assert_in_order(outs: list[Out]) -> None:
@@ -155,6 +161,40 @@ def test_target_follows_random_jitter_up_and_comes_back_down_when_calm() -> None
     assert max(latency(o) for o in plays(calm_after)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
 
 
+@pytest.mark.parametrize("seed", range(1, 9))
+def test_a_new_fastest_packet_moves_the_target_with_the_base_and_costs_nothing(seed: int) -> None:
+    """0-60 ms of jitter, and one packet 40 ms faster than any before: the base drops. The
+    packets before it were that much further above the new base all along, so the target
+    must rise with the base. Judged against the base of their own time they would not, the
+    delay would look over target and be trimmed, and the next slow packets would come late."""
+    rng = random.Random(seed)
+    jits = {ts: rng.uniform(0, 60) for ts in range(0, 20_000, 40)}
+    jits[8000] = -40.0
+    jb = JitterBuffer()
+    outs = run(jb, stream([40] * 500, lambda ts: jits[ts], level=lambda ts: VOICED), 19_000)
+    assert_in_order(outs)
+    assert jb.stats().stale_dropped == 0 and total(outs, Conceal, 7000) == 0
+
+
+def test_an_output_that_pulls_early_gets_its_lead_added_to_the_target() -> None:
+    """A sound card fed 40 ms ahead decides 40 ms before it plays: the packet must be there
+    by then. Aiming the delay at the bare target would leave 40 ms less slack than the
+    jitter needs, and with 120 ms packets one in a few would come too late."""
+    rng = random.Random(4)
+    jits = [rng.uniform(0, 120) for _ in range(300)]
+    pkts = stream([120] * 300, lambda ts: jits[ts // 120], level=lambda ts: VOICED)
+    results = {}
+    for lead in (0.0, 40.0):
+        jb = JitterBuffer()
+        outs = run(jb, pkts, 36_000, lead=lead)
+        assert_in_order(outs)
+        concealed, played = total(outs, Conceal, 10_000), total(outs, Play, 10_000)
+        settled = statistics.median(latency(o) for o in plays(outs, 10_000))
+        results[lead] = (concealed / (concealed + played), settled)
+    assert results[40.0][0] <= 0.02 and results[0.0][0] <= 0.02
+    assert 30 <= results[40.0][1] - results[0.0][1] <= 50
+
+
 # --- late, duplicate, reordered ------------------------------------------------------------
 
 
@@ -181,7 +221,7 @@ def test_duplicates_are_ignored() -> None:
     outs = run(jb, twice, 1000)
     old = pkts[5]  # played by now: a late repeat must not play again
     jb.push(old.ts, old.dur, payload(old.ts, old.dur), old.level, 1.0)
-    outs += run(jb, twice[2 * 30 :], 4500, t0=outs[-1].start + outs[-1].piece.duration_ms)
+    outs += run(jb, twice[2 * 30 :], 4500, t0=outs[-1].start + outs[-1].piece.played_ms)
     assert_in_order(outs)
     played = [o.ts for o in plays(outs)]
     assert len(played) == len(set(played)) and len(played) >= 80
@@ -265,7 +305,7 @@ def test_five_second_stall_recovers_the_delay_and_plays_nothing_stale(drain_ms: 
 
 
 def test_shrinking_drops_only_silent_packets_while_there_are_some() -> None:
-    jb = JitterBuffer(JitterLimits(initial_ms=300))
+    jb = JitterBuffer(JitterLimits(initial_ms=300, trim_max_pct=0))
     pkts = stream([40] * 250)
     outs = run(jb, pkts, 10_000)
     assert_in_order(outs)
@@ -278,12 +318,51 @@ def test_shrinking_drops_only_silent_packets_while_there_are_some() -> None:
 
 
 def test_continuous_speech_is_dropped_only_after_patience() -> None:
-    jb = JitterBuffer(JitterLimits(initial_ms=300))
+    jb = JitterBuffer(JitterLimits(initial_ms=300, trim_max_pct=0))
     outs = run(jb, stream([40] * 250, level=lambda ts: VOICED), 10_000)
     over = next(o for o in outs if o.st.delay_ms > o.st.target_ms + LIM.hysteresis_ms)
     first_drop = next(o for o in outs if o.st.shrink_dropped)
     assert first_drop.start - over.start >= LIM.shrink_patience_ms - LIM.grain_ms
     assert max(latency(o) for o in plays(outs, 8000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
+
+
+def test_continuous_speech_comes_down_by_playing_packets_shorter_not_by_dropping() -> None:
+    jb = JitterBuffer(JitterLimits(initial_ms=300))
+    outs = run(jb, stream([40] * 250, level=lambda ts: VOICED), 10_000)
+    assert_in_order(outs)
+    st_ = jb.stats()
+    assert st_.shrink_dropped == 0 and st_.stale_dropped == 0 and total(outs, Conceal) == 0
+    trims = [o.piece.trim_ms for o in plays(outs) if isinstance(o.piece, Play)]
+    assert max(trims) == 40 * LIM.trim_max_pct // 100 and sum(trims) == st_.trimmed_ms
+    # 260 ms over target at 10 ms a packet: down within ~26 packets, well before the patience
+    assert max(latency(o) for o in plays(outs, 1500)) <= LIM.floor_ms + LIM.trim_above_ms + 40
+
+
+def test_long_packets_over_jitter_settle_at_the_target_instead_of_a_packet_above_it() -> None:
+    """120 ms packets with +/-60 ms uniform jitter (3g-weak at the thin rung). The base keeps
+    falling for seconds as the low tail turns up, so the start-up delay often ends up 15-60 ms
+    over target; a whole 120 ms drop would overshoot, so without trimming it stayed there."""
+    gains = []
+    for seed in range(1, 13):
+        rng = random.Random(seed)
+        jits = [rng.uniform(0, 120) for _ in range(300)]
+        pkts = stream([120] * 300, lambda ts, jits=jits: jits[ts // 120], level=lambda ts: VOICED)
+        settled = []
+        for limits in (LIM, JitterLimits(trim_max_pct=0)):
+            jb = JitterBuffer(limits)
+            outs = run(jb, pkts, 36_000)
+            assert_in_order(outs)
+            excess = statistics.median(o.st.delay_ms - o.st.target_ms for o in outs if o.start >= 10_000)
+            settled.append(statistics.median(latency(o) for o in plays(outs, 10_000)))
+            if limits is LIM:
+                st_ = jb.stats()
+                assert excess <= LIM.trim_above_ms and st_.shrink_dropped == 0
+                assert all(o.piece.trim_ms <= 30 for o in plays(outs) if isinstance(o.piece, Play))
+                concealed, played = total(outs, Conceal, 10_000), total(outs, Play, 10_000)
+                assert concealed / (concealed + played) < 0.05  # the target still covers the jitter
+        assert settled[0] <= settled[1] + 6  # at the target, where a lucky drop may undershoot
+        gains.append(settled[1] - settled[0])
+    assert statistics.mean(gains) >= 15
 
 
 def test_hard_cap_holds_after_the_output_stops_pulling() -> None:
@@ -357,7 +436,10 @@ def test_memory_is_bounded_under_a_flood_without_pulls() -> None:
     st_ = jb.stats()
     assert st_.buffered_ms <= LIM.max_buffered_ms
     assert st_.overflow_dropped == 10_000 - len(jb)
-    pieces = [jb.pull(10.0 + k * 0.04) for k in range(200)]
+    clock, pieces = 10.0, []
+    for _ in range(200):  # a sound card: the next pull when the last piece has played
+        pieces.append(jb.pull(clock))
+        clock += pieces[-1].played_ms / 1000
     assert any(isinstance(p, Play) for p in pieces)
     assert len(jb) <= LIM.max_packets
 
@@ -412,7 +494,7 @@ def test_arbitrary_sequences_never_replay_or_reorder(ops: list[tuple]) -> None:
             pushed.add((ts, op[2]))
         else:
             piece = jb.pull(now)
-            assert piece.duration_ms > 0
+            assert piece.played_ms > 0
             if isinstance(piece, Play):
                 got = struct.unpack(">qH", piece.payload)
                 assert got in pushed and got[1] == piece.duration_ms

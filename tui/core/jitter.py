@@ -16,6 +16,12 @@ the buffer's delay is the slack a packet gets beyond its best-case arrival::
 A packet with jitter ``j`` is on time iff ``j <= delay``. Packetisation is excluded, so the
 same floor and cap make sense for 40 ms and for 120 ms packets.
 
+Pulls come early. An output that keeps ``L`` ms queued (a sound card's ring, filled by an
+engine that wakes every few ms) asks for a piece about ``L`` ms before it plays, so a packet
+must have arrived by the *pull*, not by its play time: it has ``delay - L`` of slack. The
+buffer learns ``L`` from its own play clock (``start - now`` at each pull, its recent
+maximum) and aims the delay at ``target + L``.
+
 Target. A high quantile of ``j`` over the window, plus headroom, clamped to
 ``[floor_ms, cap_ms - hysteresis_ms]`` (so that shrinking, which starts at target +
 hysteresis, keeps the delay inside the hard cap without forced drops). Until a few samples
@@ -44,8 +50,17 @@ head after ``p`` (a gap)         skip the gap down to the target, then conceal t
 head at ``p``, delay > cap       drop it (forced shrink)
 head at ``p``, excess > hyst     drop it if silent, or if over target for ``patience``
 head at ``p``, under target      wait before the first play; later only in silence
+head at ``p``, excess > trim     play it shortened, by at most ``trim_max_pct`` of it
 otherwise                        play it
 ===============================  ==========================================================
+
+Why shorten. A drop moves the delay by a whole packet, and with 60-120 ms packets that
+overshoots: a delay 40 ms over target cannot come down by dropping 120 ms, so it used to stay
+that much too high for the whole call. It is always over target after the start on a jittery
+link, because the base (a windowed minimum) keeps falling for seconds as the jitter's low
+tail turns up. A ``Play`` with ``trim_ms`` asks the output to play the decoded packet that
+much shorter (``core.timescale`` cuts where the waveform repeats itself or is quiet, as
+WSOLA's 'accelerate' does), so the delay comes down in small steps even while people talk.
 
 A packet that arrives just behind ``p`` is normally stale. One exception: if only
 concealment has played since the last real packet and playing it now keeps the delay within
@@ -92,6 +107,8 @@ class JitterLimits:
     max_packets: int = 64  # packets held; oldest dropped beyond (flood without pulls)
     max_buffered_ms: int = 1_000  # audio held: twice the cap plus a packet could never be played
     max_samples: int = 512  # estimator samples kept (10 s of 20 ms packets)
+    trim_above_ms: int = 10  # over target by more than this: play packets shortened (no drops)
+    trim_max_pct: int = 25  # most of a packet cut at once (a 1.33x speed-up at worst); 0: never
 
     def __post_init__(self) -> None:
         if not 0 < self.floor_ms <= self.cap_ms - self.hysteresis_ms:
@@ -115,6 +132,12 @@ class JitterLimits:
         ):
             if getattr(self, name) < 1:
                 raise UsageError(f"jitter limit {name} must be >= 1", **{name: getattr(self, name)})
+        if not 0 <= self.trim_max_pct <= 50 or self.trim_above_ms < 0:
+            raise UsageError(
+                "jitter trim must be 0-50 % of a packet above a non-negative excess",
+                trim_max_pct=self.trim_max_pct,
+                trim_above_ms=self.trim_above_ms,
+            )
         if self.max_buffered_ms < self.max_packet_ms:
             raise UsageError(
                 "jitter buffer must hold at least one packet", max_buffered_ms=self.max_buffered_ms
@@ -123,10 +146,15 @@ class JitterLimits:
 
 @dataclass(frozen=True, slots=True)
 class Play:
-    """Decode this packet."""
+    """Decode this packet; play it ``trim_ms`` shorter than its media (the delay comes down)."""
 
     payload: bytes
     duration_ms: int
+    trim_ms: int = 0
+
+    @property
+    def played_ms(self) -> int:
+        return self.duration_ms - self.trim_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +163,20 @@ class Conceal:
 
     duration_ms: int
 
+    @property
+    def played_ms(self) -> int:
+        return self.duration_ms
+
 
 @dataclass(frozen=True, slots=True)
 class Silence:
     """Nothing to play: not started yet, or the gap is too long to conceal."""
 
     duration_ms: int
+
+    @property
+    def played_ms(self) -> int:
+        return self.duration_ms
 
 
 Piece = Play | Conceal | Silence
@@ -158,6 +194,7 @@ class JitterStats:
     concealed_pm_total: int
     stale_dropped: int  # arrived behind the playout point
     shrink_dropped: int  # dropped to bring the delay down (silent first; forced above the cap)
+    trimmed_ms: int  # audio cut from packets played shortened, to bring the delay down
     overflow_dropped: int  # oldest dropped because too much was held
     played: int  # packets played
     stalls: int  # stalls detected (over-cap arrivals), left out of the estimate
@@ -177,7 +214,10 @@ class _Estimator:
     def __init__(self, limits: JitterLimits) -> None:
         self._lim = limits
         self._mins: deque[tuple[float, float]] = deque()  # (arrival, offset), offsets ascending
-        self._samples: deque[tuple[float, float]] = deque()  # (arrival, jitter) in arrival order
+        # (arrival, offset) in arrival order. Offsets, not jitter: the quantile is taken against
+        # the base of *now*, so a new minimum (or an old one leaving the window) moves the
+        # target and the delay together and no slack is trimmed away for it.
+        self._samples: deque[tuple[float, float]] = deque()
         self._sorted: list[float] = []
         self.base = 0.0
         self.jitter = 0.0
@@ -208,8 +248,8 @@ class _Estimator:
             if not on_time and arrival - self._stall_at < lim.stall_holdoff_ms:
                 return
             self._stall_at = None
-        self._samples.append((arrival, jit))
-        bisect.insort(self._sorted, jit)
+        self._samples.append((arrival, offset))
+        bisect.insort(self._sorted, offset)
         self.accepted += 1
         self._expire(horizon)
 
@@ -221,7 +261,7 @@ class _Estimator:
         # an empty window (a stall longer than it) keeps the last estimate: no news is not calm
         if self._sorted:
             k = max(0, math.ceil(self._lim.quantile * len(self._sorted)) - 1)
-            self.jitter = self._sorted[k]
+            self.jitter = max(0.0, self._sorted[k] - self.base)
 
 
 class JitterBuffer:
@@ -240,12 +280,14 @@ class JitterBuffer:
         self._last_dur = limits.max_packet_ms
         self._p: int | None = None  # next media ms to play; anchored at the first pull with data
         self._play_end = -math.inf
+        self._lead = 0.0  # ms the output pulls ahead of playing (see the module's docstring)
+        self._last_piece_ms = 0
         self._played_any = False
         self._played_end = -(1 << 62)  # media end of the last played packet: nothing before it plays
         self._gap_ms = 0  # concealment since the last real packet
         self._over_since: float | None = None
         self._delay = 0.0
-        self._stale = self._shrunk = self._overflow = self._played = 0
+        self._stale = self._shrunk = self._overflow = self._played = self._trimmed_ms = 0
         self._played_ms = self._concealed_ms = 0
         self._mark_played_ms = self._mark_concealed_ms = 0
 
@@ -304,15 +346,19 @@ class JitterBuffer:
             return False
         start = max(arrival, self._play_end)
         slack = start - self._est.base - ts - duration
-        return slack <= self._target() + self._lim.hysteresis_ms
+        return slack <= self._aim() + self._lim.hysteresis_ms
 
     # --- playout side ---------------------------------------------------------------------
 
     def pull(self, now: float) -> Piece:
-        """The next piece to play; the play clock advances by its duration."""
+        """The next piece to play; the play clock advances by its ``played_ms``."""
         start = max(now * 1000.0, self._play_end)
+        # the lead is the output's queue: it changes only with the output, so its recent
+        # maximum is what a packet must beat (decaying 2 ms a second if the queue shrinks)
+        self._lead = max(start - now * 1000.0, self._lead - self._last_piece_ms * 0.002)
         piece = self._decide(start)
-        self._play_end = start + piece.duration_ms
+        self._play_end = start + piece.played_ms
+        self._last_piece_ms = piece.played_ms
         return piece
 
     def _target(self) -> float:
@@ -322,13 +368,18 @@ class JitterBuffer:
             want = max(want, lim.initial_ms)
         return min(max(want, lim.floor_ms), lim.cap_ms - lim.hysteresis_ms)
 
+    def _aim(self) -> float:
+        """The delay the buffer steers to: the target, plus how early the output pulls."""
+        lim = self._lim
+        return min(self._target() + self._lead, lim.cap_ms - lim.hysteresis_ms)
+
     def _decide(self, start: float) -> Piece:
         lim = self._lim
         if self._p is None:
             if not self._buf:
                 return Silence(lim.grain_ms)
             self._p = self._buf[0].ts
-        target = self._target()
+        target = self._aim()
         hyst = lim.hysteresis_ms
         while True:
             while self._buf and self._buf[0].ts < self._p:
@@ -367,7 +418,10 @@ class JitterBuffer:
                 continue
             if (excess < 0 and not self._played_any) or (excess < -hyst and head.silent):
                 return self._fill(lim.grain_ms, advance=False)
-            return self._play(head)
+            trim = 0
+            if excess > lim.trim_above_ms:
+                trim = min(int(excess), head.duration * lim.trim_max_pct // 100)
+            return self._play(head, trim)
 
     def _drop(self) -> None:
         packet = self._buf.popleft()
@@ -375,15 +429,16 @@ class JitterBuffer:
         if self._p is not None and packet.ts >= self._p:
             self._p = packet.ts + packet.duration
 
-    def _play(self, head: _Packet) -> Play:
+    def _play(self, head: _Packet, trim: int) -> Play:
         self._buf.popleft()
         self._buffered_ms -= head.duration
         self._p = self._played_end = head.ts + head.duration
         self._played_any = True
         self._gap_ms = 0
         self._played += 1
-        self._played_ms += head.duration
-        return Play(head.payload, head.duration)
+        self._played_ms += head.duration - trim
+        self._trimmed_ms += trim
+        return Play(head.payload, head.duration, trim)
 
     def _fill(self, want: int, *, advance: bool) -> Conceal | Silence:
         """Concealment right after real audio, silence before the first packet or after a
@@ -412,13 +467,14 @@ class JitterBuffer:
             self._mark_played_ms, self._mark_concealed_ms = self._played_ms, self._concealed_ms
         return JitterStats(
             delay_ms=max(0, round(self._delay)),
-            target_ms=round(self._target()),
+            target_ms=round(self._aim()),
             jitter_ms=round(self._est.jitter),
             buffered_ms=self._buffered_ms,
             concealed_pm=_permille(concealed, played + concealed),
             concealed_pm_total=_permille(self._concealed_ms, self._played_ms + self._concealed_ms),
             stale_dropped=self._stale,
             shrink_dropped=self._shrunk,
+            trimmed_ms=self._trimmed_ms,
             overflow_dropped=self._overflow,
             played=self._played,
             stalls=self._est.stalls,

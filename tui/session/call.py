@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from medcomm.core import voiceframe, wire
+from medcomm.core import timescale, voiceframe, wire
 from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
 from medcomm.core.ratecontrol import RateControl
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
@@ -343,12 +343,12 @@ class CallEngine:
         piece = stream.jitter.pull(now)
         try:
             if isinstance(piece, Play):
-                return stream.decoder.decode(piece.payload)
+                return timescale.shorten(stream.decoder.decode(piece.payload), piece.trim_ms * (RATE // 1000))
             if isinstance(piece, Conceal):
                 return stream.decoder.conceal(piece.duration_ms)
         except (WireError, MedcommError):
             self._bad_frames += 1
-            return stream.decoder.conceal(piece.duration_ms)
+            return stream.decoder.conceal(piece.played_ms)
         return self._np.zeros(piece.duration_ms * (RATE // 1000), self._np.int16)
 
     def _feedback(self, now: float) -> None:
@@ -403,7 +403,8 @@ class CallEngine:
         s = self.stats
         per_stream = {
             str(slot): {"delay_ms": st.stats.delay_ms, "target_ms": st.stats.target_ms,
-                        "stale": st.stats.stale_dropped, "shrunk": st.stats.shrink_dropped}
+                        "stale": st.stats.stale_dropped, "shrunk": st.stats.shrink_dropped,
+                        "trimmed_ms": st.stats.trimmed_ms}
             for slot, st in self.streams.items() if st.stats is not None
         }
         rs = self.rate.stats()
@@ -419,7 +420,8 @@ class CallEngine:
         crypto: dict[str, object] = {"overhead": OVERHEAD, **self.crypto.stats.as_dict(),
                                      "rungs": {r: c.as_dict() for r, c in self._costs.items() if c.frames}}
         return {"source_started": self.source_started, "sink_started": self.sink_started,
-                "bad_frames": self._bad_frames, "seconds": self.history, "final": self._snapshot(),
+                "bad_frames": self._bad_frames, "underruns": self.sink.underruns,
+                "seconds": self.history, "final": self._snapshot(),
                 "crypto": crypto,
                 "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
                                  for c in self.rate.stats().recent]}
