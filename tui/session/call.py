@@ -61,8 +61,13 @@ BLOCK = 960  # 20 ms: the playout and mixing grain
 class CallLimits:
     """Paces of the engine; each is a trade between delay and work per second."""
 
-    tick: float = 0.01  # s between looks at the source and the sink
-    playout_blocks: int = 2  # 20 ms blocks kept queued in the sink (40 ms: the engine ticks every 10)
+    tick: float = 0.005  # s between looks at the source and the sink
+    # 20 ms blocks kept queued in the sink. Every ms queued is mouth-to-ear delay (the jitter
+    # buffer must decide that much earlier), so the queue starts at one block and grows by
+    # one each time the speaker runs dry (an event loop held up for more than a block's
+    # slack, e.g. by a redraw), up to the most.
+    playout_blocks: int = 1
+    playout_blocks_max: int = 3
     feedback_every: float = 0.5  # s between feedback reports per stream heard (each ~65 B on the wire)
     # s a report may wait for our next voice packet to ride with it instead of costing a 52-byte
     # segment of its own: a packet (at most 120 ms) and a tick; a silent or muted side sends alone
@@ -75,6 +80,8 @@ class CallLimits:
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.playout_blocks <= self.playout_blocks_max:
+            raise UsageError("playout_blocks must be 1..playout_blocks_max")
         if self.stall_after <= self.feedback_every + self.feedback_hold:
             raise UsageError("stall_after must exceed feedback_every + feedback_hold: that gap is normal")
 
@@ -178,6 +185,8 @@ class CallEngine:
         self._ts = 0  # our media clock, ms since the stream began (runs through DTX and mute)
         self._bytes_up = self._bytes_down = 0
         self._bad_frames = 0
+        self._playout_blocks = self.limits.playout_blocks
+        self._underruns_seen = 0
         self._started = time.monotonic()
         self.streams_feedback = False  # a receiver has reported: its silence now means a stall
         self._unechoed_since: float | None = None  # first packet sent since the last feedback
@@ -326,7 +335,13 @@ class CallEngine:
             log.info("voice rung %s (%d bit/s, %d ms)", rung.name, rung.bitrate_bps, rung.frame_ms)
 
     def _play(self, now: float) -> None:
-        want = self.limits.playout_blocks * BLOCK
+        underruns = self.sink.underruns
+        if underruns > self._underruns_seen:
+            self._underruns_seen = underruns
+            if self._playout_blocks < self.limits.playout_blocks_max:
+                self._playout_blocks += 1
+                log.info("speaker ran dry: %d blocks now queued for it", self._playout_blocks)
+        want = self._playout_blocks * BLOCK
         while self.sink.buffered < want:
             np = self._np
             mix = np.zeros(BLOCK, np.int32)
@@ -421,6 +436,7 @@ class CallEngine:
                                      "rungs": {r: c.as_dict() for r, c in self._costs.items() if c.frames}}
         return {"source_started": self.source_started, "sink_started": self.sink_started,
                 "bad_frames": self._bad_frames, "underruns": self.sink.underruns,
+                "playout_ms": self._playout_blocks * BLOCK // (RATE // 1000),
                 "seconds": self.history, "final": self._snapshot(),
                 "crypto": crypto,
                 "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
