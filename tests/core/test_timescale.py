@@ -32,9 +32,30 @@ def test_nothing_to_remove_returns_the_audio_unchanged() -> None:
     assert shorten(pcm, 0) is pcm
 
 
-def test_more_than_half_is_refused() -> None:
+def test_all_of_it_is_refused() -> None:
     with pytest.raises(UsageError):
-        shorten(tone(200, 960), 481)
+        shorten(tone(200, 960), 960)
+
+
+@pytest.mark.parametrize("hz", [110.0, 200.0, 310.0])
+def test_voiced_audio_loses_whole_pitch_periods_when_it_may_cut_less(hz: float) -> None:
+    """Asked for 1000 samples, allowed to cut as few as 500: a tone loses a whole number of
+    its periods (so no seam at all), as close to the ask as that allows."""
+    pcm = tone(hz, 5760)
+    out = shorten(pcm, 1000, least=500)
+    removed = len(pcm) - len(out)
+    period = RATE / hz
+    assert 500 <= removed <= 1000
+    assert abs(removed / period - round(removed / period)) * period <= 2  # whole periods
+    assert 1000 - removed < period + 2  # no further from the ask than one period
+    step = np.max(np.abs(np.diff(pcm.astype(int))))
+    assert np.max(np.abs(np.diff(out.astype(int)))) <= step * 1.05
+
+
+def test_noise_has_no_pitch_and_is_cut_by_exactly_the_ask() -> None:
+    rng = np.random.default_rng(9)
+    pcm = rng.integers(-8000, 8000, 5760).astype(np.int16)
+    assert len(pcm) - len(shorten(pcm, 1000, least=500)) == 1000
 
 
 def test_a_periodic_signal_loses_whole_periods_without_a_seam() -> None:

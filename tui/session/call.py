@@ -358,7 +358,14 @@ class CallEngine:
         piece = stream.jitter.pull(now)
         try:
             if isinstance(piece, Play):
-                return timescale.shorten(stream.decoder.decode(piece.payload), piece.trim_ms * (RATE // 1000))
+                pcm = stream.decoder.decode(piece.payload)
+                if not piece.trim_ms:
+                    return pcm
+                # speech is cut at whole pitch periods, so as little as half the ask may go
+                want = piece.trim_ms * (RATE // 1000)
+                out = timescale.shorten(pcm, want, least=want // 2)
+                stream.jitter.trimmed_less((want - (len(pcm) - len(out))) / (RATE // 1000))
+                return out
             if isinstance(piece, Conceal):
                 return stream.decoder.conceal(piece.duration_ms)
         except (WireError, MedcommError):
