@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgpack
 
-from medcomm.adapters.sockopts import corked, delay_acks
+from medcomm.adapters.sockopts import delay_acks, send_together
 from medcomm.core import wire
 from medcomm.core.wire import (
     CaughtUp,
@@ -347,10 +347,8 @@ class Relay:
                     conn.voice_dropped += 1  # the link is behind: this audio would play late
                     continue
                 # all that is ready in one segment: a speaker's packet and the feedback that
-                # rode with it arrive together, and leave together
-                with corked(transport):
-                    for _ in range(len(conn.voice)):  # what is ready now; later frames are checked again
-                        await conn.ws.send(conn.voice.popleft())  # type: ignore[attr-defined]
+                # rode with it arrive together, and leave together; later frames are checked again
+                await send_together(conn.ws, [conn.voice.popleft() for _ in range(len(conn.voice))])
                 continue
             if not conn.out.empty():
                 data = conn.out.get_nowait()

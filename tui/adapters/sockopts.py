@@ -18,7 +18,7 @@ they are written, so a feedback report and the voice packet it rides with cost o
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,6 +56,15 @@ def corked(transport: Any) -> Iterator[None]:
         yield
     finally:
         _set(sock, _CORK, 0)
+
+
+async def send_together(ws: Any, frames: Iterable[bytes]) -> None:
+    """WebSocket messages written back to back inside :func:`corked`: a voice packet and the
+    feedback riding with it (the client), or every voice frame ready for a listener (the
+    relay), leave in one segment."""
+    with corked(getattr(ws, "transport", None)):
+        for frame in frames:
+            await ws.send(frame)
 
 
 def delay_acks(transport: Any) -> None:

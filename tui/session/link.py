@@ -17,11 +17,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from medcomm.adapters.localstore import LocalStore
 from medcomm.adapters.profile import Profile
-from medcomm.adapters.sockopts import corked, delay_acks
+from medcomm.adapters.sockopts import delay_acks, send_together
 from medcomm.core import wire
 from medcomm.core.delivery import (
     Accepted,
@@ -171,7 +170,7 @@ class Link:
         if backlog > backlog_limit:
             self.voice_dropped += 1
             return None
-        send = ws.send(data) if not riders else _send_together(ws, (data, *riders))  # type: ignore[attr-defined]
+        send = ws.send(data) if not riders else send_together(ws, (data, *riders))  # type: ignore[attr-defined]
         task = asyncio.ensure_future(send)
         task.add_done_callback(_quiet)
         return backlog
@@ -448,13 +447,6 @@ def _logged(task: asyncio.Future[object]) -> None:
     """A re-key that failed (the link dropped): the item stays queued and goes next time."""
     if not task.cancelled() and task.exception() is not None:
         log.info("re-key not finished: %s", _describe(task.exception()))  # type: ignore[arg-type]
-
-
-async def _send_together(ws: Any, frames: tuple[bytes, ...]) -> None:
-    """Voice-plane messages written back to back into one segment (``sockopts.corked``)."""
-    with corked(ws.transport):
-        for frame in frames:
-            await ws.send(frame)
 
 
 def _quiet(task: asyncio.Future[object]) -> None:
