@@ -381,9 +381,9 @@ def test_silent_packets_are_cut_to_the_target_in_one_step() -> None:
 
 
 def test_long_packets_over_jitter_settle_at_the_target_instead_of_a_packet_above_it() -> None:
-    """120 ms packets with +/-60 ms uniform jitter (3g-weak at the thin rung). The base keeps
-    falling for seconds as the low tail turns up, so the start-up delay often ends up 15-60 ms
-    over target; a whole 120 ms drop would overshoot, so without trimming it stayed there."""
+    """120 ms packets with +/-60 ms uniform jitter (3g-weak at the thin rung). The playout is
+    anchored on the first packet, late by its own jitter, so the start-up delay often ends up
+    15-60 ms over target; a whole 120 ms drop would overshoot, so without trimming it stayed."""
     gains = []
     for seed in range(1, 13):
         rng = random.Random(seed)

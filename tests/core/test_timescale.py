@@ -23,7 +23,6 @@ def test_length_is_exactly_shorter_and_the_ends_are_kept(remove: int) -> None:
     pcm = rng.integers(-20000, 20000, 5760).astype(np.int16)
     out = shorten(pcm, remove)
     assert out.dtype == np.int16 and len(out) == len(pcm) - remove
-    assert out[0] == pcm[0] or out[-1] == pcm[-1]  # the seam sits at one place only
     assert out[-1] == pcm[-1]
 
 

@@ -8,10 +8,10 @@ stretch, or a point where the waveform repeats itself ``r`` samples later. In vo
 the waveform repeats after whole pitch periods only, so ``r`` may be less than asked, down to
 ``least``: the candidates are the whole multiples of the packet's pitch period in that range
 (and the exact amount); the longest wins unless a shorter one has clearly less distortion
-per sample removed. That
-is WSOLA's 'accelerate' as telephony jitter buffers do it; a cut that is not a whole number
-of periods is what makes speech warble. The packet's first and last samples stay where they
-are, so its neighbours join as before. Pure numpy, no clock, no I/O.
+per sample removed. That is WSOLA's 'accelerate' as telephony jitter buffers do it; a cut
+that is not a whole number of periods is what makes speech warble. The packet's first and
+last samples stay where they are, so its neighbours join as before. Pure numpy, no clock,
+no I/O.
 """
 
 from __future__ import annotations

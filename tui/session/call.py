@@ -1,17 +1,16 @@
-"""A live call on the session's one connection: signalling, and the media engine between
-the sound edge (a device or a WAV file, in real time) and the link.
-
-Sending: every packet length of audio the source holds is encoded at the rung the rate
-control chose and written *now*, ahead of anything our own code has queued; when more than a
-packet is still unsent in the transport, the packet is dropped instead (stale audio is
-worth nothing, and the rate control steps down). Receiving: each stream (slot) has its own
-jitter buffer and decoder; the playout keeps about two output blocks in the sink and mixes
-the streams 20 ms at a time. Every 500 ms each stream heard gets a feedback report (echoed
-timestamp, hold time, jitter-buffer delay, concealment) that its sender's rate control
-reads; it waits (up to ``feedback_hold``) for our next voice packet and rides in its TCP
-segment, its hold time counted up to when it leaves, so the wait does not read as delay. A
-dropped connection does not end the call: when the link is back the engine answers again and
-keeps its slot.
+"""A live call on the session's one connection: signalling, and the media engine between the
+sound edge (a device or a WAV file, in real time) and the link. Sending: every packet length
+of audio the source holds is encoded at the rung the rate control chose and written *now*,
+ahead of anything our own code has queued; when more than a packet is still unsent in the
+transport, the packet is dropped instead (stale audio is worth nothing, and the rate control
+steps down). Receiving: each stream (slot) has its own jitter buffer and decoder; the playout
+keeps one output block in the sink (a block more each time the speaker runs dry, up to
+``playout_blocks_max``) and mixes the streams 20 ms at a time. Every 500 ms each stream heard
+gets a feedback report (echoed timestamp, hold time, jitter-buffer delay, concealment) that
+its sender's rate control reads; it waits (up to ``feedback_hold``) for our next voice packet
+and rides in its TCP segment, its hold time counted up to when it leaves, so the wait does not
+read as delay. A dropped connection does not end the call: when the link is back the engine
+answers again and keeps its slot.
 
 Every media frame is sealed end to end (``core.voicecrypt``): when this device starts
 streaming in a call (the caller as soon as the relay has given the call an id, while it
