@@ -28,6 +28,7 @@ import pytest
 
 from medcomm.adapters import opus
 from medcomm.core import voiceframe, wire
+from medcomm.core.ackphase import AckPhase
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
 from medcomm.errors import LinkDown, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
@@ -717,6 +718,41 @@ async def test_mute_stops_sending_and_unmute_resumes() -> None:
         ts = [cast(voiceframe.MediaFrame, voiceframe.parse(d)).ts for _, d in c.a.link.sent if is_media(d)]
         gap = (ts[sent] - ts[sent - 1]) % 65536
         assert 1100 <= gap <= 1600, gap
+
+
+class MoveOnce(AckPhase):
+    """The ACK-phase controller asking for one move at a chosen moment (the real one moves
+    only on a steady late phase, which a test cannot make the kernel produce)."""
+
+    def __init__(self, at: float) -> None:
+        super().__init__()
+        self.at = at
+
+    def shift_ms(self, frame_ms: int, now: float, *, pause: bool, rtt_ms: float | None = None) -> int:
+        if self.shifts == 0 and now >= self.at and frame_ms == 60:
+            return 20
+        return 0
+
+
+async def test_a_clock_move_sends_one_shorter_packet_and_the_tone_plays_on() -> None:
+    """Moving our packet clock (so the kernel's ACKs ride on voice) sends one 40 ms packet in
+    place of a 60 ms one: the media clock runs on without a gap or overlap, and the far end
+    hears the tone through the move."""
+    async with call(tone(10), np.zeros(RATE * 10, np.int16), profile="standard") as c:
+        move = c.a.engine.phase = MoveOnce(time.monotonic() + 1.0)
+        await wait_for(lambda: move.shifts == 1, 3.0)
+        moved_at = time.monotonic()
+        await asyncio.sleep(1.0)
+        assert c.running()
+        heard = c.b.sink.audio(moved_at - 0.4, moved_at + 0.6)
+        assert abs(dominant_hz(heard) - TONE_HZ) <= 3.0
+        assert rms(heard) > 0.5 * rms(tone(1))  # no hole where the shorter packet went
+    ts = [cast(voiceframe.MediaFrame, voiceframe.parse(d)).ts for _, d in c.a.link.sent if is_media(d)]
+    steps = [(b - a) % 65536 for a, b in zip(ts, ts[1:], strict=False)]
+    assert steps.count(40) == 1 and set(steps) == {40, 60}, steps
+    report = c.a.engine.report()
+    assert [m[1] for m in cast(list[tuple[float, int, float]], report["clock_moves"])] == [20]
+    assert c.b.engine.report()["bad_frames"] == 0
 
 
 async def test_the_engine_stops_when_the_source_ends() -> None:

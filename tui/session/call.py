@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medcomm.core import timescale, voiceframe, wire
+from medcomm.core.ackphase import AckPhase
 from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
 from medcomm.core.ratecontrol import RateControl
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
@@ -48,6 +49,7 @@ from medcomm.session.link import Link, LinkStatus
 if TYPE_CHECKING:
     import numpy as np
 
+    from medcomm.adapters.opus import Encoded
     from medcomm.session.service import Session
 
 log = logging.getLogger("medcomm.call")
@@ -186,6 +188,10 @@ class CallEngine:
         self._bad_frames = 0
         self._playout_blocks = self.limits.playout_blocks
         self._underruns_seen = 0
+        self.phase = AckPhase()  # when to move our packet clock so the kernel's ACKs ride on voice
+        self._clock_moves: list[tuple[float, int, float]] = []  # (s into the call, ms earlier, phase)
+        self._talking = False  # our side, as the encoder judged the last packet
+        self._min_rtt_ms: float | None = None  # the media round trip, refreshed once a second
         self._started = time.monotonic()
         self.streams_feedback = False  # a receiver has reported: its silence now means a stall
         self._unechoed_since: float | None = None  # first packet sent since the last feedback
@@ -220,6 +226,7 @@ class CallEngine:
                 self.streams[frame.slot] = stream
             stream.jitter.push(ts, duration, packet, frame.level, now)
             stream.last_ts16, stream.last_arrival = frame.ts, now
+            self.phase.arrived(frame.slot, now)
         except (WireError, MedcommError, ValueError):
             self._bad_frames += 1  # a malformed frame from a peer never harms the call
 
@@ -268,14 +275,23 @@ class CallEngine:
 
     def _send_ready(self, now: float) -> None:
         while True:
-            n = self.encoder.frame_samples
-            pcm = self.source.read(n)
+            frame_ms = self.encoder.frame_ms
+            # now and then a packet carries less audio, so that the kernel's ACKs for the
+            # peer's packets ride on ours (core.ackphase)
+            take_ms = frame_ms - self.phase.shift_ms(frame_ms, now, pause=not self._talking,
+                                                     rtt_ms=self._min_rtt_ms)
+            pcm = self.source.read(take_ms * (RATE // 1000))
             if pcm is None:
                 return
-            ts, self._ts = self._ts, self._ts + n // (RATE // 1000)
+            ts, self._ts = self._ts, self._ts + take_ms
+            if take_ms != frame_ms:
+                self.phase.shifted(now)
+                self._clock_moves.append((round(now - self._started, 2), frame_ms - take_ms,
+                                          round(self.phase.judged_ms, 1)))
+                log.info("voice clock moved %d ms earlier (ACK phase)", frame_ms - take_ms)
             if self.muted:
                 continue
-            enc = self.encoder.encode(pcm)
+            enc = self._encode(pcm, take_ms, frame_ms)
             if not enc.packet:
                 continue  # DTX: nothing worth 60+ bytes of headers
             level = voiceframe.level_byte(enc.level_dbov, enc.talking)
@@ -302,9 +318,22 @@ class CallEngine:
             )
             self.rate.on_sent(ts, now)
             self.rate.on_backlog(backlog, now)
+            self.phase.sent(take_ms, now)
             if self._unechoed_since is None:
                 self._unechoed_since = now
             self._last_probe = now
+
+    def _encode(self, pcm: np.ndarray, take_ms: int, frame_ms: int) -> Encoded:
+        """Encode one packet: of the rung's length, or once shorter, to move our clock."""
+        if take_ms != frame_ms:
+            self.encoder.reconfigure(frame_ms=take_ms)
+        try:
+            enc = self.encoder.encode(pcm)
+        finally:
+            if take_ms != frame_ms:
+                self.encoder.reconfigure(frame_ms=frame_ms)
+        self._talking = enc.talking
+        return enc
 
     def _cost(self, rung: str) -> _RungCost:
         cost = self._costs.get(rung)
@@ -410,6 +439,7 @@ class CallEngine:
         s.seconds = now - self._started
         s.up_kbps, s.down_kbps = round(up, 1), round(down, 1)
         rs = self.rate.stats()
+        self._min_rtt_ms = rs.min_rtt_ms
         rtt = rs.last_rtt_ms
         s.rtt_ms = rtt if rtt is not None else (self.link.status.rtt or 0) * 1000 or None
         heard = [st.stats for st in self.streams.values() if st.stats is not None]
@@ -443,6 +473,7 @@ class CallEngine:
         return {"source_started": self.source_started, "sink_started": self.sink_started,
                 "bad_frames": self._bad_frames, "underruns": self.sink.underruns,
                 "playout_ms": self._playout_blocks * BLOCK // (RATE // 1000),
+                "clock_moves": self._clock_moves,
                 "seconds": self.history, "final": self._snapshot(),
                 "crypto": crypto,
                 "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
