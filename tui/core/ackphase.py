@@ -9,22 +9,29 @@ link, so an unlucky phase costs that for the whole call: the standard rung measu
 up on a clean link, over its 28.
 
 The relay's kernel owes us the same: its ACK for our packet rides on the next packet it
-forwards to us. So our phase (from the peer's packet arriving to ours leaving) must be neither
-late (40 ms or more: our ACK goes alone) nor early (the relay's next forward then comes 40 ms
-or more after our packet: its ACK goes alone). On a link without delay the relay's forward of
-our packet reaches the peer as we send it, so the two ends' phases add up to one period: when
-one end is late the other is early, and a move of one end mends both. Only a late end moves
-(earlier), so the two never chase each other: after the move both sit near the middle.
+forwards to us. So our phase (from the peer's packet arriving to ours leaving) should be
+neither late (40 ms or more: our ACK goes alone) nor so early that the relay's next forward
+comes 40 ms or more after our packet. The two ends' phases add up to minus the round trip
+between them (mod the period), so a move of one end moves the other's phase the other way:
+on a link without delay, when one end is late the other is early, and one move mends both.
 
 What. The engine tells this when a peer's media packet arrived and when ours left. When the
-median phase of our recent packets is ``late_ms`` or more, ``shift_ms`` asks for the next
-packet to carry less audio, by the multiple of 20 ms (the capture block) that brings the
-phase nearest ``aim_ms``: one 40 ms packet in place of a 60 ms one (or one of 20 ms). The
-audio is not delayed: a packet still leaves as soon as its last sample is in, and the rest
-starts the next packet. A move costs one packet's headers once. It waits (up to
-``pause_wait_s``) for a pause in our own speech, so that the seam falls in silence. The wait
-before the next move doubles each time (a drifting sound-card clock needs one every few
-minutes; a link where no phase helps gets a few moves, not a stream of them).
+median phase of our recent packets is ``late_ms`` or more, a move is due. It waits a random
+0..``defer_s`` and is judged again on fresh packets (if the peer moved meanwhile, our phase
+jumps, and we stand down: two late ends moving at once would only swap their phases). Then
+it waits (up to ``pause_wait_s``) for a pause in our own speech, so the seam falls in silence.
+``shift_ms`` then asks for the next packet to carry less audio, by the multiple of 20 ms (the
+capture block) that lands the phase nearest the aim: where both ends' phases sit under the
+40 ms with the most room, given the round trip (``aim``). That is one 40 ms packet in place of
+a 60 ms one (or one of 20 ms). The audio is not delayed: a packet still leaves as soon as its
+last sample is in, and the rest starts the next packet. A move costs one packet's headers
+once. The wait before the next move doubles each time (a drifting sound-card clock needs one
+every few minutes; where no reachable phase suits both ends, the moves stay few).
+
+Where it cannot help. Steps are 20 ms and the departures wobble with the engine's 5 ms tick;
+where the band both phases must share is narrower than that (round trips near 0 and near
+48 ms, mod 60) an end may stay at an edge, partly late. On a jittery link the phase wanders
+and the median rarely stays late: nothing moves, and ACKs ride or not by chance, as before.
 
 Only packets of ``period_ms`` are judged: with 80 or 120 ms packets no phase lets both ends'
 ACKs ride (the gap to the relay's next forward is the period less our phase, and both must be
