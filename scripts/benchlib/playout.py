@@ -6,8 +6,9 @@ and cutting a packet shorter (``core.timescale``: a splice at whole pitch period
 when the packet is speech. ``JitterLimits``' shrinking policy was chosen from this table:
 cutting 60 ms speech packets cost PESQ-WB on a clean link (packets that short come down
 well enough by dropping a silent one or skipping in a pause), where cutting 120 ms ones (whose
-whole-packet drop would overshoot the target) cost nothing. This bench keeps that choice
-checkable whenever the buffer or the ladder changes.
+whole-packet drop would overshoot the target) cost nothing; and speech that must be dropped
+(after the patience, without a pause) is best dropped at a quiet packet of it. This bench
+keeps those choices checkable whenever the buffer or the ladder changes.
 
 What runs. No network and no processes: each simulated call is one corpus speech file (its
 first ``--seconds``), one link, one rung, one policy and one seed, deterministic:
@@ -98,6 +99,8 @@ def policies() -> dict[str, JitterLimits]:
         # only whole-packet drops and skips in pauses: the buffer before cuts existed
         "no-cuts": dataclasses.replace(base, trim_silent_pct=0, trim_max_pct=0),
         "silence-only": dataclasses.replace(base, trim_max_pct=0),
+        # speech dropped after the patience whatever it is (the policy before quiet drops)
+        "any-drop": dataclasses.replace(base, quiet_wait_ms=0),
         # every speech packet may be cut, at once
         "cut-speech": dataclasses.replace(base, trim_speech_from_ms=0, trim_patience_ms=0),
     }

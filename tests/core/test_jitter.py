@@ -326,6 +326,32 @@ def test_continuous_speech_is_dropped_only_after_patience() -> None:
     assert max(latency(o) for o in plays(outs, 8000)) <= LIM.floor_ms + 40 + LIM.hysteresis_ms
 
 
+def test_speech_dropped_after_patience_is_a_quiet_packet_of_it_while_there_is_one() -> None:
+    """Speech without a pause but with quieter packets (a breath, the tail of a word): after
+    the patience the buffer drops those, not whichever packet comes next; with none, it
+    drops a loud one after the further wait."""
+    loud = 0x80 | 100  # -27 dBov
+    soft = 0x80 | 80  # -47 dBov: still talking (the hangover), 20 dB down
+
+    def level(ts: int) -> int:
+        return soft if ts % 600 == 0 else loud
+
+    jb = JitterBuffer(JitterLimits(initial_ms=300, trim_max_pct=0))
+    pkts = stream([60] * 200, level=level)
+    outs = run(jb, pkts, 12_000)
+    assert_in_order(outs)
+    played = {o.ts for o in plays(outs)}
+    dropped = [p for p in pkts if p.ts not in played and p.arrival < 11_800]
+    assert len(dropped) >= 3 and all(p.level == soft for p in dropped)
+    assert max(latency(o) for o in plays(outs, 9000)) <= LIM.floor_ms + 60 + LIM.hysteresis_ms
+
+    jb = JitterBuffer(JitterLimits(initial_ms=300, trim_max_pct=0))
+    outs = run(jb, stream([60] * 200, level=lambda ts: loud), 12_000)
+    over = next(o for o in outs if o.st.delay_ms > o.st.target_ms + LIM.hysteresis_ms)
+    first_drop = next(o for o in outs if o.st.shrink_dropped)
+    assert first_drop.start - over.start >= LIM.shrink_patience_ms + LIM.quiet_wait_ms - LIM.grain_ms
+
+
 def test_continuous_long_packets_come_down_by_playing_them_shorter_not_by_dropping() -> None:
     """120 ms of speech in every packet and no pause: after the patience, each packet plays
     up to a quarter shorter until the delay is at the target; nothing is dropped, and a drop

@@ -102,6 +102,12 @@ class JitterLimits:
     hysteresis_ms: int = 20  # shrink above target + this; grow in silence below target - this
     long_gap_ms: int = 200  # concealment beyond this becomes silence
     shrink_patience_ms: int = 3_000  # over target this long without a silent packet: drop speech
+    # ... and then a quiet packet of it (this far under the loudest of the last few seconds:
+    # a breath, a stop consonant, the tail of a word) rather than whichever comes next, for up
+    # to quiet_wait_ms more: a dropped 60 ms of a vowel is a lost syllable. `scripts/bench
+    # playout`, standard on clean: PESQ-WB 3.35 (worst call 3.33) against 3.28 (3.19).
+    quiet_drop_db: int = 15
+    quiet_wait_ms: int = 3_000
     quiet_level: int = 57  # loudness (127 + dBov) at or below which a packet counts as silent
     max_packet_ms: int = 120  # Opus's longest packet
     max_packets: int = 64  # packets held; oldest dropped beyond (flood without pulls)
@@ -142,6 +148,8 @@ class JitterLimits:
         ):
             if getattr(self, name) < 1:
                 raise UsageError(f"jitter limit {name} must be >= 1", **{name: getattr(self, name)})
+        if self.quiet_drop_db < 0 or self.quiet_wait_ms < 0:
+            raise UsageError("jitter quiet_drop_db and quiet_wait_ms must be >= 0")
         if not 0 <= self.trim_max_pct <= 50 or not 0 <= self.trim_silent_pct <= 90 or self.trim_above_ms < 0:
             raise UsageError(
                 "jitter trim must be 0-50 % of a speech packet, 0-90 % of a silent one, "
@@ -219,6 +227,7 @@ class _Packet:
     duration: int
     payload: bytes
     silent: bool
+    loud: int  # the level byte's loudness, 127 + dBov
 
 
 class _Estimator:
@@ -299,6 +308,7 @@ class JitterBuffer:
         self._played_end = -(1 << 62)  # media end of the last played packet: nothing before it plays
         self._gap_ms = 0  # concealment since the last real packet
         self._over_since: float | None = None
+        self._louds: deque[int] = deque(maxlen=64)  # loudness of the latest packets (seconds of speech)
         self._delay = 0.0
         self._stale = self._shrunk = self._overflow = self._played = self._trimmed_ms = 0
         self._played_ms = self._concealed_ms = 0
@@ -335,8 +345,10 @@ class JitterBuffer:
                 self._stale += 1
                 return
             self._p = ts_ms
-        silent = not level & 0x80 or (level & 0x7F) <= lim.quiet_level
-        packet = _Packet(ts_ms, duration_ms, payload, silent)
+        loud = level & 0x7F
+        silent = not level & 0x80 or loud <= lim.quiet_level
+        self._louds.append(loud)
+        packet = _Packet(ts_ms, duration_ms, payload, silent, loud)
         if newest:
             self._buf.append(packet)
         else:
@@ -433,9 +445,7 @@ class JitterBuffer:
             # packet too much for the rest of the call (the buffer grows back in silence).
             after = delay - head.duration
             closer = after >= target - hyst or (target - after) < excess - hyst
-            if delay > lim.cap_ms or (
-                excess > hyst and closer and (head.silent or over_for >= lim.shrink_patience_ms)
-            ):
+            if delay > lim.cap_ms or (excess > hyst and closer and self._droppable(head, over_for)):
                 self._drop()
                 self._shrunk += 1
                 continue
@@ -448,6 +458,14 @@ class JitterBuffer:
                 elif over_for >= lim.trim_patience_ms and head.duration >= lim.trim_speech_from_ms:
                     trim = min(int(excess), head.duration * lim.trim_max_pct // 100)
             return self._play(head, trim)
+
+    def _droppable(self, head: _Packet, over_for: float) -> bool:
+        """Whether the head may go to bring the delay down: silence at once; speech after
+        ``shrink_patience_ms`` over target, a quiet packet of it first."""
+        lim = self._lim
+        if head.silent or over_for >= lim.shrink_patience_ms + lim.quiet_wait_ms:
+            return True
+        return over_for >= lim.shrink_patience_ms and head.loud <= max(self._louds) - lim.quiet_drop_db
 
     def _drop(self) -> None:
         packet = self._buf.popleft()
