@@ -56,7 +56,7 @@ from benchlib import audiometrics as am
 from benchlib.procs import CORPUS
 from medcomm.adapters.opus import Decoder, Encoder, roundtrip
 from medcomm.core import timescale
-from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Play
+from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Play, for_round_trip
 from medcomm.core.ratecontrol import LADDER, Rung
 from medcomm.core.voiceframe import level_byte
 
@@ -101,6 +101,8 @@ def policies() -> dict[str, JitterLimits]:
         "silence-only": dataclasses.replace(base, trim_max_pct=0),
         # speech dropped after the patience whatever it is (the policy before quiet drops)
         "any-drop": dataclasses.replace(base, quiet_wait_ms=0),
+        # the start-up target at 120 ms whatever the link's round trip (before it was guessed)
+        "no-rtt-start": dataclasses.replace(base, initial_min_ms=base.initial_ms),
         # every speech packet may be cut, at once
         "cut-speech": dataclasses.replace(base, trim_speech_from_ms=0, trim_patience_ms=0),
     }
@@ -231,7 +233,9 @@ def simulate(
     limits: JitterLimits,
     lead_ms: float,
 ) -> dict[str, Any]:
-    """One call's figures: the packets over the link, played out with ``limits``, judged."""
+    """One call's figures: the packets over the link, played out with ``limits``, judged.
+    The buffer's start-up target is guessed from the link's round trip, as the engine does."""
+    limits = for_round_trip(limits, 2 * (link.path_ms + link.jitter_ms / 2))
     arrived = arrivals(packets, rung.frame_ms, link, seed)
     received, st = play_out(packets, arrived, rung.frame_ms, limits, lead_ms, len(pcm) / PER_MS + TAIL_MS)
     return {

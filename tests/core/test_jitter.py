@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Piece, Play, Silence
+from medcomm.core.jitter import (
+    Conceal,
+    JitterBuffer,
+    JitterLimits,
+    JitterStats,
+    Piece,
+    Play,
+    Silence,
+    for_round_trip,
+)
 from medcomm.errors import LimitExceeded, UsageError
 
 LIM = JitterLimits()
@@ -350,6 +359,33 @@ def test_speech_dropped_after_patience_is_a_quiet_packet_of_it_while_there_is_on
     over = next(o for o in outs if o.st.delay_ms > o.st.target_ms + LIM.hysteresis_ms)
     first_drop = next(o for o in outs if o.st.shrink_dropped)
     assert first_drop.start - over.start >= LIM.shrink_patience_ms + LIM.quiet_wait_ms - LIM.grain_ms
+
+
+def test_a_start_target_from_a_short_round_trip_spares_the_first_seconds_a_speech_drop() -> None:
+    """On a clean link (a round trip of a few ms) the start-up target is 60 ms, not 120: the
+    start is not far over what the measurement then asks, so continuous speech is not cut by
+    a drop; with 120 it is, once the patience runs out."""
+    pkts = stream([60] * 200, level=lambda ts: VOICED)
+    jb = JitterBuffer(for_round_trip(JitterLimits(trim_max_pct=0), 2.0))
+    outs = run(jb, pkts, 11_000, lead=20.0)
+    assert_in_order(outs)
+    assert jb.stats().shrink_dropped == 0 and total(outs, Conceal, 1000) == 0
+    assert max(latency(o) for o in plays(outs, 1000)) <= 60 + LIM.hysteresis_ms + 20
+    jb = JitterBuffer(JitterLimits(trim_max_pct=0))
+    run(jb, pkts, 11_000, lead=20.0)
+    assert jb.stats().shrink_dropped >= 1
+
+
+def test_the_start_target_follows_the_round_trip_within_its_bounds() -> None:
+    base = JitterLimits()
+    assert for_round_trip(base, None) == base
+    assert for_round_trip(base, float("nan")) == base and for_round_trip(base, -5.0) == base
+    assert for_round_trip(base, 2.0).initial_ms == base.initial_min_ms == 60
+    assert for_round_trip(base, 150.0).initial_ms == 75
+    assert for_round_trip(base, 240.0).initial_ms == for_round_trip(base, 900.0).initial_ms == base.initial_ms
+    assert for_round_trip(JitterLimits(initial_ms=40), 2.0).initial_ms == 40  # the most still holds
+    with pytest.raises(UsageError):
+        JitterLimits(initial_min_ms=0)
 
 
 def test_continuous_long_packets_come_down_by_playing_them_shorter_not_by_dropping() -> None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from medcomm.core import timescale, voiceframe, wire
 from medcomm.core.ackphase import AckPhase
-from medcomm.core.jitter import Conceal, JitterBuffer, JitterStats, Play
+from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Play, for_round_trip
 from medcomm.core.ratecontrol import RateControl
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
 from medcomm.errors import LinkDown, MedcommError, Tampered, UsageError, WireError
@@ -179,6 +179,9 @@ class CallEngine:
             rung.application, rung.bitrate_bps, rung.frame_ms, rung.bandwidth, dtx=rung.application == "voip"
         )
         self.streams: dict[int, _Stream] = {}
+        # the start-up target from the link's round trip (core.jitter.for_round_trip)
+        rtt = link.status.rtt
+        self._jitter_limits = for_round_trip(JitterLimits(), None if rtt is None else rtt * 1000)
         self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
         self.stats = CallStats(rung=rung.name)
@@ -222,7 +225,7 @@ class CallEngine:
             stream = self.streams.get(frame.slot)
             key_stream = self.crypto.stream_of(frame.slot)
             if stream is None or stream.key_stream != key_stream:
-                stream = _Stream(JitterBuffer(), self._opus.Decoder(), key_stream)
+                stream = _Stream(JitterBuffer(self._jitter_limits), self._opus.Decoder(), key_stream)
                 self.streams[frame.slot] = stream
             stream.jitter.push(ts, duration, packet, frame.level, now)
             stream.last_ts16, stream.last_arrival = frame.ts, now
