@@ -205,13 +205,17 @@ def _anchors(points: list[DelayPoint], source_started: float, sink_started: floa
     return sorted(out)
 
 
-def _switch_point(sent: np.ndarray, received: np.ndarray, a: int, b: int, lag_a: int, lag_b: int) -> int:
+def _switch_point(
+    sent: np.ndarray, received: np.ndarray, a: int, b: int, lag_a: int, lag_b: int
+) -> tuple[int, float]:
     """Best received index in [a, b) to switch from lag_a to lag_b: each 10 ms block votes for
-    the lag that matches it better; the switch maximises the votes on both sides."""
+    the lag that matches it better; the switch maximises the votes on both sides. Also returns
+    what the switch gains over none in that span (in blocks' worth of correlation): about 0
+    when lag_b matches nothing there, i.e. a window's lag that was a false peak."""
     block = FS // 100
     starts = list(range(a, max(a, b - block) + 1, block))
     if len(starts) < 2:
-        return (a + b) // 2
+        return (a + b) // 2, float("inf")
 
     def score(j: int, lag: int) -> float:
         if j - lag < 0 or j - lag + block > len(sent) or j + block > len(received):
@@ -225,7 +229,15 @@ def _switch_point(sent: np.ndarray, received: np.ndarray, a: int, b: int, lag_a:
     sb = np.array([score(j, lag_b) for j in starts])
     totals = [sa[:k].sum() + sb[k:].sum() for k in range(len(starts) + 1)]
     k = int(np.argmax(totals))
-    return starts[k] if k < len(starts) else b
+    return (starts[k] if k < len(starts) else b), float(totals[k] - totals[-1])
+
+
+#: Lags this close (samples) are one lag measured twice: the fine search wobbles by a few
+#: samples, while every splice a receiver makes is 2.5 ms or more (a pitch period).
+WOBBLE = FS // 1000
+#: A switch must gain this much (blocks' worth of correlation) over keeping the old lag; a
+#: real splice gains about one per 10 ms of sound after it within the span.
+FALSE_PEAK = 2.0
 
 
 def piecewise_align(
@@ -249,18 +261,22 @@ def piecewise_align(
         return [], sent[:0], received[:0]
     cuts: list[tuple[int, int]] = [(0, anchors[0][1])]  # (received index from which, lag)
     for k in range(1, len(anchors)):
-        la, lb = anchors[k - 1][1], anchors[k][1]
-        if lb != la:
-            # A window reports the lag of most of its sound, so the last window at the old lag
-            # can be centred after the splice, and the first at the new lag before it: the
-            # switch is looked for from the window before the one to the window after the
-            # other, never before the last cut. (Searched only between the two, a splice in
-            # a pause after the second was placed on it, and the speech between was judged
-            # against sent audio one splice off: 2.3 PESQ-WB for a 1.5 s window, not 3.5.)
-            start = anchors[k - 2][0] if k >= 2 else 0
-            end = anchors[k + 1][0] if k + 1 < len(anchors) else len(received)
-            lo = max(start, cuts[-1][0], 0)
-            cuts.append((_switch_point(sent, received, lo, max(end, lo), la, lb), lb))
+        la, lb = cuts[-1][1], anchors[k][1]
+        if abs(lb - la) <= WOBBLE:
+            continue  # the same lag, measured a few samples apart: no splice to look for
+        # A window reports the lag of most of its sound, so the last window at the old lag
+        # can be centred after the splice, and the first at the new lag before it: the
+        # switch is looked for from the window before the one to the window after the other,
+        # never before the last cut. (Searched only between the two, a splice in a pause
+        # after the second was placed on it, and the speech between was judged against sent
+        # audio one splice off: 2.3 PESQ-WB for a 1.5 s window, not 3.5.)
+        start = anchors[k - 2][0] if k >= 2 else 0
+        end = anchors[k + 1][0] if k + 1 < len(anchors) else len(received)
+        lo = max(start, cuts[-1][0], 0)
+        at, gain = _switch_point(sent, received, lo, max(end, lo), la, lb)
+        if gain < FALSE_PEAK:
+            continue  # no sound in the span is at the new lag: the window's lag was a false peak
+        cuts.append((at, lb))
     ranges: list[tuple[int, int]] = []
     s_parts, r_parts = [], []
     for k, (a, lag) in enumerate(cuts):
