@@ -38,7 +38,8 @@ from medcomm.adapters.audio import WavSink, WavSource
 from medcomm.core import voiceframe
 from medcomm.core.voicecrypt import OVERHEAD, StreamOpener
 from medcomm.errors import LinkDown
-from medcomm.session.call import CallEngine, CallLimits, SessionCallKeys, run_call
+from medcomm.session.call import SessionCallKeys, run_call
+from medcomm.session.callengine import CallEngine, CallLimits
 from medcomm.session.service import Session
 from tests.harness.relay import MEDCOMM, RelayProcess, medcomm
 

@@ -32,7 +32,8 @@ from medcomm.core.ackphase import AckPhase
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
 from medcomm.errors import LinkDown, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
-from medcomm.session.call import CallEngine, CallKeys, CallLimits, DeskCalls, run_call
+from medcomm.session.call import CallKeys, DeskCalls, run_call
+from medcomm.session.callengine import CallEngine, CallLimits
 from medcomm.session.link import Link, LinkStatus
 
 pytestmark = pytest.mark.timeout(30)
