@@ -577,3 +577,21 @@ def test_any_input_sequence_keeps_the_controller_sane(seq: list[tuple[str, float
         assert deadline is None or deadline > now
     stats = rc.stats()
     assert stats.changes == stats.ups + stats.downs
+
+
+def test_a_link_known_to_be_quick_starts_at_the_top_and_one_that_is_not_one_below() -> None:
+    assert RateControl("auto", rtt_ms=20.0).rung.name == "standard"
+    assert RateControl("auto", rtt_ms=300.0).rung.name == "mid"
+    assert RateControl("auto").rung.name == "mid"
+    assert RateControl("thin", rtt_ms=20.0).rung.name == "thin"  # a fixed profile stays itself
+
+
+def test_a_quick_start_on_a_link_too_thin_for_it_steps_down_within_a_second() -> None:
+    """The guess can be wrong (a short round trip, a thin link): standard through a 20 kbit/s
+    bottleneck 20 ms away is left within about a second, and the queue it built stays small."""
+    link = VoiceLink(RateControl("auto", rtt_ms=40.0), steps((0, 20_000)), delay=0.02)
+    trace = link.run(20.0)
+    assert trace.rungs[0][1] == "standard"
+    downs = trace.changes_between(0.0, 20.0)
+    assert downs and downs[0][0] < 1.5
+    assert trace.max_wait(0.0) < 0.4

@@ -91,7 +91,8 @@ AUSCULTATION = Rung("auscultation", 28000, 60, "wb", "audio")
 #: Profile name -> (rungs it may use, index of the starting rung). ``auto`` starts one below
 #: standard: on a link of unknown capacity the first seconds of a call are the greeting, and
 #: starting at standard would overflow an EDGE uplink (24 kbit/s) before the first feedback;
-#: a good link reaches standard after one calm period (~3 s).
+#: a good link reaches standard after one calm period (~3 s). A link whose round trip is
+#: known to be short starts at standard (``RateLimits.fast_start_rtt_ms``).
 PROFILES: dict[str, tuple[tuple[Rung, ...], int]] = {
     "auto": (LADDER, len(LADDER) - 2),
     "thin": ((LADDER[0],), 0),
@@ -120,6 +121,11 @@ class RateLimits:
     feedback_timeout_s: float = 1.5  # no fresh feedback this long while sending: congestion
     fresh_feedback_s: float = 1.0  # stepping up needs feedback at most this old
     initial_rtt_s: float = 1.0  # round trip assumed before any was measured (first feedback)
+    # ``auto`` starts one rung below the top (see PROFILES) unless the link's round trip, known
+    # before the call, is under this: then feedback comes back within about one report period
+    # (0.5 s), so starting at the top costs at most that much queue if it is too much, and a
+    # good link's first seconds are not spent in mediumband.
+    fast_start_rtt_ms: float = 150.0
     backlog_s: float = 0.5  # transport backlog over one packet this long: congestion
     backlog_packets: float = 1.0  # "about one packet" of the current rung
     # bytes per packet beside Opus: voice header 5, seal 8, WebSocket 2-6, TLS 22, TCP 32, IP 20
@@ -301,7 +307,7 @@ class RateControl:
     inputs and at ``next_deadline()``, and re-configure the encoder when it returns a rung.
     """
 
-    def __init__(self, profile: str = "auto", limits: RateLimits = RATE) -> None:
+    def __init__(self, profile: str = "auto", limits: RateLimits = RATE, rtt_ms: float | None = None) -> None:
         if profile not in PROFILES:
             raise UsageError(
                 f"unknown voice profile {profile!r} (choose from {', '.join(PROFILES)})", profile=profile
@@ -310,6 +316,8 @@ class RateControl:
         self.limits = limits
         self.ladder, self._i = PROFILES[profile]
         self.adaptive = len(self.ladder) > 1
+        if self.adaptive and rtt_ms is not None and 0 <= rtt_ms < limits.fast_start_rtt_ms:
+            self._i = len(self.ladder) - 1
         self._sent: OrderedDict[int, float] = OrderedDict()  # ts & 0xFFFF -> send time
         self._last_sent: float | None = None
         self._sending_since: float | None = None

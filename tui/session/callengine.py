@@ -165,7 +165,9 @@ class CallEngine:
         self.crypto = crypto
         self._costs: dict[str, _RungCost] = {}
         self._no_key_seen = 0
-        self.rate = RateControl(profile)
+        rtt = link.status.rtt  # the link's round trip, measured when it connected
+        rtt_ms = None if rtt is None else rtt * 1000
+        self.rate = RateControl(profile, rtt_ms=rtt_ms)
         rung = self.rate.rung
         self._opus = opus
         self.encoder = opus.Encoder(
@@ -173,8 +175,7 @@ class CallEngine:
         )
         self.streams: dict[int, _Stream] = {}
         # the start-up target from the link's round trip (core.jitter.for_round_trip)
-        rtt = link.status.rtt
-        self._jitter_limits = for_round_trip(JitterLimits(), None if rtt is None else rtt * 1000)
+        self._jitter_limits = for_round_trip(JitterLimits(), rtt_ms)
         self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
         self.stats = CallStats(rung=rung.name)
