@@ -43,6 +43,17 @@ def test_a_late_phase_moves_the_clock_by_the_step_that_lands_nearest_the_middle(
         assert at <= t + LIM.defer_s + 2 * LIM.judged * 0.06  # the deferral, then a fresh window
 
 
+def test_a_move_never_lands_past_zero_into_the_late_end() -> None:
+    """With a round trip that puts the aim low (5 ms), a phase of 38 ms moves 20 ms (to 18),
+    not 40: that would carry it below 0, to 58 ms, as late as a phase gets."""
+    ph = AckPhase(dataclasses.replace(LIM, defer_s=0.0), random.Random(8))
+    assert ph.aim(50.0) < 10.0
+    t = _feed(ph, 38.5, 0.0, LIM.judged)
+    ph.shift_ms(60, t, pause=True, rtt_ms=50.0)  # found due
+    t = _feed(ph, 38.5, t, LIM.judged)
+    assert ph.shift_ms(60, t, pause=True, rtt_ms=50.0) == 20
+
+
 def test_a_phase_in_the_band_is_left_alone() -> None:
     for phase in (21.0, 30.0, 37.0):
         ph = AckPhase(rng=random.Random(2))

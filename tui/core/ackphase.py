@@ -69,7 +69,9 @@ class PhaseLimits:
 
     def __post_init__(self) -> None:
         if not 0 < self.aim_ms < self.late_ms <= self.ack_wait_ms < self.period_ms:
-            raise UsageError("ack phase: need 0 < aim_ms < late_ms < period_ms", late_ms=self.late_ms)
+            raise UsageError(
+                "ack phase: need 0 < aim_ms < late_ms <= ack_wait_ms < period_ms", late_ms=self.late_ms
+            )
         bad = self.judged < 1 or self.backoff_s <= 0 or self.pause_wait_s < 0 or self.defer_s < 0
         if bad or not 0 < self.grain_ms < self.period_ms:
             raise UsageError("ack phase limits out of range", grain_ms=self.grain_ms, judged=self.judged)
@@ -125,8 +127,10 @@ class AckPhase:
         if now < self._due_at or (not pause and now < self._due_at + lim.pause_wait_s):
             return 0
         aim = self.aim(rtt_ms)
-        steps = round((phase - aim) / lim.grain_ms)
-        return max(1, min(steps, lim.period_ms // lim.grain_ms - 1)) * lim.grain_ms
+        # the landing nearest the aim, on the line, not round the circle: a phase carried
+        # below 0 wraps to just under the period, which is as late as it gets
+        moves = range(lim.grain_ms, lim.period_ms, lim.grain_ms)
+        return min(moves, key=lambda m: abs((phase - m) % lim.period_ms - aim))
 
     def aim(self, rtt_ms: float | None) -> float:
         """Where our phase should land. The two ends' phases add up to minus the round trip
