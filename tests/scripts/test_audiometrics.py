@@ -4,25 +4,11 @@ received signal made from the sent one by known splices, so a right pairing is e
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
+from tests.harness.scripts import load_script
 
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "scripts" / "benchlib" / "audiometrics.py"
-    spec = importlib.util.spec_from_file_location("audiometrics_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-am = _load()
+am = load_script("benchlib/audiometrics.py", "audiometrics_under_test")
 FS = am.FS
 
 

@@ -9,7 +9,6 @@ broken shaper cannot meet by luck.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -22,32 +21,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "badlink"
+from tests.harness.scripts import SCRIPTS, load_script
+
+SCRIPT = SCRIPTS / "badlink"
 READY_RE = re.compile(
     r"^badlink listening on 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:(\d+) profile (\S+)$"
 )
 
 
-def _load_badlink() -> ModuleType:
-    name = "badlink_under_test"
-    loader = SourceFileLoader(name, str(SCRIPT))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    loader.exec_module(module)
-    return module
-
-
-badlink = _load_badlink()
+badlink = load_script("badlink", "badlink_under_test")
 
 
 # --------------------------------------------------------------------------- Shaper

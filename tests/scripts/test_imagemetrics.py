@@ -4,27 +4,13 @@ No tesseract and no relay here: the SSIM of made-up pictures and the matcher on 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from tests.harness.scripts import load_script
 
-def _load() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "scripts" / "benchlib" / "imagemetrics.py"
-    spec = importlib.util.spec_from_file_location("imagemetrics_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-im = _load()
+im = load_script("benchlib/imagemetrics.py", "imagemetrics_under_test")
 
 
 def page(seed: int = 0, size: tuple[int, int] = (96, 64)) -> np.ndarray:
