@@ -349,6 +349,7 @@ class CallEngine:
         if waited <= self.limits.stall_after + 2 * rtt / 1000:
             return False
         return now - self._last_probe < self.limits.probe_every
+
     def _adapt(self, now: float) -> None:
         deadline = self.rate.next_deadline()
         if deadline is not None and deadline > now:
