@@ -20,7 +20,7 @@ first ``--seconds``), one link, one rung, one policy and one seed, deterministic
   delay plus a uniform random jitter, never before the packet ahead of it (TCP keeps order);
 * receiver: a ``JitterBuffer`` with the policy's limits, pulled by an output that asks for
   each piece ``--lead`` ms before it plays (the engine's one-block speaker queue); pieces are
-  decoded, concealed, or cut shorter exactly as the call engine's ``_piece`` does;
+  decoded, concealed, or cut shorter by the call engine's own ``play_piece``;
 * judge: as ``scripts/bench voice`` judges received speech: the delay track (1 s windows
   every 0.5 s, matched against the sent speech), the received audio paired with the sent one
   piece by piece where the delay changed, then PESQ-WB and STOI at 16 kHz; next to the rung's
@@ -55,10 +55,10 @@ import numpy as np
 from benchlib import audiometrics as am
 from benchlib.procs import CORPUS
 from medcomm.adapters.opus import Decoder, Encoder, roundtrip
-from medcomm.core import timescale
-from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Play, for_round_trip
+from medcomm.core.jitter import JitterBuffer, JitterLimits, JitterStats, for_round_trip
 from medcomm.core.ratecontrol import LADDER, Rung
 from medcomm.core.voiceframe import level_byte
+from medcomm.session.callengine import play_piece
 
 SPEECH = ("speech_en_48k.wav", "speech_zh_48k.wav")
 PER_MS = am.FS // 1000  # samples per ms at 48 kHz
@@ -149,7 +149,7 @@ def play_out(
     total_ms: float,
 ) -> tuple[np.ndarray, JitterStats]:
     """What the receiver's speaker plays until ``total_ms``: the output pulls each piece
-    ``lead_ms`` before it plays and handles it as ``tui/session/call.py``'s ``_piece`` does."""
+    ``lead_ms`` before it plays and plays it as the call engine does (``play_piece``)."""
     jb = JitterBuffer(limits)
     dec = Decoder()
     out: list[np.ndarray] = []
@@ -162,17 +162,7 @@ def play_out(
             jb.push(p.ts_ms, frame_ms, p.payload, p.level, arrived[i] / 1000.0)
             i += 1
         piece = jb.pull((pulled if out else clock) / 1000.0)  # the first pull has no queue ahead
-        if isinstance(piece, Play):
-            pcm = dec.decode(piece.payload)
-            if piece.trim_ms:
-                want = piece.trim_ms * PER_MS
-                cut = timescale.shorten(pcm, want, least=want // 2)
-                jb.trimmed_less((want - (len(pcm) - len(cut))) / PER_MS)
-                pcm = cut
-        elif isinstance(piece, Conceal):
-            pcm = dec.conceal(piece.duration_ms)
-        else:
-            pcm = np.zeros(piece.duration_ms * PER_MS, np.int16)
+        pcm = play_piece(piece, dec, jb)
         out.append(pcm)
         clock += len(pcm) / PER_MS
     return np.concatenate(out), jb.stats()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from medcomm.core import timescale, voiceframe
 from medcomm.core.ackphase import AckPhase
-from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Play, for_round_trip
+from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Piece, Play, for_round_trip
 from medcomm.core.ratecontrol import RateControl
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
 from medcomm.errors import MedcommError, Tampered, UsageError, WireError
@@ -48,7 +48,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("medcomm.call")
 
 RATE = 48_000
+MS = RATE // 1000  # samples per ms
 BLOCK = 960  # 20 ms: the playout and mixing grain
+
+
+def play_piece(piece: Piece, decoder: Any, jitter: JitterBuffer) -> np.ndarray:
+    """The samples a jitter-buffer piece plays as: a packet decoded (and, when the buffer
+    asks, cut shorter: speech at whole pitch periods, so as little as half the ask may go, and
+    ``jitter`` is told the shortfall), concealment, or silence. A bad packet raises (the
+    decoder's error); the caller conceals instead. ``scripts/bench playout`` plays its
+    simulated calls through this too."""
+    import numpy
+
+    if isinstance(piece, Play):
+        pcm = decoder.decode(piece.payload)
+        if not piece.trim_ms:
+            return pcm
+        want = piece.trim_ms * MS
+        out = timescale.shorten(pcm, want, least=want // 2)
+        jitter.trimmed_less((want - (len(pcm) - len(out))) / MS)
+        return out
+    if isinstance(piece, Conceal):
+        return decoder.conceal(piece.duration_ms)
+    return numpy.zeros(piece.duration_ms * MS, numpy.int16)
 
 
 @dataclass(frozen=True)
@@ -383,21 +405,10 @@ class CallEngine:
     def _piece(self, stream: _Stream, now: float) -> np.ndarray:
         piece = stream.jitter.pull(now)
         try:
-            if isinstance(piece, Play):
-                pcm = stream.decoder.decode(piece.payload)
-                if not piece.trim_ms:
-                    return pcm
-                # speech is cut at whole pitch periods, so as little as half the ask may go
-                want = piece.trim_ms * (RATE // 1000)
-                out = timescale.shorten(pcm, want, least=want // 2)
-                stream.jitter.trimmed_less((want - (len(pcm) - len(out))) / (RATE // 1000))
-                return out
-            if isinstance(piece, Conceal):
-                return stream.decoder.conceal(piece.duration_ms)
+            return play_piece(piece, stream.decoder, stream.jitter)
         except (WireError, MedcommError):
             self._bad_frames += 1
             return stream.decoder.conceal(piece.played_ms)
-        return self._np.zeros(piece.duration_ms * (RATE // 1000), self._np.int16)
 
     def _feedback(self, now: float) -> None:
         """Decide which streams are due a report; send them alone only once they have waited
