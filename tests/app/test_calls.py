@@ -369,6 +369,8 @@ def test_meter_parts_survive_a_change_of_the_engines_wording() -> None:
         "up 9.8 kbit/s",
         "loss 2%",
     ]
+    lost = meter_parts("reconnecting 0:07 · up 0.0 kbit/s · down 0.0 kbit/s · rtt -")
+    assert (lost[0].text, lost[0].bold) == ("reconnecting 0:07", True), "a lost link is never cut"
     view = CallView(FEVER, "c", "in call", ["dr.chen"], line="", muted=True)
     assert [p.text for p in bar_parts(view, None, "auto")][:2] == ["in call", "MUTED"]
 

@@ -304,6 +304,9 @@ class FakeLink:
     async def request(self, op: str, args: dict[str, object], timeout: float) -> object:
         assert timeout > 0
         self.requests.append((op, args))
+        if self.status.state != "online":  # as the real link: waits (bounded) for the relay
+            await asyncio.sleep(timeout)
+            raise LinkDown(f"no answer from the relay within {timeout:.0f} s")
         return self.answers.get(op, {})
 
     def emit(self, event: object) -> None:
@@ -868,6 +871,30 @@ async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
     assert link.requests == [("answer", {"call": "abcdefgh"}), ("hangup", {"call": "abcdefgh"})]
     assert link.media_sent() >= 5
     assert board.announced == [(CONSULT, "abcdefgh", "dr.chen")]
+
+
+async def test_a_lost_link_shows_as_reconnecting_and_hanging_up_does_not_wait_for_it() -> None:
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    lines: list[str] = []
+    stop = asyncio.Event()
+    limits = CallLimits(hangup_timeout=5.0, hangup_offline_wait=0.3)
+    task = asyncio.create_task(
+        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", stop=stop,
+                 on_status=lines.append, limits=limits)
+    )
+    await wait_for(lambda: any(line.startswith("in call") for line in lines), 2.0)
+    link.status = LinkStatus(state="offline", rtt=0.04)  # the relay went away mid-call
+    await wait_for(lambda: any(line.startswith("reconnecting") for line in lines), 2.0)
+    gone = next(line for line in lines if line.startswith("reconnecting"))
+    assert "rtt - " in gone, "no round trip is shown for a link that is not there"
+    stop.set()
+    started = time.monotonic()
+    out = await asyncio.wait_for(task, 3.0)
+    assert time.monotonic() - started < 1.0, "the hang-up waits hangup_offline_wait, not hangup_timeout"
+    assert out.outcome == "hung up"
+    assert link.requests[-1] == ("hangup", {"call": "abcdefgh"}), "still tried, in case the link is back"
 
 
 async def test_run_call_reports_a_declined_call_without_starting_media() -> None:

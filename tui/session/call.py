@@ -250,8 +250,10 @@ async def run_call(
         if follow is not None and follow in link.listeners:
             link.listeners.remove(follow)
         if call_id and not ended:
+            online = link.status.state == "online"
+            wait = limits.hangup_timeout if online else limits.hangup_offline_wait
             with contextlib.suppress(MedcommError, TimeoutError):
-                await signals.request("hangup", {"call": call_id}, 5.0)
+                await signals.request("hangup", {"call": call_id}, wait)
         signals.close()
 
 
@@ -403,7 +405,7 @@ class DeskCalls:
         def status(line: str) -> None:
             if self.view is not None:
                 self.view.line = line
-                if line.startswith("in call"):
+                if line.startswith(("in call", "reconnecting")):  # the call is on; the link may not be
                     self.view.state = "in call"
                 self.changed()
 

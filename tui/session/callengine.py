@@ -92,6 +92,10 @@ class CallLimits:
     ring_timeout: float = 60.0  # s to wait for an answer
     answer_wait: float = 120.0  # s `--answer` waits for a call to ring
     request_timeout: float = 20.0
+    hangup_timeout: float = 5.0  # s the hang-up waits for the relay's answer on a live link
+    # s the hang-up waits for a lost link to come back: past it, the relay ends our part by
+    # itself (its grace for a dropped device) and the user gets their terminal back
+    hangup_offline_wait: float = 1.0
     stall_after: float = 1.0  # s (plus two base round trips) without feedback: the link stalled
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
@@ -449,8 +453,12 @@ class CallEngine:
         s.up_kbps, s.down_kbps = round(up, 1), round(down, 1)
         rs = self.rate.stats()
         self._min_rtt_ms = rs.min_rtt_ms
-        rtt = rs.last_rtt_ms
-        s.rtt_ms = rtt if rtt is not None else (self.link.status.rtt or 0) * 1000 or None
+        online = self.link.status.state == "online"
+        # a lost link must show as lost: "in call" at 0 kbit/s with the last round trip looks
+        # like a silent peer
+        s.state = "in call" if online else "reconnecting"
+        rtt = rs.last_rtt_ms if rs.last_rtt_ms is not None else (self.link.status.rtt or 0) * 1000 or None
+        s.rtt_ms = rtt if online else None
         heard = [st.stats for st in self.streams.values() if st.stats is not None]
         s.jitter_ms = max((h.delay_ms for h in heard), default=0)
         s.concealed_pct = round(max((h.concealed_pm_total for h in heard), default=0) / 10, 1)

@@ -80,7 +80,7 @@ def meter_parts(line: str) -> list[Part]:
     rates = {m.group(1): m.group(2) for t in tokens if (m := _RATE.match(t))}
     for i, token in enumerate(tokens):
         word = token.split(" ", 1)[0]
-        if i == 0 and token.startswith("in call"):
+        if i == 0 and token.startswith(("in call", "reconnecting")):
             parts.append(Part(token, ALWAYS, bold=True))
         elif _RATE.match(token) and len(rates) == 2:
             if word == "up":
