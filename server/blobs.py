@@ -48,8 +48,10 @@ Layout under the data dir::
     blobs/partial/<64 hex>.<user>    partial uploads (length = stored offset)
 
 Every call is synchronous and short (one ``pwrite`` + ``fsync`` of at most one chunk, or one
-hash of at most ``max_size`` at completion); the relay calls it on its event loop. A disk
-or database failure answers code "error" (clients retry), never drops the connection.
+hash of at most ``max_size`` at completion). The relay makes the calls on a thread of its own,
+one at a time in arrival order, never on its event loop: there, an fsync or the final hash
+held every call's voice frames for as long. A disk or database failure answers code "error"
+(clients retry), never drops the connection.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ CREATE TABLE IF NOT EXISTS partials (
 ) WITHOUT ROWID;
 """
 
-Members = Callable[[str], list[str]]
+#: Whether the asking user is a member of a consult. A predicate, not a member list: the relay
+#: answers it from a snapshot of the user's consults taken on its loop, so the blob thread
+#: never touches the relay's own database connection.
+MemberOf = Callable[[str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,7 @@ class BlobStore:
 
     # --- requests -------------------------------------------------------------------------
 
-    def request(self, user: str, op: str, args: dict[str, object], members: Members) -> object:
+    def request(self, user: str, op: str, args: dict[str, object], member_of: MemberOf) -> object:
         """Answer one ``blob.*`` request from ``user`` (the relay has authenticated them).
 
         A disk or database failure becomes a plain MedcommError (code "error", which clients
@@ -142,17 +147,17 @@ class BlobStore:
         if handler is None:
             raise UsageError(f"unknown request {op!r}")
         try:
-            return handler(user, args, members)
+            return handler(user, args, member_of)
         except (OSError, sqlite3.Error) as exc:
             log.warning("blob %s failed user=%s: %s", op, user, type(exc).__name__)
             raise MedcommError("the relay could not store or read the blob; try again") from None
 
-    def head(self, user: str, args: dict[str, object], members: Members) -> dict[str, object]:
+    def head(self, user: str, args: dict[str, object], member_of: MemberOf) -> dict[str, object]:
         """Where an upload stands; starts one (within the per-user limit) if there is none."""
-        consult = _member(user, args, members)
+        consult = _member(args, member_of)
         sha = _sha(args)
         size = _uint(args, "size")
-        partial = self._start(user, sha, consult, size, members)
+        partial = self._start(user, sha, consult, size, member_of)
         if partial is None:
             return {"have": size, "complete": True}
         have = self._have(partial)
@@ -161,10 +166,10 @@ class BlobStore:
             return {"have": size, "complete": True}
         return {"have": have, "complete": False}
 
-    def put(self, user: str, args: dict[str, object], members: Members) -> dict[str, object]:
+    def put(self, user: str, args: dict[str, object], member_of: MemberOf) -> dict[str, object]:
         """Append one chunk at the stored offset; any other offset writes nothing and answers
         the stored one (the client re-aligns). With ``size`` it may also start the upload."""
-        consult = _member(user, args, members)
+        consult = _member(args, member_of)
         sha = _sha(args)
         offset = _uint(args, "offset")
         data = args.get("data")
@@ -174,12 +179,12 @@ class BlobStore:
             raise LimitExceeded(f"chunk of {len(data)} bytes over the limit of {self.limits.chunk}")
         if "size" in args:  # a new blob's chunk sent without a head: the put starts the upload
             size = _uint(args, "size")
-            partial = self._start(user, sha, consult, size, members)
+            partial = self._start(user, sha, consult, size, member_of)
             if partial is None:
                 return {"have": size, "complete": True}
         else:
             stored = self._size(sha)
-            if stored is not None and self._link_if_readable(user, sha, consult, members):
+            if stored is not None and self._link_if_readable(user, sha, consult, member_of):
                 return {"have": stored, "complete": True}
             partial = self._partial(user, sha)
             if partial is None:
@@ -204,7 +209,7 @@ class BlobStore:
         self._complete(partial, consult)
         return {"have": partial.size, "complete": True}
 
-    def get(self, user: str, args: dict[str, object], members: Members) -> dict[str, object]:
+    def get(self, user: str, args: dict[str, object], member_of: MemberOf) -> dict[str, object]:
         """A range of a complete blob the user may read; unknown and unreadable look alike."""
         sha = _sha(args)
         offset = _uint(args, "offset")
@@ -212,7 +217,7 @@ class BlobStore:
         if not 0 < length <= self.limits.chunk:
             raise LimitExceeded(f"length must be 1..{self.limits.chunk}")
         size = self._size(sha)
-        if size is None or not self._readable(user, sha, members):
+        if size is None or not self._readable(sha, member_of):
             raise NotFound("no such blob that you can read")
         if offset > size:
             raise UsageError(f"offset {offset} is past the end of a {size}-byte blob")
@@ -220,7 +225,7 @@ class BlobStore:
             data = os.pread(f.fileno(), min(length, size - offset), offset)
         return {"data": data, "size": size}
 
-    def _start(self, user: str, sha: bytes, consult: str, size: int, members: Members) -> Partial | None:
+    def _start(self, user: str, sha: bytes, consult: str, size: int, member_of: MemberOf) -> Partial | None:
         """The user's upload of ``sha``, started (within the per-user limit) if there is none;
         None when the blob is complete and now linked to ``consult``. Shared by ``head`` and a
         put that carries ``size``, so skipping the head skips none of its checks."""
@@ -230,7 +235,7 @@ class BlobStore:
         if stored is not None:
             if stored != size:
                 raise UsageError(f"this blob has {stored} bytes, not {size}")
-            if self._link_if_readable(user, sha, consult, members):
+            if self._link_if_readable(user, sha, consult, member_of):
                 return None
         partial = self._partial(user, sha)
         if partial is not None and partial.size != size:  # declared wrongly before: restart
@@ -252,25 +257,25 @@ class BlobStore:
         row = self.db.execute("SELECT size FROM blobs WHERE sha=?", (sha,)).fetchone()
         return None if row is None else int(row[0])
 
-    def consult_of(self, user: str, sha: bytes, members: Members) -> str:
-        """A consult of ``user``'s that links the blob (for the audit log), or ""."""
+    def consult_of(self, sha: bytes, member_of: MemberOf) -> str:
+        """A consult of the asking user's that links the blob (for the audit log), or ""."""
         rows = self.db.execute(
             "SELECT consult FROM uploads WHERE sha=? LIMIT ?", (sha, self.limits.max_consults)
         ).fetchall()
-        return next((consult for (consult,) in rows if user in members(consult)), "")
+        return next((consult for (consult,) in rows if member_of(consult)), "")
 
-    def _readable(self, user: str, sha: bytes, members: Members) -> bool:
+    def _readable(self, sha: bytes, member_of: MemberOf) -> bool:
         rows = self.db.execute(
             "SELECT consult FROM uploads WHERE sha=? LIMIT ?", (sha, self.limits.max_consults)
         ).fetchall()
-        return any(user in members(consult) for (consult,) in rows)
+        return any(member_of(consult) for (consult,) in rows)
 
-    def _link_if_readable(self, user: str, sha: bytes, consult: str, members: Members) -> bool:
+    def _link_if_readable(self, user: str, sha: bytes, consult: str, member_of: MemberOf) -> bool:
         """True when the blob is (now) attached to ``consult``: already, or because this user
         can read it anyway. False means the user must upload it to prove they hold it."""
         if self.db.execute("SELECT 1 FROM uploads WHERE sha=? AND consult=?", (sha, consult)).fetchone():
             return True
-        if not self._readable(user, sha, members):
+        if not self._readable(sha, member_of):
             return False
         self._link(sha, [consult], user)
         return True
@@ -390,9 +395,9 @@ class BlobStore:
 # --- argument checks ----------------------------------------------------------------------
 
 
-def _member(user: str, args: dict[str, object], members: Members) -> str:
+def _member(args: dict[str, object], member_of: MemberOf) -> str:
     consult = wire.consult_id(args.get("consult"))
-    if user not in members(consult):
+    if not member_of(consult):
         raise AccessDenied("denied", f"not a member of consult {consult}")
     return consult
 

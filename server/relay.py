@@ -20,6 +20,7 @@ Ordering and durability rules that the clients rely on:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -113,7 +114,7 @@ class Conn:
     bad_frames: int = 0
     closing: bool = False
     early_sub: Sub | None = None  # resume request that came with the upgrade request
-    unstored: int = 0  # sends read and not yet answered by the store (bounded: reading pauses)
+    unstored: int = 0  # sends and blob requests read and not yet answered (bounded: reading pauses)
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set while unstored is under its limit
     # Voice goes ahead of everything else and is never queued long: drop-oldest, bounded.
     voice: deque[bytes] = field(default_factory=lambda: deque(maxlen=RELAY.voice_queue))
@@ -176,8 +177,20 @@ class Relay:
         self._flush_handle: asyncio.Handle | None = None
         self._writing = False  # one batch at a time: seqs follow arrival order
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
+        # blob I/O (an fsync per chunk, a hash of up to 16 MiB at completion): one at a time, in
+        # arrival order (a client's puts must land in offset order), off the loop that forwards voice
+        self.blob_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-blobs")
         self._members: dict[str, list[str]] = {}  # cache; membership changes only via _request
         self.connections = 0
+
+    def close(self) -> None:
+        """After the server closed: finish what the threads are writing, then close the files."""
+        if self._audit_handle is not None:
+            self._audit_handle.cancel()  # audit.close() below writes what it would have
+        self.writer.shutdown(wait=True)  # a batch being committed finishes first
+        self.blob_thread.shutdown(wait=True)  # so does a chunk being written
+        self.audit.close()  # what is still buffered goes to disk
+        self.blobs.close()
 
     # --- connection lifecycle -------------------------------------------------------------
 
@@ -395,11 +408,21 @@ class Relay:
             conn.enqueue(wire.encode(Reject(frame.cid, error_code(exc), reason(exc))))
             return
         self._pending.append((conn, frame))
+        self._hold(conn)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _hold(self, conn: Conn) -> None:
+        """One more send or blob request read and not yet answered; past the limit this
+        connection is not read until one is (TCP pushes back on the client)."""
         conn.unstored += 1
         if conn.unstored >= self.limits.max_unstored:
             conn.room.clear()
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _release(self, conn: Conn) -> None:
+        conn.unstored -= 1
+        if conn.unstored < self.limits.max_unstored:
+            conn.room.set()
 
     def _flush(self) -> None:
         """Group commit: every send that arrived while the previous batch was being written
@@ -432,9 +455,7 @@ class Relay:
                     self._fanout(msg, exclude=conn)
         finally:
             for conn, _ in batch:  # answered (or closing): the sender may send more
-                conn.unstored -= 1
-                if conn.unstored < self.limits.max_unstored:
-                    conn.room.set()
+                self._release(conn)
             self._writing = False
             if self._pending and self._flush_handle is None:
                 self._flush_handle = loop.call_soon(self._flush)
@@ -534,11 +555,52 @@ class Relay:
                     other.enqueue(data)
 
     def _on_request(self, conn: Conn, frame: Request) -> None:
+        if frame.op.startswith("blob."):  # voice notes and images: chunked, resumable
+            self._hold(conn)
+            asyncio.ensure_future(self._blob_request(conn, frame))
+            return
         try:
             result = self._request(conn, frame.op, frame.args)
         except MedcommError as exc:
             conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), reason(exc))))
             return
+        self._answer(conn, frame, result)
+
+    async def _blob_request(self, conn: Conn, frame: Request) -> None:
+        """A blob request on the blob thread, answered when it is done; reading this
+        connection pauses while too many are unanswered, as for sends."""
+        op, args = frame.op, frame.args
+        try:
+            mine = frozenset(self.store.consult_ids_of(conn.user))  # on the loop: the store's connection
+            work = functools.partial(self._blob_work, conn.user, op, args, mine)
+            result, consult = await asyncio.get_running_loop().run_in_executor(self.blob_thread, work)
+        except MedcommError as exc:
+            conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), reason(exc))))
+            return
+        except Exception:  # the blob store turns disk and database errors into MedcommError
+            log.exception("blob %s failed user=%s", op, conn.user)
+            conn.enqueue(wire.encode(Err(frame.rid, "error", "the relay could not answer; try again")))
+            return
+        finally:
+            self._release(conn)
+        if consult is not None:  # one entry per fetch, not per chunk
+            sha = args["sha"]
+            assert isinstance(sha, bytes)  # checked by the blob store
+            self._audit(conn.user, "fetch", consult, blob=sha[:8].hex(), size=result["size"])  # type: ignore[index]
+        self._answer(conn, frame, result)
+
+    def _blob_work(
+        self, user: str, op: str, args: dict[str, object], mine: frozenset[str]
+    ) -> tuple[object, str | None]:
+        """On the blob thread: the answer, and for a fetch's first chunk the consult to audit."""
+        result = self.blobs.request(user, op, args, mine.__contains__)
+        if op == "blob.get" and args.get("offset") == 0:
+            sha = args["sha"]
+            assert isinstance(sha, bytes)  # checked by the blob store
+            return result, self.blobs.consult_of(sha, mine.__contains__)
+        return result, None
+
+    def _answer(self, conn: Conn, frame: Request, result: object) -> None:
         data = wire.encode(Ok(frame.rid, result))
         if len(data) > WIRE.max_frame:  # the client would close the link on it (1009), then ask again
             log.warning("answer to %s over the frame limit: %d bytes user=%s", frame.op, len(data), conn.user)
@@ -595,14 +657,6 @@ class Relay:
             return {"id": consult, "members": self.store.members(consult)}
         if op in ("call", "answer", "decline", "hangup"):
             return self._call_request(conn, op, args)
-        if op.startswith("blob."):  # voice notes and images: chunked, resumable
-            result = self.blobs.request(conn.user, op, args, self.members)
-            if op == "blob.get" and args.get("offset") == 0:  # one entry per fetch, not per chunk
-                sha = args["sha"]
-                assert isinstance(sha, bytes)  # checked by the blob store
-                consult = self.blobs.consult_of(conn.user, sha, self.members)
-                self._audit(conn.user, "fetch", consult, blob=sha[:8].hex(), size=result["size"])  # type: ignore[index]
-            return result
         if op == "audit.export":  # a device exported a consult's record: it says so here
             consult = wire.consult_id(args.get("consult"))
             self.store.check_member(consult, conn.user)
@@ -815,9 +869,5 @@ async def run_relay(
         except TimeoutError:
             log.info("shutdown: gave up waiting for connections still opening")
     finally:
-        if relay._audit_handle is not None:
-            relay._audit_handle.cancel()  # close() below writes what it would have
-        relay.writer.shutdown(wait=True)  # a batch being committed finishes first
-        relay.audit.close()  # what is still buffered goes to disk
-        relay.blobs.close()
+        relay.close()
         store.close()

@@ -46,7 +46,7 @@ class RelayLimits:
     max_pending_per_address: int = 16  # of those, not yet authenticated (1013 beyond)
     enrol_attempts: int = 10  # enrolments (Register) per address per enrol_window, good or bad
     enrol_window: float = 60.0  # seconds
-    max_unstored: int = 256  # sends read from one connection and not yet committed: reading pauses
+    max_unstored: int = 256  # sends and blob requests read from one connection, unanswered: reading pauses
     early_auth_window: float = 300.0  # seconds an upgrade-request proof may be off the relay's clock
     early_auth_nonces: int = 100_000  # used early-proof nonces remembered (full: challenge instead)
     voice_queue: int = 6  # voice frames waiting per connection (drop-oldest; ~0.4-0.7 s of audio)

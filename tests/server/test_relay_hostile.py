@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import random
 import re
 import secrets
@@ -1197,11 +1198,7 @@ async def in_process_relay(
     finally:
         server.close()
         await server.wait_closed()
-        if relay._audit_handle is not None:
-            relay._audit_handle.cancel()
-        relay.writer.shutdown(wait=True)
-        relay.audit.close()
-        relay.blobs.close()
+        relay.close()
         store.close()
 
 
@@ -1242,6 +1239,47 @@ async def test_reading_pauses_while_too_many_sends_wait_for_the_store(tmp_path: 
             await alice.close()
         finally:
             disk.set()
+
+
+async def test_a_slow_blob_write_holds_neither_the_loop_nor_the_order_of_chunks(tmp_path: Path) -> None:
+    """Blob chunks are fsynced and a finished blob is hashed (up to 16 MiB): on the loop, a
+    slow disk held every call's voice frames for as long. The blob thread writes them while
+    the loop answers the same connection, and pipelined chunks still land in order."""
+    stall = 1.5
+    disk = threading.Event()
+    async with in_process_relay(tmp_path / "relay") as (relay, local):
+        code = relay.store.enroll("alice", "clinic", 3600)
+        relay.store.enroll("bob", "clinic", 3600)
+        real_request = relay.blobs.request
+
+        def slow_disk(user: str, op: str, args: dict, member_of: Callable[[str], bool]) -> object:
+            if op == "blob.put" and args["offset"] == 0:
+                disk.wait(stall)  # the first chunk's fsync takes its time
+            return real_request(user, op, args, member_of)
+
+        relay.blobs.request = slow_disk  # type: ignore[method-assign]
+        alice, _ = await register_with(local, "alice", code)
+        consult = await alice.open_consult("slow disk", ["bob"])
+        data = secrets.token_bytes(3 * 8192)
+        sha = hashlib.sha256(data).digest()
+        rids = []
+        for i, offset in enumerate(range(0, len(data), 8192)):  # all three before any answer
+            args = {"consult": consult, "sha": sha, "offset": offset, "data": data[offset : offset + 8192]}
+            rids.append(900 + i)
+            await alice.send(Request(900 + i, "blob.put", {**args, "size": len(data)} if i == 0 else args))
+        started = time.monotonic()
+        answer, skipped = await alice.request("whoami", timeout=stall * 0.6)
+        assert isinstance(answer, Ok) and time.monotonic() - started < stall * 0.6
+        assert not disk.is_set(), "answered while the first chunk was still being written"
+        assert not [f for f in skipped if isinstance(f, (Ok, Err))], "no put answered before its chunk"
+        disk.set()
+        answers = [await alice.until(lambda f, r=r: isinstance(f, (Ok, Err)) and f.rid == r) for r in rids]
+        haves = [a.result["have"] for a, _ in answers]  # type: ignore[union-attr]
+        assert haves == [8192, 16384, 24576], "each chunk at the stored offset, in order"
+        assert answers[-1][0].result["complete"] is True  # type: ignore[union-attr]
+        (conn,) = relay.conns["alice"]
+        assert conn.unstored == 0
+        await alice.close()
 
 
 async def test_asking_about_a_consult_before_it_exists_does_not_hide_it_later(
