@@ -118,6 +118,10 @@ class _Keys:
         _key(key)
         self.enc = hashlib.blake2b(key=key, digest_size=KEY_LEN, person=_ENC).digest()
         self.mac = hashlib.blake2b(key=key, digest_size=KEY_LEN, person=_MAC).digest()
+        # Load the cipher now, with the key, not at the first packet: that import took 14 ms,
+        # in the engine's first tick after the speaker had started, and the speaker (one 20 ms
+        # block queued) ran dry; its queue then stayed a block longer for the whole call.
+        import cryptography.hazmat.primitives.ciphers  # noqa: F401
 
     def tag(self, ad: bytes, ts: int, ciphertext: bytes) -> bytes:
         """The frame's tag: header (slot zeroed), full ts and ciphertext, each of fixed length
