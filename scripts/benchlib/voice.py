@@ -503,6 +503,10 @@ def direction(
     out["stale_dropped"] = sum(s.get("stale", 0) for s in streams.values())
     out["shrink_dropped"] = sum(s.get("shrunk", 0) for s in streams.values())
     out["trimmed_ms"] = sum(s.get("trimmed_ms", 0) for s in streams.values())
+    # the receiver's speaker ran dry (a held-up engine) and its queue grew: +20 ms of delay each
+    out["speaker_underruns"], out["speaker_grown"] = rr.get("underruns", 0), rr.get("speaker_grown", 0)
+    out["target_ms_track"] = [max((st.get("target_ms", 0) for st in s.get("streams", {}).values()), default=0)
+                              for s in secs]
     out["sender_qdelay_ms_median"] = statistics.median(
         [s["qdelay_ms"] for s in rs.get("seconds", []) if s.get("qdelay_ms") is not None] or [0]
     )

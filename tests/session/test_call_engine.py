@@ -29,6 +29,7 @@ import pytest
 from medcomm.adapters import opus
 from medcomm.core import voiceframe, wire
 from medcomm.core.ackphase import AckPhase
+from medcomm.core.speakerqueue import SpeakerLimits
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
 from medcomm.errors import LinkDown, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
@@ -438,14 +439,43 @@ async def test_the_speaker_queue_starts_at_one_block_and_grows_when_it_runs_dry(
         await asyncio.sleep(1.0)
         before = c.b.sink.underruns
         assert c.b.engine.report()["playout_ms"] == 20
-        for _ in range(limits.playout_blocks_max + 1):
+        for _ in range(limits.speaker.most + 1):
             time.sleep(0.08)  # the loop is held: nothing is written to the speakers meanwhile
             await asyncio.sleep(0.3)
         assert c.running()
         assert c.b.sink.underruns > before
-        assert c.b.engine.report()["playout_ms"] == 20 * limits.playout_blocks_max
+        assert c.b.engine.report()["playout_ms"] == 20 * limits.speaker.most
         steady = c.b.sink.audio(time.monotonic() - 0.25, time.monotonic() + 0.1)
         assert abs(dominant_hz(steady) - TONE_HZ) <= 3.0  # and the far end is still heard
+
+
+async def test_the_speaker_queue_gives_a_block_back_after_a_calm_spell() -> None:
+    """One hiccup must not cost 20 ms of delay for the rest of a consult."""
+    limits = CallLimits(speaker=SpeakerLimits(calm_s=0.6))
+    async with call(tone(10), tone(10, freq=300), limits=limits) as c:
+        await asyncio.sleep(1.0)
+        time.sleep(0.08)  # one hiccup
+        await wait_for(lambda: c.b.engine.report()["playout_ms"] == 40, 0.5, step=0.01)
+        await wait_for(lambda: c.b.engine.report()["playout_ms"] == 20, 1.5)
+        assert c.b.engine.report()["speaker_grown"] == 1
+        assert c.running()
+
+
+async def test_a_hiccup_before_any_far_end_audio_leaves_the_speaker_queue_alone() -> None:
+    """The speaker plays start-up silence then: nobody hears it run dry, and a block more
+    would be 20 ms more delay for the whole call."""
+    async with call(tone(10), tone(10, freq=300)) as c:
+        c.b.link.deaf = True  # nothing from the far end has reached b yet
+        await asyncio.sleep(0.2)
+        before = c.b.sink.underruns
+        time.sleep(0.08)
+        await asyncio.sleep(0.2)
+        assert c.b.sink.underruns > before and not c.b.engine.streams
+        assert c.b.engine.report()["playout_ms"] == 20
+        c.b.link.deaf = False
+        await wait_for(lambda: bool(c.b.engine.streams), 1.0)
+        time.sleep(0.08)  # now a hiccup cuts what b hears: the queue grows
+        await wait_for(lambda: c.b.engine.report()["playout_ms"] == 40, 0.5, step=0.01)
 
 
 async def test_feedback_flows_and_the_sender_measures_the_round_trip() -> None:

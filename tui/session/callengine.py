@@ -4,11 +4,12 @@ encoded at the rung the rate control chose and written *now*, ahead of anything 
 has queued; when more than a packet is still unsent in the transport, the packet is dropped
 instead (stale audio is worth nothing, and the rate control steps down). Receiving: each
 stream (slot) has its own jitter buffer and decoder; the playout keeps one output block in
-the sink (a block more each time the speaker runs dry, up to ``playout_blocks_max``) and mixes
-the streams 20 ms at a time. Every 500 ms each stream heard gets a feedback report (echoed
-timestamp, hold time, jitter-buffer delay, concealment) that its sender's rate control reads;
-it waits (up to ``feedback_hold``) for our next voice packet and rides in its TCP segment, its
-hold time counted up to when it leaves, so the wait does not read as delay.
+the sink (a block more when the speaker runs dry, one back after a calm spell:
+``core.speakerqueue``) and mixes the streams 20 ms at a time. Every 500 ms each stream heard
+gets a feedback report (echoed timestamp, hold time, jitter-buffer delay, concealment) that
+its sender's rate control reads; it waits (up to ``feedback_hold``) for our next voice packet
+and rides in its TCP segment, its hold time counted up to when it leaves, so the wait does not
+read as delay.
 
 Every media frame is sealed end to end (``core.voicecrypt``) under this device's stream key. A
 frame from slot S is opened with the key of the member the call's ``CallState.slots`` puts in
@@ -36,6 +37,7 @@ from medcomm.core import timescale, voiceframe
 from medcomm.core.ackphase import AckPhase
 from medcomm.core.jitter import Conceal, JitterBuffer, JitterLimits, JitterStats, Piece, Play, for_round_trip
 from medcomm.core.ratecontrol import RateControl
+from medcomm.core.speakerqueue import SpeakerLimits, SpeakerQueue
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto
 from medcomm.errors import MedcommError, Tampered, UsageError, WireError
 from medcomm.session.link import Link
@@ -78,12 +80,9 @@ class CallLimits:
     """Paces of the engine; each is a trade between delay and work per second."""
 
     tick: float = 0.005  # s between looks at the source and the sink
-    # 20 ms blocks kept queued in the sink. Every ms queued is mouth-to-ear delay (the jitter
-    # buffer must decide that much earlier), so the queue starts at one block and grows by
-    # one each time the speaker runs dry (an event loop held up for more than a block's
-    # slack, e.g. by a redraw), up to the most.
-    playout_blocks: int = 1
-    playout_blocks_max: int = 3
+    # 20 ms blocks kept queued in the sink: one, a block more when the speaker runs dry, one
+    # back after a calm spell (core.speakerqueue)
+    speaker: SpeakerLimits = SpeakerLimits()
     feedback_every: float = 0.5  # s between feedback reports per stream heard (each ~65 B on the wire)
     # s a report may wait for our next voice packet to ride with it instead of costing a 52-byte
     # segment of its own: a packet (at most 120 ms) and a tick; a silent or muted side sends alone
@@ -100,8 +99,6 @@ class CallLimits:
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.playout_blocks <= self.playout_blocks_max:
-            raise UsageError("playout_blocks must be 1..playout_blocks_max")
         if self.stall_after <= self.feedback_every + self.feedback_hold:
             raise UsageError("stall_after must exceed feedback_every + feedback_hold: that gap is normal")
 
@@ -209,7 +206,7 @@ class CallEngine:
         self._ts = 0  # our media clock, ms since the stream began (runs through DTX and mute)
         self._bytes_up = self._bytes_down = 0
         self._bad_frames = 0
-        self._playout_blocks = self.limits.playout_blocks
+        self.speaker = SpeakerQueue(self.limits.speaker, time.monotonic())
         self._underruns_seen = 0
         self.phase = AckPhase()  # when to move our packet clock so the kernel's ACKs ride on voice
         self._clock_moves: list[tuple[float, int, float]] = []  # (s into the call, ms earlier, phase)
@@ -390,10 +387,11 @@ class CallEngine:
         underruns = self.sink.underruns
         if underruns > self._underruns_seen:
             self._underruns_seen = underruns
-            if self._playout_blocks < self.limits.playout_blocks_max:
-                self._playout_blocks += 1
-                log.info("speaker ran dry: %d blocks now queued for it", self._playout_blocks)
-        want = self._playout_blocks * BLOCK
+            if self.speaker.underrun(now, heard=bool(self.streams)):
+                log.info("speaker ran dry: %d blocks now queued for it", self.speaker.blocks)
+        elif self.speaker.poll(now):
+            log.info("speaker calm: %d blocks now queued for it", self.speaker.blocks)
+        want = self.speaker.blocks * BLOCK
         while self.sink.buffered < want:
             np = self._np
             mix = np.zeros(BLOCK, np.int32)
@@ -489,7 +487,8 @@ class CallEngine:
                                      "rungs": {r: c.as_dict() for r, c in self._costs.items() if c.frames}}
         return {"source_started": self.source_started, "sink_started": self.sink_started,
                 "bad_frames": self._bad_frames, "underruns": self.sink.underruns,
-                "playout_ms": self._playout_blocks * BLOCK // (RATE // 1000),
+                "playout_ms": self.speaker.blocks * BLOCK // (RATE // 1000),
+                "speaker_grown": self.speaker.grown,
                 "clock_moves": self._clock_moves,
                 "seconds": self.history, "final": self._snapshot(),
                 "crypto": crypto,
