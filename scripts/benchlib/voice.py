@@ -791,6 +791,9 @@ def threeway_run(
                 "down_kbps_ws_median": statistics.median([s["down_kbps"] for s in secs]) if secs else None,
                 "up_kbps_ws_median": statistics.median([s["up_kbps"] for s in secs]) if secs else None,
                 "streams_heard": sorted(rep.get("final", {}).get("streams", {})),
+                # frames of a member this one could not open: their key, or their slot, unknown here
+                "no_key": (rep.get("crypto") or {}).get("no_key"),
+                "opened": (rep.get("crypto") or {}).get("opened"),
                 "concealed_pct": rep.get("final", {}).get("concealed_pct"),
             }
         )
@@ -1033,7 +1036,7 @@ def print_threeway(r: dict[str, Any]) -> None:
     print(f"\n== {r['parties']}-way call, {r['profile']}, clinic over {r['link']}, all members talking ==")
     print(
         f"  {'member':<10}{'link':<10}{'down wire kbit/s':>17}{'up wire kbit/s':>15}{'down voice kbit/s':>18}"
-        f"{'streams at once':>16}{'slots heard':>12}{'conceal':>9}"
+        f"{'streams at once':>16}{'slots heard':>12}{'no key':>8}{'conceal':>9}"
     )
     for m in r["members"]:
         w = m.get("wire") or {}
@@ -1041,12 +1044,13 @@ def print_threeway(r: dict[str, Any]) -> None:
             f"  {m['member']:<10}{m['link']:<10}{f(w.get('down_kbps'), '.1f'):>17}"
             f"{f(w.get('up_kbps'), '.1f'):>15}"
             f"{f(m.get('down_kbps_ws_median'), '.1f'):>18}{f(m.get('streams_at_once'), '.2f'):>16}"
-            f"{len(m['streams_heard']):>12}"
+            f"{len(m['streams_heard']):>12}{f(m.get('no_key'), 'd'):>8}"
             f"{f(m.get('concealed_pct'), '.1f') + '%':>9}"
         )
     print(
         "  streams at once = voice downlink / the peers' median voice uplink (WebSocket level, per-second "
-        "medians); conceal = the worst stream heard"
+        "medians); slots heard = other members whose voice this one played; no key = frames it could not "
+        "open (the sender's key or slot unknown here: dropped unheard); conceal = the worst stream heard"
     )
     if not r.get("ok"):
         print(f"  call exits: {r.get('exits')} {r.get('error', '')}")
@@ -1140,6 +1144,12 @@ def targets(report: dict[str, Any]) -> list[tuple[bool, str]]:
             )
     for r in report["threeway"]:
         for m in r["members"]:
+            heard, want = len(m["streams_heard"]), min(r["parties"] - 1, MAX_STREAMS)
+            check(
+                heard >= want,
+                f"{r['parties']}-way {m['member']} hears the others: {heard} slots >= {want} "
+                f"({m.get('no_key')} frames without a key)",
+            )
             n = val(m.get("streams_at_once"))
             check(
                 n <= MAX_STREAMS + STREAMS_SLACK,
@@ -1184,6 +1194,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stall-profiles", default="auto,naive", help="voice profiles of the stall run (3g-weak)")
     p.add_argument("--party", type=int, default=3, choices=(3, 4), help="members in the multi-party call")
     p.add_argument("--doctor-link", default="clean", help="badlink profile of the doctors (default clean)")
+    p.add_argument("--threeway-link", default="3g-weak", help="the clinic's link, multi-party call")
     p.add_argument("--faults", action="store_true", help="keep the link profiles' scheduled stalls and drops")
     p.add_argument("--tls", action="store_true", help="a wss:// relay: wire cost with TLS records")
     p.add_argument(
@@ -1204,11 +1215,11 @@ def main(argv: list[str]) -> int:
         )
     profiles, links = args.profiles.split(","), args.links.split(",")
     runs = set(args.runs.split(","))
-    for name in [*links, args.doctor_link]:
+    for name in [*links, args.doctor_link, args.threeway_link]:
         if name not in LINKS:
             p.error(f"unknown link {name!r}: {', '.join(LINKS)}")
     ausc_links = ["clean"] if args.quick else ["clean", "3g-weak"]
-    threeway_link = "3g-weak"
+    threeway_link = args.threeway_link
     unknown = runs - {"speech", "stall", "threeway", "auscultation"}
     if unknown:
         p.error(f"unknown runs: {', '.join(sorted(unknown))}")

@@ -311,6 +311,11 @@ class FakeLink:
         return self.answers.get(op, {})
 
     def emit(self, event: object) -> None:
+        if isinstance(event, wire.CallState):  # as the real link's reader keeps them
+            if event.state == "ended":
+                self.call_states.pop(event.consult, None)
+            else:
+                self.call_states[event.consult] = event
         for listener in list(self.listeners):
             listener(event)
 
@@ -874,6 +879,64 @@ async def test_run_call_places_a_call_and_ends_when_the_far_end_hangs_up() -> No
     assert all(len(f.payload) == len(p) + OVERHEAD and p not in f.payload for f, p in pairs)
     crypto = cast(dict[str, object], out.report["crypto"])
     assert crypto["sealed"] == len(sent) and crypto["overhead"] == OVERHEAD == 8
+
+
+def sealed_tone_frame(key: bytes, slot: int, seq: int = 0) -> bytes:
+    """A downlink media frame of a real 60 ms tone packet from ``slot``, sealed under ``key``."""
+    packet = opus.Encoder("voip", 16000, 60, "wb").encode(tone(0.06)).packet
+    return voiceframe.with_slot(StreamSealer(key).seal(seq, seq * 60, 0x80 | 90, packet), slot)
+
+
+async def test_a_member_who_joins_while_it_rings_is_heard_by_the_caller() -> None:
+    """The states queue up while the caller waits for the ring to end: the first answer's
+    state is already old when it is read, and the third member's slot must not be lost."""
+    link = FakeLink("amina")
+    link.answers["call"] = {"call": "abcdefgh", "state": "ringing", "slots": {"amina": 1}}
+    board = KeyBoard()
+    engines: list[CallEngine] = []
+    task = asyncio.create_task(
+        run_call(as_link(link), "amina", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=board.device("amina"), engine_hook=engines.append, seconds=1.0)
+    )  # fmt: skip
+    await wait_for(lambda: bool(link.listeners), 1.0)
+    link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2}))
+    link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2, "dr.chen": 3}))  # before it reads
+    await wait_for(lambda: bool(engines), 1.0)
+    key = secrets.token_bytes(32)
+    board.put(CONSULT, "abcdefgh", "dr.chen", key)
+    engines[0].on_voice(sealed_tone_frame(key, 3))
+    assert engines[0].crypto.stats.no_key == 0 and 3 in engines[0].streams, "the third member is heard"
+    await asyncio.wait_for(task, 3.0)
+
+
+async def test_a_member_who_joins_while_our_key_is_queued_is_heard_by_the_answerer() -> None:
+    """The relay's answer says who was in when we answered; the state of a member who answers
+    just after us comes while our key is being queued, before the crypto listens."""
+    link = FakeLink("dr.osei")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.osei": 2}}
+    board = KeyBoard()
+
+    class SlowKeys:  # queueing the key takes a moment (a store write, a sealed message)
+        async def announce(self, consult: str, call: str) -> bytes:
+            link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2}))
+            await asyncio.sleep(0.05)
+            link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2, "dr.chen": 3}))
+            return await board.device("dr.osei").announce(consult, call)
+
+        def lookup(self, consult: str, call: str, member: str) -> bytes | None:
+            return board.device("dr.osei").lookup(consult, call, member)
+
+    engines: list[CallEngine] = []
+    task = asyncio.create_task(
+        run_call(as_link(link), "dr.osei", CONSULT, ClockedSource(tone(10)), ClockedSink(), keys=SlowKeys(),
+                 answer=True, call_id="abcdefgh", engine_hook=engines.append, seconds=1.0)
+    )  # fmt: skip
+    await wait_for(lambda: bool(engines), 1.0)
+    key = secrets.token_bytes(32)
+    board.put(CONSULT, "abcdefgh", "dr.chen", key)
+    engines[0].on_voice(sealed_tone_frame(key, 3))
+    assert engines[0].crypto.stats.no_key == 0 and 3 in engines[0].streams, "the third member is heard"
+    await asyncio.wait_for(task, 3.0)
 
 
 async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:

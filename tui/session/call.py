@@ -130,6 +130,17 @@ def _slots(value: object) -> dict[str, int]:
     return {k: v for k, v in value.items() if isinstance(k, str) and type(v) is int}
 
 
+def newest_slots(link: Link, consult: str, call_id: str, told: dict[str, int]) -> dict[str, int]:
+    """Who is in which slot, by the relay's newest word: ``told`` (an answer's slots, a state
+    taken from the queue) may be older than what the link has heard since. The relay sends a
+    call's new state before its answer to the request that made it, and another member may
+    join while we wait for ours; a crypto set from the older word never learns the newcomer's
+    slot, and their voice is dropped as "no key" for the whole call (a 3-way call's clinic
+    heard one doctor of two)."""
+    live = link.call_states.get(consult)
+    return live.slots if live is not None and live.call == call_id else told
+
+
 async def _stream_crypto(
     link: Link, keys: CallKeys, consult: str, call_id: str, slots: dict[str, int], limits: CallLimits
 ) -> tuple[CallCrypto, Callable[[object], None]]:
@@ -140,12 +151,9 @@ async def _stream_crypto(
     except TimeoutError:
         raise LinkDown("the call's key could not be queued in time") from None
     crypto = CallCrypto(own, lambda member: keys.lookup(consult, call_id, member))
-    live = link.call_states.get(consult)
-    if not slots and live is not None and live.call == call_id:
-        slots = live.slots  # the relay's answer said nothing of who is in: its last word then
-    crypto.set_members(slots)
+    crypto.set_members(newest_slots(link, consult, call_id, slots))
 
-    def follow(event: object) -> None:
+    def follow(event: object) -> None:  # from here on, every change (no await since the line above)
         if isinstance(event, wire.CallState) and event.call == call_id and event.state != "ended":
             crypto.set_members(event.slots)
 
@@ -224,7 +232,7 @@ async def run_call(
                     ended = True
                     outcome.call, outcome.outcome = call_id, state.outcome
                     return outcome
-                crypto.set_members(state.slots)
+                crypto.set_members(newest_slots(link, consult, call_id, state.slots))
         outcome.call = call_id
         engine = CallEngine(link, source, sink, profile, limits, crypto=crypto)
         if engine_hook is not None:
