@@ -470,7 +470,7 @@ class CallEngine:
         per_stream = {
             str(slot): {"delay_ms": st.stats.delay_ms, "target_ms": st.stats.target_ms,
                         "stale": st.stats.stale_dropped, "shrunk": st.stats.shrink_dropped,
-                        "trimmed_ms": st.stats.trimmed_ms}
+                        "trimmed_ms": st.stats.trimmed_ms, "concealed_pm": st.stats.concealed_pm_total}
             for slot, st in self.streams.items() if st.stats is not None
         }
         rs = self.rate.stats()
