@@ -1268,7 +1268,7 @@ def call(
                                       "profile": profile, **out.report}, indent=1))
     minutes, secs = divmod(int(out.seconds), 60)
     typer.echo(f"call {out.call}: {out.outcome}, {minutes}:{secs:02d}")
-    if out.outcome in ("declined", "missed", "cancelled"):
+    if out.outcome in ("declined", "missed", "cancelled", "lost"):
         raise typer.Exit(1)
 
 

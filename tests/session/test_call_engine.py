@@ -31,7 +31,7 @@ from medcomm.core import voiceframe, wire
 from medcomm.core.ackphase import AckPhase
 from medcomm.core.speakerqueue import SpeakerLimits
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
-from medcomm.errors import LinkDown, UsageError, VoiceUnavailable
+from medcomm.errors import LinkDown, NotFound, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
 from medcomm.session.call import CallKeys, DeskCalls, run_call
 from medcomm.session.callengine import CallEngine, CallLimits
@@ -280,7 +280,7 @@ class FakeLink:
     refused: list[bytes] = field(default_factory=list)  # frames send_voice said None to
     received: list[bytes] = field(default_factory=list)  # downlink frames, after the rewrite
     requests: list[tuple[str, dict[str, object]]] = field(default_factory=list)
-    answers: dict[str, dict[str, object]] = field(default_factory=dict)
+    answers: dict[str, dict[str, object] | Exception] = field(default_factory=dict)
     call_states: dict[str, wire.CallState] = field(default_factory=dict)  # live calls, as last told
 
     def send_voice(self, data: bytes, backlog_limit: int, *riders: bytes) -> int | None:
@@ -308,7 +308,10 @@ class FakeLink:
         if self.status.state != "online":  # as the real link: waits (bounded) for the relay
             await asyncio.sleep(timeout)
             raise LinkDown(f"no answer from the relay within {timeout:.0f} s")
-        return self.answers.get(op, {})
+        answer = self.answers.get(op, {})
+        if isinstance(answer, Exception):  # the relay's error answer
+            raise answer
+        return answer
 
     def emit(self, event: object) -> None:
         if isinstance(event, wire.CallState):  # as the real link's reader keeps them
@@ -988,6 +991,48 @@ async def test_a_lost_link_shows_as_reconnecting_and_hanging_up_does_not_wait_fo
     assert time.monotonic() - started < 1.0, "the hang-up waits hangup_offline_wait, not hangup_timeout"
     assert out.outcome == "hung up"
     assert link.requests[-1] == ("hangup", {"call": "abcdefgh"}), "still tried, in case the link is back"
+
+
+async def test_a_call_the_relay_lost_while_we_were_away_ends_as_lost_not_as_a_silent_line() -> None:
+    """After a reconnect the relay no longer has the call (it restarted, or our grace ran
+    out): answering again says so. Carrying on would look like a live call carrying nothing."""
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    lines: list[str] = []
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", stop=stop, on_status=lines.append)
+    )  # fmt: skip
+    await wait_for(lambda: any(line.startswith("in call") for line in lines), 2.0)
+    link.status = LinkStatus(state="offline")
+    link.emit(link.status)
+    await asyncio.sleep(0.1)
+    link.answers["answer"] = NotFound("no call 'abcdefgh' (it may have ended)", code="not_found")
+    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
+    link.emit(link.status)
+    out = await asyncio.wait_for(task, 3.0)
+    assert out.outcome == "lost" and stop.is_set()
+    assert any(line.startswith("call lost") for line in lines)
+    assert [op for op, _ in link.requests] == ["answer", "answer"], "no hangup for a call the relay lost"
+
+
+async def test_a_call_the_relay_still_holds_after_a_reconnect_goes_on() -> None:
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    task = asyncio.create_task(
+        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", seconds=2.0)
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    link.status = LinkStatus(state="offline")
+    link.emit(link.status)
+    await asyncio.sleep(0.1)  # back within the watcher's one-second look: it must still notice
+    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
+    link.emit(link.status)
+    out = await asyncio.wait_for(task, 4.0)
+    assert out.outcome == "hung up" and out.seconds > 1.8, "answered again, and carried on to its end"
+    assert [op for op, _ in link.requests] == ["answer", "answer", "hangup"]
 
 
 async def test_run_call_reports_a_declined_call_without_starting_media() -> None:

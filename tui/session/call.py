@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from medcomm.core import wire
 from medcomm.core.voicecrypt import CallCrypto
-from medcomm.errors import LinkDown, MedcommError, UsageError
+from medcomm.errors import LinkDown, MedcommError, NotFound, UsageError
 from medcomm.session.callengine import CallEngine, CallLimits, CallStats
 from medcomm.session.link import Link, LinkStatus
 
@@ -164,7 +164,7 @@ async def _stream_crypto(
 @dataclass
 class CallOutcome:
     call: str = ""
-    outcome: str = ""  # completed | declined | missed | cancelled | hung up
+    outcome: str = ""  # completed | declined | missed | cancelled | hung up | lost
     seconds: float = 0.0
     stats: CallStats | None = None
     report: dict[str, object] = field(default_factory=dict)
@@ -237,7 +237,7 @@ async def run_call(
         engine = CallEngine(link, source, sink, profile, limits, crypto=crypto)
         if engine_hook is not None:
             engine_hook(engine)
-        watcher = asyncio.ensure_future(_watch(signals, call_id, stop, limits))
+        watcher = asyncio.ensure_future(_watch(signals, call_id, stop, limits, on_status))
         timer = asyncio.get_running_loop().call_later(seconds, stop.set) if seconds else None
         started = time.monotonic()
         try:
@@ -248,11 +248,12 @@ async def run_call(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        ended = watcher.done() and not watcher.cancelled() and watcher.result() is True
+        far = watcher.result() if watcher.done() and not watcher.cancelled() else None
+        ended = far is not None  # ended at the relay: nothing to hang up
         outcome.seconds = time.monotonic() - started
         outcome.stats = engine.stats
         outcome.report = engine.report()
-        outcome.outcome = "completed" if ended else "hung up"
+        outcome.outcome = far or "hung up"
         return outcome
     finally:
         if follow is not None and follow in link.listeners:
@@ -265,13 +266,22 @@ async def run_call(
         signals.close()
 
 
-async def _watch(signals: CallSignals, call_id: str, stop: asyncio.Event, limits: CallLimits) -> bool:
+async def _watch(
+    signals: CallSignals,
+    call_id: str,
+    stop: asyncio.Event,
+    limits: CallLimits,
+    on_status: Callable[[str], None] = lambda _line: None,
+) -> str | None:
     """End with the call when the others hang up; answer again after a reconnect (the relay
-    keeps our slot for a while). True when the call ended at the far end."""
-    was_online = signals.link.status.state == "online"
+    keeps our slot for a while). "completed" when the call ended at the far end, "lost" when
+    the relay no longer has it after a reconnect (it restarted, or we were away longer than
+    its grace): carrying on would be a call that looks live and carries nothing."""
+    connects = signals.link.status.connects  # a new connection, however short the gap before it
     while not stop.is_set():
         getter = asyncio.ensure_future(signals.states.get())
-        online = asyncio.ensure_future(signals.online.wait()) if not was_online else None
+        offline = signals.link.status.state != "online"
+        online = asyncio.ensure_future(signals.online.wait()) if offline else None
         waits = {getter} | ({online} if online else set())
         done, _ = await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
         for task in waits - done:
@@ -280,14 +290,21 @@ async def _watch(signals: CallSignals, call_id: str, stop: asyncio.Event, limits
             state = getter.result()
             if state.call == call_id and state.state == "ended":
                 stop.set()
-                return True
-        now_online = signals.link.status.state == "online"
-        if now_online and not was_online:
-            with contextlib.suppress(MedcommError, TimeoutError):
+                return "completed"
+        status = signals.link.status
+        if status.state == "online" and status.connects != connects:
+            connects = status.connects
+            try:
                 await signals.request("answer", {"call": call_id}, limits.request_timeout)
                 log.info("call %s: answered again after a reconnect", call_id)
-        was_online = now_online
-    return False
+            except NotFound:
+                log.info("call %s: gone from the relay after a reconnect", call_id)
+                on_status("call lost: the relay no longer has it (restarted, or the link was down too long)")
+                stop.set()
+                return "lost"
+            except (MedcommError, TimeoutError):
+                pass  # tried again at the next reconnect
+    return None
 
 
 @dataclass
@@ -423,7 +440,8 @@ class DeskCalls:
                 stop=self._stop, on_status=status, engine_hook=self._hook, call_id=call_id,
             )
             if self.view is not None:
-                self.view.state, self.view.line = "ended", f"call {out.outcome}"
+                lost = " (the relay no longer had it): call again" if out.outcome == "lost" else ""
+                self.view.state, self.view.line = "ended", f"call {out.outcome}{lost}"
             return out
         except MedcommError as exc:
             if self.view is not None:
