@@ -244,6 +244,20 @@ def test_jittery_fast_link_stays_at_standard() -> None:
         assert link.rc.stats().jitter_ms > 20.0
 
 
+def test_on_a_jittery_fast_link_auto_leaves_mediumband_after_one_calm_wait() -> None:
+    """3g-weak again, from auto's start one rung below the top: the jitter estimate behind the
+    calm test is unbiased from its first samples, so the step up comes after one calm wait
+    (3 s) in most calls, not after the estimate has crept up to the link's noise (up to 15 s:
+    seconds of mediumband a 3G link did not need)."""
+    firsts = []
+    for seed in range(1, 9):
+        link = VoiceLink(RateControl("auto"), steps((0, 48_000)), delay=0.12, jitter=0.06, seed=seed)
+        trace = link.run(20.0)
+        firsts.append(next((t for t, n in trace.rungs if n == "standard"), 99.0))
+    assert sum(t <= 4.5 for t in firsts) >= 7, sorted(firsts)
+    assert max(firsts) < 12.0, sorted(firsts)
+
+
 def test_jittery_edge_link_keeps_a_fitting_rung_without_sliding_down() -> None:
     """EDGE: 24 kbit/s, 200 +/- 80 ms. Standard (24.4 kbit/s on the wire) barely does not fit."""
     link = VoiceLink(RateControl("auto"), steps((0, 24_000)), delay=0.2, jitter=0.08, seed=3)

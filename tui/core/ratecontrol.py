@@ -214,14 +214,23 @@ class _Path:
         self.samples: deque[_Sample] = deque(maxlen=limits.max_samples)
         self.last_rtt: float | None = None
         self.level: float | None = None
+        # The jitter (EWMA of |second differences|) starts from 0, so for its first several
+        # samples it is biased low. The congestion rules use it as it is: in a call's first
+        # seconds they should react to a queue at once. The calm rule (stepping up) uses it
+        # bias-corrected, as Adam corrects its moments: uncorrected, on a jittery 3G path the
+        # calm threshold sat under the plain noise for seconds, and auto took 7-12 s to step up
+        # from mediumband.
         self.jitter = 0.0
+        self.jitter_unbiased = 0.0
+        self._jitter_n = 0
         self.calm_since: float | None = None
         self.rung_samples: list[_Sample] = []  # of frames sent at the current rung (recent)
         self.trend: tuple[float, int] | None = None
 
-    def threshold(self, base_ms: float) -> float:
+    def threshold(self, base_ms: float, jitter: float | None = None) -> float:
         lim = self.lim
-        return (base_ms + min(lim.noise_gain * self.jitter * 1000.0, lim.noise_cap_ms)) / 1000.0
+        noise = self.jitter if jitter is None else jitter
+        return (base_ms + min(lim.noise_gain * noise * 1000.0, lim.noise_cap_ms)) / 1000.0
 
     def new_rung(self) -> None:
         self.calm_since = None
@@ -245,6 +254,8 @@ class _Path:
             d2 = abs(q - 2 * self.samples[-1].q + self.samples[-2].q)
             # |second difference| of i.i.d. noise averages ~1.95 sigma (Gaussian)
             self.jitter += lim.noise_smoothing * (min(d2, lim.noise_cap_ms / 1000.0) / 1.95 - self.jitter)
+            self._jitter_n += 1
+            self.jitter_unbiased = self.jitter / (1.0 - (1.0 - lim.noise_smoothing) ** self._jitter_n)
         sample = _Sample(now, sent, q)
         self.samples.append(sample)
         self.level = q if self.level is None else self.level + lim.smoothing * (q - self.level)
@@ -253,7 +264,7 @@ class _Path:
             self.rung_samples = [s for s in self.rung_samples if s.arrived >= horizon][-lim.max_samples :]
             self.rung_samples.append(sample)
             self.trend = _slope(self.rung_samples)
-        if sent >= epoch and self.level < self.threshold(lim.up_ms):
+        if sent >= epoch and self.level < self.threshold(lim.up_ms, self.jitter_unbiased):
             if self.calm_since is None:
                 self.calm_since = now
         else:
@@ -421,7 +432,7 @@ class RateControl:
             qdelay_ms=None if worst is None or worst.level is None else worst.level * 1000.0,
             min_rtt_ms=None if base is None else base * 1000.0,
             last_rtt_ms=None if worst is None or worst.last_rtt is None else worst.last_rtt * 1000.0,
-            jitter_ms=0.0 if worst is None else worst.jitter * 1000.0,
+            jitter_ms=0.0 if worst is None else worst.jitter_unbiased * 1000.0,
             receivers=len(paths),
             inflight=len(self._sent),
             changes=self._changes,
