@@ -189,8 +189,8 @@ class Play:
 
 
 @dataclass(frozen=True, slots=True)
-class Conceal:
-    """Run the decoder's packet-loss concealment for this long."""
+class _Fill:
+    """A piece with no packet behind it: it plays exactly its length."""
 
     duration_ms: int
 
@@ -200,14 +200,13 @@ class Conceal:
 
 
 @dataclass(frozen=True, slots=True)
-class Silence:
+class Conceal(_Fill):
+    """Run the decoder's packet-loss concealment for this long."""
+
+
+@dataclass(frozen=True, slots=True)
+class Silence(_Fill):
     """Nothing to play: not started yet, or the gap is too long to conceal."""
-
-    duration_ms: int
-
-    @property
-    def played_ms(self) -> int:
-        return self.duration_ms
 
 
 Piece = Play | Conceal | Silence

@@ -331,7 +331,7 @@ class CallEngine:
                 self.rate.on_backlog(backlog_limit + len(data), now)
                 continue
             self._reports_due.clear()
-            self._bytes_up += len(data) + 2 + sum(len(r) + 2 for r in riders)
+            self._count_up(data, *riders)
             cost = self._cost(self.rate.rung.name)
             cost.frames, cost.opus_bytes, cost.frame_bytes = (
                 cost.frames + 1, cost.opus_bytes + len(enc.packet), cost.frame_bytes + len(data)
@@ -367,7 +367,7 @@ class CallEngine:
         late, so only one probe packet goes every ``probe_every`` until feedback returns."""
         if self._unechoed_since is None or not self.streams_feedback:
             return False
-        rtt = self.rate.stats().min_rtt_ms or 0.0
+        rtt = self._min_rtt_ms or 0.0  # refreshed once a second: a stats() per packet was waste
         waited = now - self._unechoed_since
         if waited <= self.limits.stall_after + 2 * rtt / 1000:
             return False
@@ -428,7 +428,11 @@ class CallEngine:
         reports = self._reports(now)
         if not reports or self.link.send_voice(reports[0], 64 * 1024, *reports[1:]) is not None:
             self._reports_due.clear()
-            self._bytes_up += sum(len(r) + 2 for r in reports)
+            self._count_up(*reports)
+
+    def _count_up(self, *frames: bytes) -> None:
+        """Voice-plane bytes written, each frame with its 2-byte WebSocket header (the meters')."""
+        self._bytes_up += sum(len(f) + 2 for f in frames)
 
     def _reports(self, now: float) -> list[bytes]:
         """The due feedback reports, packed now: the echo names the newest frame heard and the
