@@ -46,6 +46,7 @@ class CallLimits:
     switch_margin_db: float = 6.0  # how much louder a speaker must be to take a forwarded place
     switch_hold: float = 1.0  # s a forwarded speaker keeps its place before it can be displaced
     max_voice_frame: int = 1500  # bytes; a bigger voice frame is dropped
+    record_every: float = 10.0  # s between saves of live calls' records: a crash loses at most this
 
 
 @dataclass
@@ -83,17 +84,21 @@ class Call:
     def slots(self) -> dict[str, int]:
         return {p.user: p.slot for p in self.parties.values()}
 
-    def summary(self) -> dict[str, object]:
-        """What the consult's history keeps of a call (who, when, how long, how thick)."""
-        duration = (self.ended or 0.0) - self.started if self.started is not None else 0.0
+    def summary(self, now: float | None = None, outcome: str | None = None) -> dict[str, object]:
+        """What the consult's history keeps of a call (who, when, how long, how thick). Of a
+        live call (``now`` given): as if it ended now with ``outcome``, for the crash record."""
+        end = self.ended if self.ended is not None else now
+        duration = max(0.0, end - self.started) if self.started is not None and end is not None else 0.0
         sent = dict(self.kbytes)
+        for p in self.parties.values():  # still in: what they sent so far
+            sent[p.user] = sent.get(p.user, 0.0) + p.bytes_in / 1000
         kbps = {u: round(kb * 8 / duration, 1) for u, kb in sent.items()} if duration > 0 else {}
         return {
             "event": "call",
             "call": self.id,
             "caller": self.caller,
             "members": self.ever,
-            "outcome": self.outcome,
+            "outcome": self.outcome if outcome is None else outcome,
             "started": self.created_ms,
             "duration_s": round(duration, 1),
             "kbps_up": kbps,

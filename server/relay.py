@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import math
 import secrets
@@ -173,10 +174,12 @@ class Relay:
         self.audit = AuditLog(store.data_dir)
         self._audit_handle: asyncio.TimerHandle | None = None
         self._call_timer: asyncio.TimerHandle | None = None
+        self._record_timer: asyncio.TimerHandle | None = None  # saves live calls' records
         self._pending: list[tuple[Conn, Send]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._writing = False  # one batch at a time: seqs follow arrival order
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-writer")
+        self._recover_calls()
         # blob I/O (an fsync per chunk, a hash of up to 16 MiB at completion): one at a time, in
         # arrival order (a client's puts must land in offset order), off the loop that forwards voice
         self.blob_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-blobs")
@@ -187,6 +190,9 @@ class Relay:
         """After the server closed: finish what the threads are writing, then close the files."""
         if self._audit_handle is not None:
             self._audit_handle.cancel()  # audit.close() below writes what it would have
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+        self._save_calls([], arm=False)  # a call still live at shutdown: "interrupted" at the next start
         self.writer.shutdown(wait=True)  # a batch being committed finishes first
         self.blob_thread.shutdown(wait=True)  # so does a chunk being written
         self.audit.close()  # what is still buffered goes to disk
@@ -700,10 +706,46 @@ class Relay:
                     conn.enqueue(frame)
             if call.state == "ended":
                 body = msgpack.packb(call.summary(), use_bin_type=True)
-                self._fanout(self._log_event(call.consult, call.caller, wire.KINDS["call"], body), wake=True)
+                kind, cid = wire.KINDS["call"], call_cid(call.id)
+                self._fanout(self._log_event(call.consult, call.caller, kind, body, cid), wake=True)
                 log.info("call ended call=%s consult=%s outcome=%s", call.id, call.consult, call.outcome)
+        self._save_calls([c.id for c in calls if c.state == "ended"])
         self.calls.forget_ended()
         self._schedule_call_timer()
+
+    # --- the record of live calls (core of crash safety for calls) --------------------------
+
+    def _save_calls(self, ended: list[str], *, arm: bool = True) -> None:
+        """What the history would say of each live call were the relay to die now, saved on
+        the writer thread (after any batch before it); ``ended`` calls' records are dropped,
+        their history entry now written. While calls are live this runs every record_every."""
+        now = time.monotonic()
+        live = [c for c in self.calls.calls.values() if c.state != "ended"]
+        rows = [
+            (c.id, c.consult, c.caller, msgpack.packb(c.summary(now, "interrupted"), use_bin_type=True))
+            for c in live
+        ]
+        if rows or ended:
+            self.writer.submit(self.store.save_live_calls, rows, ended).add_done_callback(_log_failure)
+        if arm and live and self._record_timer is None:
+            loop = asyncio.get_running_loop()
+            self._record_timer = loop.call_later(self.calls.limits.record_every, self._record_tick)
+
+    def _record_tick(self) -> None:
+        self._record_timer = None
+        self._save_calls([])
+
+    def _recover_calls(self) -> None:
+        """Calls the relay was carrying when it last stopped without ending them: each goes
+        into its consult's history as "interrupted", its length as of the last save."""
+        for call_id, consult, caller, body in self.store.interrupted_calls():
+            try:
+                self._log_event(consult, caller, wire.KINDS["call"], body, call_cid(call_id))
+            except MedcommError as exc:  # the consult is gone: nothing to write it into
+                log.warning("interrupted call %s not recorded: %s", call_id, type(exc).__name__)
+            self.audit.record(caller, "call", consult, op="interrupted", call=call_id, state="ended")
+            self.store.forget_live_call(call_id)
+            log.info("call interrupted by a relay stop call=%s consult=%s", call_id, consult)
 
     def _call_frame(self, call: Call, by: str) -> bytes:
         return wire.encode(
@@ -749,12 +791,27 @@ class Relay:
                     conn.live.add(consult)
         self._fanout(msg, wake=True)
 
-    def _log_event(self, consult: str, actor: str, kind: int, body: bytes) -> StoredMessage:
-        """An entry the relay itself writes into a consult's log (membership, calls)."""
-        entry = (consult, secrets.token_bytes(wire.CID_LEN), actor, kind, body)
+    def _log_event(
+        self, consult: str, actor: str, kind: int, body: bytes, cid: bytes | None = None
+    ) -> StoredMessage:
+        """An entry the relay itself writes into a consult's log (membership, calls). A call's
+        ``cid`` comes from its id, so a record written twice (a crash between the entry and
+        forgetting the live record) is stored once."""
+        entry = (consult, cid or secrets.token_bytes(wire.CID_LEN), actor, kind, body)
         ((msg, _new),) = self.store.store_batch([entry])
         assert msg is not None  # the relay's own events carry no sender key
         return msg
+
+
+def call_cid(call_id: str) -> bytes:
+    """The history entry's id of a call: one per call, however often it is written."""
+    return hashlib.blake2b(call_id.encode(), digest_size=wire.CID_LEN, person=b"medcomm-call").digest()
+
+
+def _log_failure(future: object) -> None:
+    exc = future.exception()  # type: ignore[attr-defined]
+    if exc is not None:
+        log.error("saving live calls' records failed: %s", type(exc).__name__)
 
 
 @dataclass(eq=False)

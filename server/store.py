@@ -23,6 +23,13 @@ from medcomm.errors import AccessDenied, AuthError, LimitExceeded, NotFound, Usa
 from medcomm.limits import WIRE
 
 SCHEMA = """
+-- Calls are live signalling held in memory; what the history would say of each live call,
+-- were it to end now as "interrupted", is saved here as it changes and every few seconds, so
+-- a relay that dies mid-call still writes the call into its consult's history when it starts
+-- again (``interrupted_calls``).
+CREATE TABLE IF NOT EXISTS live_calls (
+    call TEXT PRIMARY KEY, consult TEXT NOT NULL, caller TEXT NOT NULL, body BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, created INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -126,6 +133,26 @@ class RelayStore:
         if self._writer is None:
             self._writer = self._connect("FULL")
         return self.store_batch(items, db=self._writer)
+
+    def save_live_calls(self, live: list[tuple[str, str, str, bytes]], ended: list[str]) -> None:
+        """Record (call, consult, caller, body) of live calls and forget ended ones, on the
+        writer connection (the relay's writer thread): one transaction."""
+        if self._writer is None:
+            self._writer = self._connect("FULL")
+        db = self._writer
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO live_calls VALUES (?,?,?,?)", live)
+            db.executemany("DELETE FROM live_calls WHERE call=?", [(c,) for c in ended])
+
+    def interrupted_calls(self) -> list[tuple[str, str, str, bytes]]:
+        """Calls that were live when the relay last stopped without ending them."""
+        rows = self.db.execute("SELECT call, consult, caller, body FROM live_calls ORDER BY call").fetchall()
+        return [(c, consult, caller, bytes(body)) for c, consult, caller, body in rows]
+
+    def forget_live_call(self, call: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM live_calls WHERE call=?", (call,))
 
     # --- users, devices, enrolment ------------------------------------------------------
 

@@ -96,3 +96,14 @@ def test_cursor_only_moves_forward_and_ahead_is_remembered(tmp_path: Path) -> No
     s.enqueue(OutItem(b"\x09" * 16, C, 1, b"mine"))
     s.acked(b"\x09" * 16, C, 5, 1, "amina", 2)
     assert s.ahead() == {C: {5}}
+
+
+def test_a_call_the_relay_lost_mid_way_says_so_in_the_history() -> None:
+    from medcomm.adapters.localstore import call_text
+
+    record = {"event": "call", "caller": "amina", "members": ["amina", "dr.chen"], "outcome": "interrupted",
+              "duration_s": 74.2, "kbps_up": {"amina": 24.1}}  # fmt: skip
+    text = call_text(msgpack.packb(record))
+    assert text == "call 1:14 with amina, dr.chen (kbit/s up: amina 24.1), interrupted (the relay stopped)"
+    record["outcome"] = "completed"
+    assert "interrupted" not in call_text(msgpack.packb(record))

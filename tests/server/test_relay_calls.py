@@ -9,6 +9,7 @@ is bounded, and each test ends by checking that the relay is still healthy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 
@@ -211,6 +212,35 @@ async def test_call_ring_answer_voice_hangup_and_history(relay: RelayProcess) ->
     for client in (alice, bob, carol, dave):
         await client.close()
     await assert_healthy(relay, ["alice", "bob"])
+
+
+async def test_a_call_live_when_the_relay_dies_is_in_the_history_as_interrupted(relay: RelayProcess) -> None:
+    """Calls live in the relay's memory; the record of one that is live is saved as it
+    changes, so a SIGKILL mid-call still leaves it in the consult's history, once."""
+    (alice, _), (bob, bob_device) = await asyncio.gather(register(relay, "alice"), register(relay, "bob"))
+    consult = await alice.open_consult("fall, hip", ["bob"])
+    call = await place_call(alice, consult)
+    await answer_call(bob, call)
+    for seq in range(3):
+        await alice.ws.send(media(seq))
+    await barrier(alice)
+    await asyncio.sleep(0.3)  # the record is saved on the writer thread, ms after the change
+    relay.kill()
+    for client in (alice, bob):
+        with contextlib.suppress(Exception):
+            await client.close()
+    relay.start()
+    relay.kill()  # a second crash before anyone reads it: still one entry
+    relay.start()
+    bob = await login(relay, bob_device)
+    frames = await bob.sync({consult: 0})
+    records = [msgpack.unpackb(f.body) for f in frames if isinstance(f, Msg) and f.kind == CALL_KIND]
+    assert len(records) == 1, records
+    record = records[0]
+    assert (record["call"], record["outcome"], record["members"]) == (call, "interrupted", ["alice", "bob"])
+    assert record["duration_s"] >= 0
+    await bob.close()
+    await assert_healthy(relay, ["bob"])
 
 
 async def test_declined_call_is_recorded(relay: RelayProcess) -> None:

@@ -1282,6 +1282,38 @@ async def test_a_slow_blob_write_holds_neither_the_loop_nor_the_order_of_chunks(
         await alice.close()
 
 
+async def test_a_live_calls_record_is_saved_as_it_runs_and_dropped_when_it_ends(tmp_path: Path) -> None:
+    """The crash record of a live call grows with it (every record_every), and goes once the
+    call has ended and its history entry is written."""
+    from medcomm.server.calls import CallLimits
+
+    async with in_process_relay(tmp_path / "relay") as (relay, local):
+        relay.calls.limits = CallLimits(record_every=0.2)
+        codes = {n: relay.store.enroll(n, "clinic", 3600) for n in ("alice", "bob")}
+        alice, _ = await register_with(local, "alice", codes["alice"])
+        bob, _ = await register_with(local, "bob", codes["bob"])
+        consult = await alice.open_consult("record", ["bob"])
+        answer, _ = await alice.request("call", {"consult": consult})
+        assert isinstance(answer, Ok), answer
+        call = answer.result["call"]  # type: ignore[index]
+        answer, _ = await bob.request("answer", {"call": call})
+        assert isinstance(answer, Ok), answer
+
+        def saved() -> list[dict]:
+            return [msgpack.unpackb(body) for c, _, _, body in relay.store.interrupted_calls() if c == call]
+
+        await asyncio.sleep(0.7)
+        (record,) = saved()
+        assert record["outcome"] == "interrupted" and record["members"] == ["alice", "bob"]
+        assert record["duration_s"] >= 0.3, "saved again as the call ran"
+        answer, _ = await alice.request("hangup", {"call": call})
+        assert isinstance(answer, Ok), answer
+        await asyncio.sleep(0.3)
+        assert saved() == [], "an ended call leaves its history entry, not a crash record"
+        for client in (alice, bob):
+            await client.close()
+
+
 async def test_asking_about_a_consult_before_it_exists_does_not_hide_it_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -172,7 +172,10 @@ def call_text(body: bytes) -> str:
     if outcome in ("missed", "declined", "cancelled"):
         return f"call from {ev.get('caller', '?')} {outcome}"
     rates = ", ".join(f"{u} {float(v):.1f}" for u, v in kbps.items())
-    return f"call {secs // 60}:{secs % 60:02d} with {members}" + (f" (kbit/s up: {rates})" if rates else "")
+    text = f"call {secs // 60}:{secs % 60:02d} with {members}" + (f" (kbit/s up: {rates})" if rates else "")
+    if outcome == "interrupted":  # the relay stopped mid-call: the length is as of its last save
+        text += ", interrupted (the relay stopped)"
+    return text
 
 
 def note_text(body: bytes) -> str:
