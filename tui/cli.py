@@ -1204,7 +1204,7 @@ def call(
         str,
         typer.Option(
             "--profile",
-            help="auto (adapts to the link), thin (~6 kbit/s), standard (~15 kbit/s) or auscultation "
+            help="auto (adapts to the link), thin (~7 kbit/s), standard (~15 kbit/s) or auscultation "
             "(stethoscope at the microphone: flat 20 Hz-1 kHz, ~28 kbit/s); naive (20 ms packets, "
             "no adaptation, no dropping: only for comparison).",
         ),
@@ -1221,7 +1221,9 @@ def call(
 
     The status line shows state, time, kbit/s up and down, round trip, jitter-buffer delay and
     concealed audio, once a second. With --mic/--speaker WAV files the call runs headless.
-    Voice is end-to-end encrypted: the relay forwards it without being able to listen."""
+    Voice is end-to-end encrypted: the relay forwards it without being able to listen.
+    Exits 1 when the call was declined, missed, cancelled, or lost (the relay no longer had
+    it after a reconnect)."""
     import asyncio
     import signal
 
