@@ -80,3 +80,4 @@ def test_lags_a_few_samples_apart_are_one_lag_and_a_false_peak_cuts_nothing() ->
     points = [point(0.5 * (i + 1), x) for i, x in enumerate(lags)]
     ranges, s, r = am.piecewise_align(sent, received, points, 0.0, 0.0)
     assert ranges == [(0, len(sent))] and np.array_equal(s, r)
+

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -202,6 +203,9 @@ class CallEngine:
         self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
         self.stats = CallStats(rung=rung.name)
+        # (media ms, rung) from which each rung coded our stream: how a judge rebuilds the same
+        # settings offline (bounded: the controller steps at most once a second)
+        self._rung_log: deque[tuple[int, str]] = deque([(0, rung.name)], maxlen=4096)
         self._seq = 0
         self._ts = 0  # our media clock, ms since the stream began (runs through DTX and mute)
         self._bytes_up = self._bytes_down = 0
@@ -381,6 +385,7 @@ class CallEngine:
         if rung is not None:
             self.encoder.reconfigure(rung.bitrate_bps, rung.frame_ms, rung.bandwidth)
             self.stats.rung = rung.name
+            self._rung_log.append((self._ts, rung.name))  # the next packet starts at _ts
             log.info("voice rung %s (%d bit/s, %d ms)", rung.name, rung.bitrate_bps, rung.frame_ms)
 
     def _play(self, now: float) -> None:
@@ -496,6 +501,7 @@ class CallEngine:
                 "clock_moves": self._clock_moves,
                 "seconds": self.history, "final": self._snapshot(),
                 "crypto": crypto,
+                "rung_schedule": [list(x) for x in self._rung_log],
                 "rate_changes": [{"at": c.at, "rung": c.rung, "reason": c.reason}
                                  for c in self.rate.stats().recent]}
 
