@@ -200,3 +200,27 @@ async def test_a_relay_killed_under_load_over_tls_loses_nothing(
             assert [t for t in got if t.startswith("nurse")] == mine
             assert [t for t in got if t.startswith("doctor")] == theirs
         assert [ln.seq for ln in sa.history(consult)] == [ln.seq for ln in sb.history(consult)]
+
+
+async def test_the_round_trip_measured_at_connect_over_tls_is_the_links(
+    tls_relay: RelayProcess, tmp_path: Path
+) -> None:
+    """Connecting over wss:// takes three round trips before the relay's first frame (TCP,
+    TLS 1.3, the upgrade carrying the proof), not two: counted as two, a 100 ms link read as
+    ~155 ms, which sets a call's start (auto's first rung, the jitter buffer's first target)."""
+    from medcomm.session.service import Session
+    from tests.harness.links import BadLink
+
+    home = tmp_path / "amina"
+    assert _login(tls_relay, home, "amina", "--fingerprint", _fingerprint(tls_relay))[0] == 0
+    link = BadLink(tls_relay.port, tmp_path / "badlink.json", "--delay", "50")  # 100 ms round trip
+    try:
+        profile = json.loads((home / "profile.json").read_text())
+        profile["relay"] = f"wss://127.0.0.1:{link.port}"
+        (home / "profile.json").write_text(json.dumps(profile))
+        for _ in range(2):  # twice: a fresh session, then one that reconnects from the same store
+            async with Session.open(home=home) as s:
+                await s.link.wait_until(lambda s=s: s.status.state == "online", 20)  # type: ignore[misc]
+                assert s.status.rtt is not None and 0.09 <= s.status.rtt <= 0.135, s.status.rtt
+    finally:
+        link.close()

@@ -284,7 +284,8 @@ class Link:
                 rtt = time.monotonic() - sent_auth
             else:  # the upgrade request's proof was accepted: the backlog follows the welcome
                 welcome = first
-                rtt = (self.status.opened - started) / 2  # TCP handshake + upgrade
+                # TCP handshake + upgrade, and TLS 1.3's handshake between them on wss://
+                rtt = (self.status.opened - started) / (3 if secure else 2)
             if isinstance(welcome, wire.Err):
                 raise remote_error(welcome.code, welcome.reason)
             if not isinstance(welcome, wire.Welcome):
