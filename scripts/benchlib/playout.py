@@ -105,6 +105,9 @@ def policies() -> dict[str, JitterLimits]:
         "no-rtt-start": dataclasses.replace(base, initial_min_ms=base.initial_ms),
         # every speech packet may be cut, at once
         "cut-speech": dataclasses.replace(base, trim_speech_from_ms=0, trim_patience_ms=0),
+        # a receiver on a quick link (its start-up target 60 ms, from its own round trip)
+        # hearing a sender on this one: what not knowing the sender's link costs
+        "quick-receiver": dataclasses.replace(base, initial_ms=60),
     }
 
 
