@@ -1035,6 +1035,27 @@ async def test_a_call_the_relay_still_holds_after_a_reconnect_goes_on() -> None:
     assert [op for op, _ in link.requests] == ["answer", "answer", "hangup"]
 
 
+async def test_answering_again_after_a_reconnect_is_retried_until_the_relay_answers() -> None:
+    """A re-answer that gets no answer (the link dropped again at once) is asked again: a call
+    never re-answered would carry our voice nowhere."""
+    link = FakeLink("dr.chen")
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    task = asyncio.create_task(
+        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", seconds=3.5)
+    )  # fmt: skip
+    await asyncio.sleep(0.3)
+    link.answers["answer"] = LinkDown("no answer from the relay within 20 s")
+    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
+    link.emit(link.status)
+    await wait_for(lambda: len(link.requests) >= 2, 2.0)
+    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    await wait_for(lambda: len(link.requests) >= 3, 2.5)
+    out = await asyncio.wait_for(task, 5.0)
+    assert out.outcome == "hung up"
+    assert [op for op, _ in link.requests] == ["answer", "answer", "answer", "hangup"], "asked again, once"
+
+
 async def test_run_call_reports_a_declined_call_without_starting_media() -> None:
     link = FakeLink("amina")
     link.answers["call"] = {"call": "abcdefgh", "state": "ringing"}

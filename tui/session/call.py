@@ -293,17 +293,18 @@ async def _watch(
                 return "completed"
         status = signals.link.status
         if status.state == "online" and status.connects != connects:
-            connects = status.connects
+            seen = status.connects
             try:
                 await signals.request("answer", {"call": call_id}, limits.request_timeout)
                 log.info("call %s: answered again after a reconnect", call_id)
+                connects = seen
             except NotFound:
                 log.info("call %s: gone from the relay after a reconnect", call_id)
                 on_status("call lost: the relay no longer has it (restarted, or the link was down too long)")
                 stop.set()
                 return "lost"
             except (MedcommError, TimeoutError):
-                pass  # tried again at the next reconnect
+                pass  # no answer (the link dropped again, or was slow): asked again next round
     return None
 
 
