@@ -33,7 +33,7 @@ from medcomm.core.speakerqueue import SpeakerLimits
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
 from medcomm.errors import LinkDown, NotFound, UsageError, VoiceUnavailable
 from medcomm.server.calls import CallRegistry
-from medcomm.session.call import CallKeys, DeskCalls, run_call
+from medcomm.session.call import CallKeys, CallOutcome, DeskCalls, run_call
 from medcomm.session.callengine import CallEngine, CallLimits
 from medcomm.session.link import Link, LinkStatus
 
@@ -890,6 +890,18 @@ def sealed_tone_frame(key: bytes, slot: int, seq: int = 0) -> bytes:
     return voiceframe.with_slot(StreamSealer(key).seal(seq, seq * 60, 0x80 | 90, packet), slot)
 
 
+async def third_member_is_heard(
+    engines: list[CallEngine], board: KeyBoard, task: asyncio.Task[CallOutcome]
+) -> None:
+    """dr.chen's key arrives and a frame of his, from slot 3, is opened and played."""
+    await wait_for(lambda: bool(engines), 1.0)
+    key = secrets.token_bytes(32)
+    board.put(CONSULT, "abcdefgh", "dr.chen", key)
+    engines[0].on_voice(sealed_tone_frame(key, 3))
+    assert engines[0].crypto.stats.no_key == 0 and 3 in engines[0].streams, "the third member is heard"
+    await asyncio.wait_for(task, 3.0)
+
+
 async def test_a_member_who_joins_while_it_rings_is_heard_by_the_caller() -> None:
     """The states queue up while the caller waits for the ring to end: the first answer's
     state is already old when it is read, and the third member's slot must not be lost."""
@@ -904,12 +916,7 @@ async def test_a_member_who_joins_while_it_rings_is_heard_by_the_caller() -> Non
     await wait_for(lambda: bool(link.listeners), 1.0)
     link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2}))
     link.emit(state("abcdefgh", "active", {"amina": 1, "dr.osei": 2, "dr.chen": 3}))  # before it reads
-    await wait_for(lambda: bool(engines), 1.0)
-    key = secrets.token_bytes(32)
-    board.put(CONSULT, "abcdefgh", "dr.chen", key)
-    engines[0].on_voice(sealed_tone_frame(key, 3))
-    assert engines[0].crypto.stats.no_key == 0 and 3 in engines[0].streams, "the third member is heard"
-    await asyncio.wait_for(task, 3.0)
+    await third_member_is_heard(engines, board, task)
 
 
 async def test_a_member_who_joins_while_our_key_is_queued_is_heard_by_the_answerer() -> None:
@@ -934,12 +941,7 @@ async def test_a_member_who_joins_while_our_key_is_queued_is_heard_by_the_answer
         run_call(as_link(link), "dr.osei", CONSULT, ClockedSource(tone(10)), ClockedSink(), keys=SlowKeys(),
                  answer=True, call_id="abcdefgh", engine_hook=engines.append, seconds=1.0)
     )  # fmt: skip
-    await wait_for(lambda: bool(engines), 1.0)
-    key = secrets.token_bytes(32)
-    board.put(CONSULT, "abcdefgh", "dr.chen", key)
-    engines[0].on_voice(sealed_tone_frame(key, 3))
-    assert engines[0].crypto.stats.no_key == 0 and 3 in engines[0].streams, "the third member is heard"
-    await asyncio.wait_for(task, 3.0)
+    await third_member_is_heard(engines, board, task)
 
 
 async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
