@@ -130,16 +130,18 @@ class RelayStore:
     ) -> list[tuple[StoredMessage | None, bool]]:
         """``store_batch`` on the writer connection, for the relay's one writer thread: the
         fsync happens there, so the event loop keeps forwarding while a batch commits."""
+        return self.store_batch(items, db=self._writer_db())
+
+    def _writer_db(self) -> sqlite3.Connection:
+        """The writer thread's own connection, made on its first use there."""
         if self._writer is None:
             self._writer = self._connect("FULL")
-        return self.store_batch(items, db=self._writer)
+        return self._writer
 
     def save_live_calls(self, live: list[tuple[str, str, str, bytes]], ended: list[str]) -> None:
         """Record (call, consult, caller, body) of live calls and forget ended ones, on the
         writer connection (the relay's writer thread): one transaction."""
-        if self._writer is None:
-            self._writer = self._connect("FULL")
-        db = self._writer
+        db = self._writer_db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO live_calls VALUES (?,?,?,?)", live)
