@@ -28,6 +28,7 @@ import secrets
 import ssl
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,8 @@ class Relay:
             self._audit_handle.cancel()  # audit.close() below writes what it would have
         if self._record_timer is not None:
             self._record_timer.cancel()
-        self._save_calls([], arm=False)  # a call still live at shutdown: "interrupted" at the next start
+        # a call still live at shutdown: "interrupted" at the next start
+        self._save_calls(list(self.calls.calls.values()), arm=False)
         self.writer.shutdown(wait=True)  # a batch being committed finishes first
         self.blob_thread.shutdown(wait=True)  # so does a chunk being written
         self.audit.close()  # what is still buffered goes to disk
@@ -579,7 +581,7 @@ class Relay:
         try:
             mine = frozenset(self.store.consult_ids_of(conn.user))  # on the loop: the store's connection
             work = functools.partial(self._blob_work, conn.user, op, args, mine)
-            result, consult = await asyncio.get_running_loop().run_in_executor(self.blob_thread, work)
+            result, fetched = await asyncio.get_running_loop().run_in_executor(self.blob_thread, work)
         except MedcommError as exc:
             conn.enqueue(wire.encode(Err(frame.rid, error_code(exc), reason(exc))))
             return
@@ -589,21 +591,21 @@ class Relay:
             return
         finally:
             self._release(conn)
-        if consult is not None:  # one entry per fetch, not per chunk
-            sha = args["sha"]
-            assert isinstance(sha, bytes)  # checked by the blob store
+        if fetched is not None:  # one entry per fetch, not per chunk
+            consult, sha = fetched
             self._audit(conn.user, "fetch", consult, blob=sha[:8].hex(), size=result["size"])  # type: ignore[index]
         self._answer(conn, frame, result)
 
     def _blob_work(
         self, user: str, op: str, args: dict[str, object], mine: frozenset[str]
-    ) -> tuple[object, str | None]:
-        """On the blob thread: the answer, and for a fetch's first chunk the consult to audit."""
+    ) -> tuple[object, tuple[str, bytes] | None]:
+        """On the blob thread: the answer, and for a fetch's first chunk the consult and blob
+        to audit."""
         result = self.blobs.request(user, op, args, mine.__contains__)
         if op == "blob.get" and args.get("offset") == 0:
             sha = args["sha"]
             assert isinstance(sha, bytes)  # checked by the blob store
-            return result, self.blobs.consult_of(sha, mine.__contains__)
+            return result, (self.blobs.consult_of(sha, mine.__contains__), sha)
         return result, None
 
     def _answer(self, conn: Conn, frame: Request, result: object) -> None:
@@ -709,31 +711,34 @@ class Relay:
                 kind, cid = wire.KINDS["call"], call_cid(call.id)
                 self._fanout(self._log_event(call.consult, call.caller, kind, body, cid), wake=True)
                 log.info("call ended call=%s consult=%s outcome=%s", call.id, call.consult, call.outcome)
-        self._save_calls([c.id for c in calls if c.state == "ended"])
+        self._save_calls(calls)
         self.calls.forget_ended()
         self._schedule_call_timer()
 
     # --- the record of live calls (core of crash safety for calls) --------------------------
 
-    def _save_calls(self, ended: list[str], *, arm: bool = True) -> None:
-        """What the history would say of each live call were the relay to die now, saved on
-        the writer thread (after any batch before it); ``ended`` calls' records are dropped,
-        their history entry now written. While calls are live this runs every record_every."""
+    def _save_calls(self, calls: Iterable[Call], *, arm: bool = True) -> None:
+        """What the history would say of each of ``calls`` still live were the relay to die
+        now, saved on the writer thread (after any batch before it); the records of those that
+        ended are dropped, their history entry written. While calls are live, every
+        record_every all of them are saved again (their length and bytes grow)."""
         now = time.monotonic()
-        live = [c for c in self.calls.calls.values() if c.state != "ended"]
-        rows = [
-            (c.id, c.consult, c.caller, msgpack.packb(c.summary(now, "interrupted"), use_bin_type=True))
-            for c in live
-        ]
+        rows, ended = [], []
+        for c in calls:
+            if c.state == "ended":
+                ended.append(c.id)
+            else:
+                body = msgpack.packb(c.summary(now, "interrupted"), use_bin_type=True)
+                rows.append((c.id, c.consult, c.caller, body))
         if rows or ended:
             self.writer.submit(self.store.save_live_calls, rows, ended).add_done_callback(_log_failure)
-        if arm and live and self._record_timer is None:
+        if arm and self._record_timer is None and any(c.state != "ended" for c in self.calls.calls.values()):
             loop = asyncio.get_running_loop()
             self._record_timer = loop.call_later(self.calls.limits.record_every, self._record_tick)
 
     def _record_tick(self) -> None:
         self._record_timer = None
-        self._save_calls([])
+        self._save_calls(list(self.calls.calls.values()))
 
     def _recover_calls(self) -> None:
         """Calls the relay was carrying when it last stopped without ending them: each goes
