@@ -221,8 +221,7 @@ class _Path:
         # calm threshold sat under the plain noise for seconds, and auto took 7-12 s to step up
         # from mediumband.
         self.jitter = 0.0
-        self.jitter_unbiased = 0.0
-        self._jitter_n = 0
+        self._jitter_n = 0  # samples in it
         self.calm_since: float | None = None
         self.rung_samples: list[_Sample] = []  # of frames sent at the current rung (recent)
         self.trend: tuple[float, int] | None = None
@@ -231,6 +230,12 @@ class _Path:
         lim = self.lim
         noise = self.jitter if jitter is None else jitter
         return (base_ms + min(lim.noise_gain * noise * 1000.0, lim.noise_cap_ms)) / 1000.0
+
+    @property
+    def jitter_unbiased(self) -> float:
+        if self._jitter_n == 0:
+            return 0.0
+        return self.jitter / (1.0 - (1.0 - self.lim.noise_smoothing) ** self._jitter_n)
 
     def new_rung(self) -> None:
         self.calm_since = None
@@ -255,7 +260,6 @@ class _Path:
             # |second difference| of i.i.d. noise averages ~1.95 sigma (Gaussian)
             self.jitter += lim.noise_smoothing * (min(d2, lim.noise_cap_ms / 1000.0) / 1.95 - self.jitter)
             self._jitter_n += 1
-            self.jitter_unbiased = self.jitter / (1.0 - (1.0 - lim.noise_smoothing) ** self._jitter_n)
         sample = _Sample(now, sent, q)
         self.samples.append(sample)
         self.level = q if self.level is None else self.level + lim.smoothing * (q - self.level)
