@@ -444,27 +444,14 @@ class Offline:
 
 
 def roundtrip_schedule(pcm: np.ndarray, schedule: list[tuple[int, str]]) -> np.ndarray:
-    """``opus.roundtrip`` with the rung changed where ``schedule`` says (at the first packet
-    boundary at or after each change), aligned with the input and as long."""
-    from medcomm.adapters.opus import SAMPLES_PER_MS, Decoder, Encoder
+    """``opus.roundtrip`` with the rung changed where ``schedule`` says: (media ms, rung name)."""
+    from medcomm.adapters.opus import roundtrip
 
-    first = rung_by_name(schedule[0][1])
-    enc = Encoder(first.application, first.bitrate_bps, first.frame_ms, first.bandwidth, dtx=True)
-    dec = Decoder()
-    flat = np.asarray(pcm, dtype=np.int16).reshape(-1)
-    padded = np.concatenate([flat, np.zeros(enc.lookahead + 120 * SAMPLES_PER_MS, np.int16)])
-    changes = [(ms * SAMPLES_PER_MS, rung_by_name(name)) for ms, name in schedule[1:]]
-    out, pos = [], 0
-    while pos < flat.size + enc.lookahead:
-        while changes and pos >= changes[0][0]:
-            rung = changes.pop(0)[1]
-            enc.reconfigure(rung.bitrate_bps, rung.frame_ms, rung.bandwidth)
-        n = enc.frame_samples
-        packet = enc.encode(padded[pos : pos + n]).packet
-        out.append(dec.decode(packet) if packet else dec.conceal(enc.frame_ms))
-        pos += n
-    decoded = np.concatenate(out)
-    return decoded[enc.lookahead : enc.lookahead + flat.size]
+    rungs = [(ms, rung_by_name(name)) for ms, name in schedule]
+    first = rungs[0][1]
+    changes = [(ms, r.bitrate_bps, r.frame_ms, r.bandwidth) for ms, r in rungs[1:]]
+    return roundtrip(pcm, first.application, first.bitrate_bps, first.frame_ms, first.bandwidth,
+                     dtx=first.application == "voip", changes=changes)  # fmt: skip
 
 
 def rung_by_name(name: str) -> Any:

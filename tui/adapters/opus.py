@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -398,24 +399,29 @@ def roundtrip(
     frame_ms: int = 60,
     bandwidth: str = "wb",
     dtx: bool = False,
+    changes: Sequence[tuple[int, int, int, str]] = (),
 ) -> np.ndarray:
     """Encode and decode a whole signal offline with one setting: the benchmark's reference.
 
+    ``changes`` are (from media ms, bit rate, packet ms, band): the setting moves there, at
+    the first packet boundary at or after it, as a live sender's rate control moves it.
     The output is aligned with the input (the encoder's lookahead removed) and exactly as
     long, so it can be compared sample by sample. DTX gaps are concealed, as a live
     receiver would.
     """
     enc = Encoder(application, bitrate_bps, frame_ms, bandwidth, dtx)
     dec = Decoder()
-    n = enc.frame_samples
     flat = np.asarray(pcm, dtype=np.int16).reshape(-1)
-    total = -(-(flat.size + enc.lookahead) // n) * n
-    padded = np.zeros(total, dtype=np.int16)
-    padded[: flat.size] = flat
-    out = []
-    for start in range(0, total, n):
+    padded = np.concatenate([flat, np.zeros(enc.lookahead + MAX_PACKET_SAMPLES, np.int16)])
+    pending = sorted(changes)
+    out, start = [], 0
+    while start < flat.size + enc.lookahead:
+        while pending and start >= pending[0][0] * SAMPLES_PER_MS:
+            enc.reconfigure(*pending.pop(0)[1:])
+        n = enc.frame_samples
         packet = enc.encode(padded[start : start + n]).packet
-        out.append(dec.decode(packet) if packet else dec.conceal(frame_ms))
+        out.append(dec.decode(packet) if packet else dec.conceal(enc.frame_ms))
+        start += n
     decoded = np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
     return decoded[enc.lookahead : enc.lookahead + flat.size]
 
