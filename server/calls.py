@@ -28,9 +28,10 @@ from medcomm.core.wire import CONSULT_ALPHABET
 from medcomm.errors import NotFound, UsageError
 
 CALL_ID_LEN = 8
-MEDIA, FEEDBACK = 0x40, 0x60
+PATH, MEDIA, FEEDBACK = 0x20, 0x40, 0x60
 KIND_MASK, SLOT_MASK = 0xE0, 0x0F
 MEDIA_HEADER = 5
+PATH_SIZE = 3
 LOUDEST = 2  # streams forwarded to each member at most
 
 
@@ -223,10 +224,18 @@ class CallRegistry:
         """Where one voice-plane frame from ``conn`` goes, slot byte rewritten."""
         found = self._by_conn.get(id(conn))
         kind = data[0] & KIND_MASK if data else 0
-        if found is None or len(data) > self.limits.max_voice_frame or kind not in (MEDIA, FEEDBACK):
+        if found is None or len(data) > self.limits.max_voice_frame or kind not in (PATH, MEDIA, FEEDBACK):
             self.dropped += 1
             return []
         call, party = found
+        if kind == PATH:
+            if len(data) != PATH_SIZE:
+                self.dropped += 1
+                return []
+            # to everyone, whether forwarded now or not: three bytes say how to receive this
+            # speaker from its first packet, whenever that comes
+            hint = bytes([PATH | party.slot]) + data[1:]
+            return [(p.conn, hint) for p in call.parties.values() if p is not party and p.conn is not None]
         if kind == FEEDBACK:
             target = next((p for p in call.parties.values() if p.slot == data[0] & SLOT_MASK), None)
             if target is None or target.conn is None or target is party or len(data) < 2:

@@ -106,7 +106,8 @@ def policies() -> dict[str, JitterLimits]:
         # every speech packet may be cut, at once
         "cut-speech": dataclasses.replace(base, trim_speech_from_ms=0, trim_patience_ms=0),
         # a receiver on a quick link (its start-up target 60 ms, from its own round trip)
-        # hearing a sender on this one: what not knowing the sender's link costs
+        # hearing a sender on this one that sent no path hint (a version before hints): what
+        # not knowing the sender's link costs
         "quick-receiver": dataclasses.replace(base, initial_ms=60),
     }
 

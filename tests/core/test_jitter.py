@@ -388,6 +388,34 @@ def test_the_start_target_follows_the_round_trip_within_its_bounds() -> None:
         JitterLimits(initial_min_ms=0)
 
 
+def test_a_path_hint_before_the_measurement_spares_a_quick_receiver_the_first_concealment() -> None:
+    """A receiver on a quick link starts at 60 ms; a sender on EDGE (0-160 ms of jitter) then
+    costs concealment in the first seconds. The sender's round trip (a path hint) raises the
+    start-up target to what the whole path needs."""
+    concealed = {False: 0, True: 0}
+    for seed in range(8):
+        rng = random.Random(seed)
+        jit: dict[int, float] = {}
+        pkts = stream([60] * 100, jitter=lambda ts: jit.setdefault(ts, rng.uniform(0, 160)))  # noqa: B023
+        for hinted in (False, True):
+            jb = JitterBuffer(for_round_trip(JitterLimits(), 2.0))
+            if hinted:
+                jb.hint_start(for_round_trip(JitterLimits(), 2.0 + 450.0).initial_ms)
+            outs = run(jb, pkts, 6000, lead=20.0)
+            assert_in_order(outs)
+            concealed[hinted] += total(outs, Conceal, 0, 3000)
+    assert concealed[True] <= concealed[False] / 2, concealed
+
+
+def test_a_path_hint_after_the_measurement_changes_nothing() -> None:
+    pkts = stream([60] * 100)
+    jb = JitterBuffer(for_round_trip(JitterLimits(), 2.0))
+    run(jb, pkts, 2000)
+    before = jb.stats(reset=False).target_ms
+    jb.hint_start(120)
+    assert jb.stats(reset=False).target_ms == before < 100
+
+
 def test_continuous_long_packets_come_down_by_playing_them_shorter_not_by_dropping() -> None:
     """120 ms of speech in every packet and no pause: after the patience, each packet plays
     up to a quarter shorter until the delay is at the target; nothing is dropped, and a drop

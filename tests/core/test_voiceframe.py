@@ -15,6 +15,7 @@ from medcomm.core.voiceframe import (
     VOICE,
     Feedback,
     MediaFrame,
+    PathHint,
     Unwrapper,
     VoiceLimits,
     frame_kind,
@@ -39,6 +40,7 @@ media_frames = st.builds(
     st.binary(min_size=1, max_size=VOICE.max_frame - MEDIA_HEADER),
 )
 feedbacks = st.builds(Feedback, slots, u16, u16, u16, st.integers(0, 1000))
+hints = st.builds(PathHint, slots, u16)
 
 
 # --- layout -------------------------------------------------------------------------------
@@ -97,6 +99,18 @@ def test_feedback_round_trip(fb: Feedback) -> None:
     assert parse(data) == fb
 
 
+def test_path_hint_layout_is_a_tag_and_one_big_endian_u16() -> None:
+    hint = PathHint(5, 0x0190)
+    data = hint.pack()
+    assert data == bytes([0x25, 0x01, 0x90])
+    assert parse(data) == hint and frame_kind(data) == "path" and is_voice(data)
+
+
+@given(hints)
+def test_path_hint_round_trip(hint: PathHint) -> None:
+    assert parse(hint.pack()) == hint
+
+
 def test_other_frames_are_not_voice() -> None:
     for obj in ([1, "x"], [4, "abc123", b"\x00" * 16, 1, b"body"], list(range(20))):
         data = msgpack.packb(obj)
@@ -117,6 +131,8 @@ def test_other_frames_are_not_voice() -> None:
         b"\x60" + b"\x00" * 7,  # feedback one byte short
         b"\x60" + b"\x00" * 9,  # feedback one byte long
         b"\x60" + b"\x00" * 10,  # the 11 bytes the brief's summary named
+        b"\x20\x01",  # path hint one byte short
+        b"\x20\x01\x02\x03",  # ... one byte long
         b"\x50" + b"\x00" * 10,  # unknown voice tags
         b"\x70" + b"\x00" * 10,
         b"\x00" * 11,
@@ -151,7 +167,7 @@ def test_random_bytes_only_ever_raise_wire_error(data: bytes) -> None:
             pass
 
 
-@given(st.sampled_from([0x40, 0x4F, 0x60, 0x6A]), st.binary(max_size=20))
+@given(st.sampled_from([0x20, 0x2F, 0x40, 0x4F, 0x60, 0x6A]), st.binary(max_size=20))
 def test_voice_tagged_random_bodies_parse_or_raise_wire_error(first: int, rest: bytes) -> None:
     data = bytes([first]) + rest
     try:
@@ -171,6 +187,8 @@ def test_voice_tagged_random_bodies_parse_or_raise_wire_error(first: int, rest: 
         lambda: MediaFrame(0, 0, 0, 0, b""),
         lambda: Feedback(0, -1, 0, 0, 0),
         lambda: Feedback(0, 0, 0, 0, 1001),
+        lambda: PathHint(16, 0),
+        lambda: PathHint(0, 65536),
     ],
 )
 def test_out_of_range_fields_are_refused(build: object) -> None:
@@ -185,13 +203,14 @@ def test_outgoing_and_report_wrap_and_clamp_the_senders_numbers() -> None:
     assert (fb.echo_ts, fb.hold_ms, fb.jb_ms, fb.concealed_pm) == (70_000 % 65536, 0xFFFF, 0, 1000)
     assert Feedback.report(0, 0, math.nan, 12.6, 3.4).hold_ms == 0
     assert Feedback.report(0, 0, 1.0, 12.6, 3.4).jb_ms == 13
+    assert [PathHint.outgoing(ms).rtt_ms for ms in (412.6, -1.0, 1e6, math.nan)] == [413, 0, 0xFFFF, 0]
 
 
 # --- the relay's rewrite ------------------------------------------------------------------
 
 
-@given(st.one_of(media_frames, feedbacks), slots)
-def test_with_slot_changes_only_the_slot(frame: MediaFrame | Feedback, slot: int) -> None:
+@given(st.one_of(media_frames, feedbacks, hints), slots)
+def test_with_slot_changes_only_the_slot(frame: MediaFrame | Feedback | PathHint, slot: int) -> None:
     data = frame.pack()
     out = with_slot(data, slot)
     assert out[1:] == data[1:] and out[0] & 0xF0 == data[0] & 0xF0

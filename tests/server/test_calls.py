@@ -386,13 +386,34 @@ def test_feedback_to_nobody_is_dropped() -> None:
     assert reg.dropped == 4
 
 
+def test_a_path_hint_goes_to_every_other_member_forwarded_or_not() -> None:
+    reg = CallRegistry()
+    call, c = n_party(reg, ["alice", "bob", "carol", "dave"])
+    a, b, cc, d = c["alice"], c["bob"], c["carol"], c["dave"]
+    t = T0 + 10
+    reg.route(a, media(talking(100)), t)
+    reg.route(b, media(talking(90)), t + 0.01)
+    assert targets(reg.route(cc, media(talking(50)), t + 0.02)) == {a, b}  # dave does not hear carol now
+    hint = voiceframe.PathHint.outgoing(412.4).pack()
+    out = reg.route(cc, hint, t + 0.03)
+    assert targets(out) == {a, b, d}  # ... but learns how to receive her before she is loud enough
+    assert all(data == bytes([0x23]) + (412).to_bytes(2, "big") for _, data in out)
+    assert call.parties["carol"].frames_in == 1 and call.parties["carol"].level == 50  # not media
+    reg.detached(d, t + 0.04)
+    assert targets(reg.route(cc, hint, t + 0.05)) == {a, b}
+    dropped = reg.dropped
+    for bad in (hint[:2], hint + b"\x00"):
+        assert reg.route(cc, bad, t + 0.06) == []
+    assert reg.dropped == dropped + 2
+
+
 def test_unroutable_frames_are_dropped_and_counted() -> None:
     reg = CallRegistry()
     call, a, b = two_party(reg)
     stranger = Conn("stranger")
     bad = [
         (stranger, media(talking(50))),  # a connection in no call
-        (a, b"\x20" + media(talking(50))[1:]),  # unknown kind 0x20
+        (a, b"\x20" + media(talking(50))[1:]),  # a path hint of a media frame's size
         (a, b"\x00" * 8),  # kind 0x00
         (a, b""),  # empty
         (a, media(talking(50))[:5]),  # header only: no Opus packet

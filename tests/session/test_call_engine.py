@@ -29,6 +29,7 @@ import pytest
 from medcomm.adapters import opus
 from medcomm.core import voiceframe, wire
 from medcomm.core.ackphase import AckPhase
+from medcomm.core.jitter import JitterLimits, for_round_trip
 from medcomm.core.speakerqueue import SpeakerLimits
 from medcomm.core.voicecrypt import OVERHEAD, CallCrypto, StreamOpener, StreamSealer
 from medcomm.errors import LinkDown, NotFound, UsageError, VoiceUnavailable
@@ -333,6 +334,10 @@ def is_media(data: bytes) -> bool:
     return data[0] & 0xF0 == voiceframe.MEDIA_TAG
 
 
+def kind(data: bytes) -> str:
+    return voiceframe.frame_kind(data)
+
+
 def _set(event: asyncio.Event) -> asyncio.Event:
     event.set()
     return event
@@ -369,11 +374,15 @@ async def call(
     profile: str = "auto",
     limits: CallLimits = CallLimits(),
     key_delay: float = 0.0,
+    rtts: tuple[float, float] = (0.04, 0.04),
 ) -> AsyncIterator[Call]:
     """Two engines in a call through the fake relay; stopped (bounded) on the way out.
-    ``key_delay``: seconds before each party's stream key reaches the other."""
+    ``key_delay``: seconds before each party's stream key reaches the other; ``rtts``: the
+    round trips each link measured when it connected."""
     relay = FakeRelay(key_delay=key_delay)
     links = [FakeLink("amina", relay), FakeLink("dr.chen", relay)]
+    for link, rtt in zip(links, rtts, strict=True):
+        link.status.rtt = rtt
     relay.connect(links)
     parties = []
     for link, pcm in zip(links, (a_pcm, b_pcm), strict=True):
@@ -496,7 +505,9 @@ async def test_feedback_flows_and_the_sender_measures_the_round_trip() -> None:
         assert 2 <= len(fb_up) <= 4, len(fb_up)
         # both talk, so every report rode in the segment of one of our voice packets
         rides = [w for w in me.link.writes if any(f[0] & 0xF0 == voiceframe.FEEDBACK_TAG for f in w)]
-        assert len(rides) == len(fb_up) and all(is_media(w[0]) and len(w) == 2 for w in rides), rides
+        assert len(rides) == len(fb_up), rides
+        ride_kinds = (["feedback"], ["feedback", "path"])  # a path hint rides after the reports
+        assert all(is_media(w[0]) and [kind(f) for f in w[1:]] in ride_kinds for w in rides)
         assert {f.slot for f in fb_up} == {other.link.slot}
         assert all(isinstance(f, voiceframe.Feedback) and f.hold_ms <= 300 for f in fb_up)
         fb_down = [voiceframe.parse(d) for d in other.link.received if d[0] & 0xF0 == voiceframe.FEEDBACK_TAG]
@@ -511,6 +522,31 @@ async def test_feedback_flows_and_the_sender_measures_the_round_trip() -> None:
     assert cast(list[object], report["seconds"]), "one stats entry per second for --report"
 
 
+async def test_a_quick_receiver_starts_a_slow_senders_stream_at_what_the_whole_path_needs() -> None:
+    """amina on EDGE (a 450 ms round trip), dr.chen on fibre (2 ms). From his own link alone
+    dr.chen's buffer would start amina's stream at 60 ms and conceal her first seconds; her
+    path hint says what the whole path needs. The hint rides with her first packets, then
+    every ``path_every``, never in a segment of its own."""
+    limits = CallLimits(path_every=0.5)
+    async with call(tone(10), tone(10, freq=300), limits=limits, rtts=(0.45, 0.002)) as c:
+        await wait_for(lambda: bool(c.a.engine.streams) and bool(c.b.engine.streams), 1.5)
+        await asyncio.sleep(1.6)
+        assert c.running()
+    own_only = for_round_trip(JitterLimits(), 2.0).initial_ms
+    assert own_only == 60
+    assert c.b.engine.streams[c.a.link.slot].jitter.limits.initial_ms == 120
+    assert c.a.engine.streams[c.b.link.slot].jitter.limits.initial_ms == 120  # amina's own link says so
+    for me, rtt_ms in ((c.a, 450), (c.b, 2)):
+        with_path = [w for w in me.link.writes if any(kind(f) == "path" for f in w)]
+        assert all(is_media(w[0]) and kind(w[-1]) == "path" for w in with_path)
+        media_writes = [w for w in me.link.writes if is_media(w[0])]
+        assert media_writes[: limits.path_first] == with_path[: limits.path_first]
+        assert limits.path_first + 2 <= len(with_path) <= limits.path_first + 5, len(with_path)
+        heard = [voiceframe.parse(d) for d in (c.b if me is c.a else c.a).link.received if kind(d) == "path"]
+        assert heard and all(h == voiceframe.PathHint(me.link.slot, rtt_ms) for h in heard)
+    assert c.a.engine.report()["bad_frames"] == c.b.engine.report()["bad_frames"] == 0
+
+
 async def test_a_silent_side_sends_its_reports_alone_after_the_hold() -> None:
     """B says nothing (DTX sends a packet only every 400 ms or so), so most of its reports
     about A find no packet to ride: each such goes by itself once it has waited
@@ -520,7 +556,7 @@ async def test_a_silent_side_sends_its_reports_alone_after_the_hold() -> None:
         assert c.running()
     fb = voiceframe.FEEDBACK_TAG
     alone = [w[0] for w in c.b.link.writes if len(w) == 1 and w[0][0] & 0xF0 == fb]
-    rode = [f for w in c.b.link.writes if len(w) > 1 for f in w[1:]]
+    rode = [f for w in c.b.link.writes if len(w) > 1 for f in w[1:] if f[0] & 0xF0 == fb]
     assert alone and 3 <= len(alone) + len(rode) <= 5, c.b.link.writes
     # packed when it leaves, not when it fell due: the echo names A's newest packet (at most
     # one packet, 80 ms, and a tick old), so the wait is not in A's round trip
@@ -666,7 +702,7 @@ async def test_until_the_senders_key_arrives_its_frames_are_dropped_and_the_line
 
 async def test_tampered_and_replayed_frames_are_counted_and_never_played() -> None:
     async with call(tone(10), np.zeros(RATE * 10, np.int16)) as c:
-        await wait_for(lambda: len(c.b.link.received) >= 6, 1.5)
+        await wait_for(lambda: sum(map(is_media, c.b.link.received)) >= 6, 1.5)
         b = c.b.engine
         real = [d for d in c.b.link.received if is_media(d)]
         opened = b.crypto.stats.opened

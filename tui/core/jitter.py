@@ -393,6 +393,17 @@ class JitterBuffer:
 
     # --- playout side ---------------------------------------------------------------------
 
+    @property
+    def limits(self) -> JitterLimits:
+        return self._lim
+
+    def hint_start(self, initial_ms: int) -> None:
+        """The start-up target from more than this end knew when the stream opened (the
+        sender's own round trip, ``voiceframe.PathHint``): taken until the buffer has measured
+        enough to set its target itself, and never below the floor or over the cap."""
+        if self._est.accepted < self._lim.min_samples:
+            self._lim = dataclasses.replace(self._lim, initial_ms=int(initial_ms))
+
     def trimmed_less(self, ms: float) -> None:
         """The output cut ``ms`` less of the last ``Play`` than its ``trim_ms`` (it found a
         cleaner seam at a whole pitch period): the play clock runs that much later."""

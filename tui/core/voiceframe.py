@@ -1,4 +1,4 @@
-"""The voice plane's binary frames: one Opus packet or one feedback report per message.
+"""The voice plane's binary frames: one Opus packet, one feedback report or one path hint a message.
 
 Voice shares the one WebSocket with chat and blobs, but it must not pay for msgpack: every
 other frame is a msgpack array (first byte >= 0x90), so a first byte below 0x80 marks a
@@ -18,6 +18,17 @@ Feedback frame (receiver -> sender, 9 bytes: the brief said 11, but its four u16
 the tag byte make 9, and no fifth field was ever named)::
 
     0x60 | slot   echo_ts u16   hold_ms u16   jb_ms u16   concealed_pm u16
+
+Path frame (sender -> receivers, 3 bytes), riding with a stream's first media frames and every
+few seconds after::
+
+    0x20 | slot   rtt_ms u16
+
+* ``rtt_ms`` is the sender's round trip to the relay. A receiver on a quick link otherwise
+  guesses its start-up jitter target from its own round trip alone and conceals the first
+  seconds of a clinic on EDGE (``scripts/bench playout --policies quick-receiver``). It is not
+  sealed: a relay that lied could only raise that start-up target, within the buffer's
+  bounds, and a relay can delay frames anyway. Receivers that predate it drop it as unknown.
 
 * ``slot`` (0..15) is 0 on the uplink; the relay's only rewrite is to put the sender's slot in
   the call there (media) or the author's slot (feedback), so receivers can tell streams apart
@@ -41,19 +52,21 @@ from typing import Literal
 
 from medcomm.errors import LimitExceeded, WireError
 
+PATH_TAG = 0x20
 MEDIA_TAG = 0x40
 FEEDBACK_TAG = 0x60
 VOICE_BELOW = 0x80  # a first byte below this is voice plane; msgpack arrays start at 0x90
 MAX_SLOT = 15
 MEDIA_HEADER = 5
 FEEDBACK_SIZE = 9
+PATH_SIZE = 3
 TS_BITS = 16
 SEQ_BITS = 8
 TALKING = 0x80
 LOUDNESS = 0x7F
 MAX_CONCEALED_PM = 1000
 
-Kind = Literal["media", "feedback"]
+Kind = Literal["media", "feedback", "path"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,26 @@ class Feedback:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PathHint:
+    """What a sender knows of its own path: its round trip to the relay, in ms."""
+
+    slot: int
+    rtt_ms: int
+
+    def __post_init__(self) -> None:
+        _u(self.slot, 4, "slot")
+        _u(self.rtt_ms, 16, "rtt_ms")
+
+    @classmethod
+    def outgoing(cls, rtt_ms: float) -> PathHint:
+        """An uplink hint (slot 0), the round trip clamped to what the field can say."""
+        return cls(0, _clamp_int(rtt_ms, 0, 0xFFFF))
+
+    def pack(self) -> bytes:
+        return bytes((PATH_TAG | self.slot,)) + self.rtt_ms.to_bytes(2, "big")
+
+
 def _clamp_int(value: float, lo: int, hi: int) -> int:
     if math.isnan(value):
         return lo
@@ -181,6 +214,8 @@ def frame_kind(data: bytes) -> Kind:
         return "media"
     if tag == FEEDBACK_TAG:
         return "feedback"
+    if tag == PATH_TAG:
+        return "path"
     raise WireError(f"bad voice frame: unknown tag 0x{data[0]:02x}", tag=data[0])
 
 
@@ -195,7 +230,8 @@ def _check_size(data: bytes, kind: Kind, limits: VoiceLimits) -> None:
     if kind == "media":
         _check(len(data) > MEDIA_HEADER, f"media frame of {len(data)} bytes")
     else:
-        _check(len(data) == FEEDBACK_SIZE, f"feedback frame of {len(data)} bytes")
+        size = FEEDBACK_SIZE if kind == "feedback" else PATH_SIZE
+        _check(len(data) == size, f"{kind} frame of {len(data)} bytes")
 
 
 def with_slot(data: bytes, slot: int, limits: VoiceLimits = VOICE) -> bytes:
@@ -216,13 +252,15 @@ def media_level(data: bytes) -> int:
     return data[4]
 
 
-def parse(data: bytes, limits: VoiceLimits = VOICE) -> MediaFrame | Feedback:
+def parse(data: bytes, limits: VoiceLimits = VOICE) -> MediaFrame | Feedback | PathHint:
     """Decode one voice frame, strictly; WireError (or LimitExceeded) for anything malformed."""
     kind = frame_kind(data)
     _check_size(data, kind, limits)
     slot = data[0] & 0x0F
     if kind == "media":
         return MediaFrame(slot, data[1], (data[2] << 8) | data[3], data[4], bytes(data[MEDIA_HEADER:]))
+    if kind == "path":
+        return PathHint(slot, int.from_bytes(data[1:3], "big"))
     echo, hold, jb, pm = (int.from_bytes(data[i : i + 2], "big") for i in range(1, FEEDBACK_SIZE, 2))
     return Feedback(slot, echo, hold, jb, pm)
 

@@ -96,6 +96,10 @@ class CallLimits:
     # s the hang-up waits for a lost link to come back: past it, the relay ends our part by
     # itself (its grace for a dropped device) and the user gets their terminal back
     hangup_offline_wait: float = 1.0
+    # our round trip to the relay rides (3 bytes) with our first packets and this often after,
+    # for receivers that join later (voiceframe.PathHint)
+    path_first: int = 3
+    path_every: float = 5.0
     stall_after: float = 1.0  # s (plus two base round trips) without feedback: the link stalled
     probe_every: float = 0.5  # s between packets sent while stalled (to learn it is back)
 
@@ -198,8 +202,13 @@ class CallEngine:
             rung.application, rung.bitrate_bps, rung.frame_ms, rung.bandwidth, dtx=rung.application == "voip"
         )
         self.streams: dict[int, _Stream] = {}
-        # the start-up target from the link's round trip (core.jitter.for_round_trip)
+        # the start-up target from the link's round trip (core.jitter.for_round_trip), and once
+        # a sender's path hint is in, from both links' round trips
+        self._rtt_ms = rtt_ms
         self._jitter_limits = for_round_trip(JitterLimits(), rtt_ms)
+        self._path_rtt: dict[int, int] = {}  # slot -> the sender's round trip to the relay, ms
+        self._paths_sent = 0
+        self._path_next = 0.0  # when our next path hint rides along
         self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
         self.stats = CallStats(rung=rung.name)
@@ -235,6 +244,11 @@ class CallEngine:
                 self.streams_feedback = True
                 self._unechoed_since = None
                 return
+            if isinstance(frame, voiceframe.PathHint):
+                self._path_rtt[frame.slot] = frame.rtt_ms
+                if frame.slot in self.streams:
+                    self.streams[frame.slot].jitter.hint_start(self._start_limits(frame.slot).initial_ms)
+                return
             try:
                 opened = self.crypto.open(frame, now)
             except Tampered:
@@ -246,13 +260,34 @@ class CallEngine:
             stream = self.streams.get(frame.slot)
             key_stream = self.crypto.stream_of(frame.slot)
             if stream is None or stream.key_stream != key_stream:
-                stream = _Stream(JitterBuffer(self._jitter_limits), self._opus.Decoder(), key_stream)
+                buffer = JitterBuffer(self._start_limits(frame.slot))
+                stream = _Stream(buffer, self._opus.Decoder(), key_stream)
                 self.streams[frame.slot] = stream
             stream.jitter.push(ts, duration, packet, frame.level, now)
             stream.last_ts16, stream.last_arrival = frame.ts, now
             self.phase.arrived(frame.slot, now)
         except (WireError, MedcommError, ValueError):
             self._bad_frames += 1  # a malformed frame from a peer never harms the call
+
+    def _start_limits(self, slot: int) -> JitterLimits:
+        """A stream's buffer limits: the start-up target from the whole path's round trip when
+        the sender said its own (a doctor on fibre hearing a clinic on EDGE would otherwise
+        start at the 60 ms its own link suggests, and conceal the first seconds)."""
+        theirs = self._path_rtt.get(slot)
+        if theirs is None or self._rtt_ms is None:
+            return self._jitter_limits
+        return for_round_trip(JitterLimits(), self._rtt_ms + theirs)
+
+    def _path_riders(self, now: float) -> list[bytes]:
+        """Our path hint, when one is due: with our first packets, then every ``path_every``."""
+        if self._rtt_ms is None or now < self._path_next:
+            return []
+        return [voiceframe.PathHint.outgoing(self._rtt_ms).pack()]
+
+    def _path_sent(self, now: float) -> None:
+        self._paths_sent += 1
+        if self._paths_sent >= self.limits.path_first:
+            self._path_next = now + self.limits.path_every
 
     # --- the loops --------------------------------------------------------------------------
 
@@ -328,12 +363,15 @@ class CallEngine:
             backlog_limit = int(self.rate.rung.packet_bytes(60 + OVERHEAD) * self.limits.backlog_packets)
             if naive:
                 backlog_limit = 1 << 30  # the comparison queues everything, as plain VoIP over TCP does
-            riders = self._reports(now)
+            path = self._path_riders(now)
+            riders = self._reports(now) + path
             backlog = self.link.send_voice(data, backlog_limit, *riders)
             if backlog is None:
                 self.stats.dropped += 1
                 self.rate.on_backlog(backlog_limit + len(data), now)
                 continue
+            if path:
+                self._path_sent(now)
             self._reports_due.clear()
             self._count_up(data, *riders)
             cost = self._cost(self.rate.rung.name)
