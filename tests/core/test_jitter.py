@@ -381,8 +381,9 @@ def test_the_start_target_follows_the_round_trip_within_its_bounds() -> None:
     assert for_round_trip(base, None) == base
     assert for_round_trip(base, float("nan")) == base and for_round_trip(base, -5.0) == base
     assert for_round_trip(base, 2.0).initial_ms == base.initial_min_ms == 60
-    assert for_round_trip(base, 150.0).initial_ms == 75
-    assert for_round_trip(base, 240.0).initial_ms == for_round_trip(base, 900.0).initial_ms == base.initial_ms
+    assert for_round_trip(base, 150.0).initial_ms == 60
+    assert for_round_trip(base, 240.0).initial_ms == 80  # 3G
+    assert for_round_trip(base, 400.0).initial_ms == for_round_trip(base, 900.0).initial_ms == base.initial_ms
     assert for_round_trip(JitterLimits(initial_ms=40), 2.0).initial_ms == 40  # the most still holds
     with pytest.raises(UsageError):
         JitterLimits(initial_min_ms=0)

@@ -430,7 +430,7 @@ async def test_a_tone_arrives_as_the_same_tone_with_bounded_delay() -> None:
         assert heard is not None, "the tone never reached the far speaker"
         delay = heard - sent_onset
         # one packet (60 ms at the starting rung: the fake link's round trip is quick), 20 ms of
-        # link, the jitter buffer's 60 ms start-up target (half the round trip, at least 60) and
+        # link, the jitter buffer's 60 ms start-up target (a third of the round trip, at least 60) and
         # 20-60 ms of playout queue: ~0.2 s; stale audio is never played late
         assert 0.05 < delay < 0.6, f"mouth-to-ear delay {delay:.3f} s"
         steady = c.b.sink.audio(heard + 0.3, heard + 1.3)
