@@ -707,9 +707,7 @@ class Relay:
                 for conn in self.conns.get(member, ()):
                     conn.enqueue(frame)
             if call.state == "ended":
-                body = msgpack.packb(call.summary(), use_bin_type=True)
-                kind, cid = wire.KINDS["call"], call_cid(call.id)
-                self._fanout(self._log_event(call.consult, call.caller, kind, body, cid), wake=True)
+                self._write_call_entry(call)
                 log.info("call ended call=%s consult=%s outcome=%s", call.id, call.consult, call.outcome)
         self._save_calls(calls)
         self.calls.forget_ended()
@@ -719,22 +717,47 @@ class Relay:
 
     def _save_calls(self, calls: Iterable[Call], *, arm: bool = True) -> None:
         """What the history would say of each of ``calls`` still live were the relay to die
-        now, saved on the writer thread (after any batch before it); the records of those that
-        ended are dropped, their history entry written. While calls are live, every
+        now, saved on the writer thread (after any batch before it); an ended call's record
+        goes with its history entry (``_write_call_entry``). While calls are live, every
         record_every all of them are saved again (their length and bytes grow)."""
         now = time.monotonic()
-        rows, ended = [], []
-        for c in calls:
-            if c.state == "ended":
-                ended.append(c.id)
-            else:
-                body = msgpack.packb(c.summary(now, "interrupted"), use_bin_type=True)
-                rows.append((c.id, c.consult, c.caller, body))
-        if rows or ended:
-            self.writer.submit(self.store.save_live_calls, rows, ended).add_done_callback(_log_failure)
+        rows = [
+            (c.id, c.consult, c.caller, msgpack.packb(c.summary(now, "interrupted"), use_bin_type=True))
+            for c in calls
+            if c.state != "ended"
+        ]
+        if rows:
+            self.writer.submit(self.store.save_live_calls, rows, []).add_done_callback(_log_failure)
         if arm and self._record_timer is None and any(c.state != "ended" for c in self.calls.calls.values()):
             loop = asyncio.get_running_loop()
             self._record_timer = loop.call_later(self.calls.limits.record_every, self._record_tick)
+
+    def _write_call_entry(self, call: Call) -> None:
+        """An ended call's history entry, written on the writer thread (its fsync on the loop
+        held every other call's voice for as long), then fanned out. Its crash record is
+        dropped in the same job, after the entry: if the write fails, the record stays and the
+        next start puts the call in the history as interrupted."""
+        body = msgpack.packb(call.summary(), use_bin_type=True)
+        entry = (call.consult, call_cid(call.id), call.caller, wire.KINDS["call"], body)
+
+        def write() -> StoredMessage | None:
+            ((msg, _new),) = self.store.store_batch_writer([entry])
+            self.store.save_live_calls([], [call.id])
+            return msg
+
+        done = asyncio.get_running_loop().run_in_executor(self.writer, write)
+        done.add_done_callback(functools.partial(self._call_entry_written, call.id))
+
+    def _call_entry_written(self, call_id: str, done: asyncio.Future[StoredMessage | None]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            log.error("writing the history entry of call %s failed: %s", call_id, type(exc).__name__)
+            return
+        msg = done.result()
+        if msg is not None:  # the relay's own entries carry no sender key: never refused
+            self._fanout(msg, wake=True)
 
     def _record_tick(self) -> None:
         self._record_timer = None

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from medcomm.core import wire
+from medcomm.core import voiceframe, wire
 from medcomm.core.wire import (
     Auth,
     CaughtUp,
@@ -1311,6 +1311,55 @@ async def test_a_live_calls_record_is_saved_as_it_runs_and_dropped_when_it_ends(
         await asyncio.sleep(0.3)
         assert saved() == [], "an ended call leaves its history entry, not a crash record"
         for client in (alice, bob):
+            await client.close()
+
+
+async def test_a_slow_disk_at_a_calls_end_holds_no_other_calls_voice(tmp_path: Path) -> None:
+    """An ended call's history entry is fsynced: on the loop, a slow disk held every other
+    call's voice frames for as long. It is written on the writer thread, and the call's crash
+    record goes only once the entry is on disk."""
+    stall = 1.5
+    disk = threading.Event()
+    async with in_process_relay(tmp_path / "relay") as (relay, local):
+        codes = {n: relay.store.enroll(n, "clinic", 3600) for n in ("alice", "bob", "carol", "dave")}
+        real_store = relay.store.store_batch
+
+        def slow_disk(items: list, *args: object, **kwargs: object) -> object:
+            if any(kind == wire.KINDS["call"] for _, _, _, kind, _ in items):
+                disk.wait(stall)  # the call's history entry takes its time
+            return real_store(items, *args, **kwargs)
+
+        relay.store.store_batch = slow_disk  # type: ignore[method-assign]
+        c = {n: (await register_with(local, n, code))[0] for n, code in codes.items()}
+        calls = []
+        for caller, callee in (("alice", "bob"), ("carol", "dave")):
+            consult = await c[caller].open_consult(f"{caller}'s", [callee])
+            answer, _ = await c[caller].request("call", {"consult": consult})
+            assert isinstance(answer, Ok), answer
+            calls.append(answer.result["call"])  # type: ignore[index]
+            answer, _ = await c[callee].request("answer", {"call": calls[-1]})
+            assert isinstance(answer, Ok), answer
+        await asyncio.sleep(0.2)  # the live calls' records are saved
+        assert {row[0] for row in relay.store.interrupted_calls()} == set(calls)
+        started = time.monotonic()  # the relay runs on this loop: a stalled loop stalls this test too
+        await c["alice"].send(Request(77, "hangup", {"call": calls[0]}))
+        await asyncio.sleep(0.1)  # the relay has read it and is writing the call's entry
+        await c["carol"].send(voiceframe.MediaFrame.outgoing(0, 0, 0x80 | 100, b"opus").pack())
+        async with asyncio.timeout(stall * 0.6):
+            while not (isinstance(data := await c["dave"].ws.recv(), bytes) and voiceframe.is_voice(data)):
+                pass
+        assert time.monotonic() - started < stall * 0.6 and not disk.is_set()
+        answer, _ = await c["alice"].until(lambda f: isinstance(f, (Ok, Err)) and f.rid == 77, stall * 0.3)
+        assert isinstance(answer, Ok), answer
+        assert calls[0] in {row[0] for row in relay.store.interrupted_calls()}, "dropped before its entry"
+        disk.set()
+        entry, _ = await c["bob"].until(lambda f: isinstance(f, Msg) and f.kind == wire.KINDS["call"])
+        assert isinstance(entry, Msg)
+        async with asyncio.timeout(WAIT):
+            while calls[0] in {row[0] for row in relay.store.interrupted_calls()}:
+                await asyncio.sleep(0.02)
+        assert {row[0] for row in relay.store.interrupted_calls()} == {calls[1]}
+        for client in c.values():
             await client.close()
 
 
