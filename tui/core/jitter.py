@@ -101,8 +101,9 @@ class JitterLimits:
     # bench playout`, standard on clean: p95 226 -> 166 ms, PESQ-WB the same (3.35); 40 ms
     # lost 0.04 (the buffer grew once at the start); a jittery link (3G, EDGE: round trips of
     # 240 ms and more) started at 120 (on EDGE 60-80 cost 0.1 PESQ-WB). A third, not half: on
-    # 3G (a 240 ms round trip) 80 keeps the worst call's PESQ-WB of 120 (3.30; 60: 3.19) at
-    # 40 ms less p95 delay (266 against 306 ms, standard); EDGE (400 ms) still starts at 120.
+    # 3G (a 240 ms round trip) a start at 80 has the worst call's PESQ-WB a start at 120 has
+    # (3.30; at 60: 3.19) and 40 ms less p95 delay (266 against 306 ms, standard); EDGE (400
+    # ms) still starts at 120.
     initial_min_ms: int = 60
     headroom_ms: int = 20  # added to the jitter quantile: the delay moves in grain-sized steps
     quantile: float = 0.95  # share of packets the target keeps on time (the rest is concealed)
