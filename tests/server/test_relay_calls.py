@@ -100,6 +100,17 @@ def name_of(client: Client) -> str:
     return welcome.name
 
 
+async def log_with_call(client: Client, consult: str) -> list[wire.Frame]:
+    """The consult's log once it holds a call's entry: the relay writes it on its writer
+    thread as the call ends, so a sync the moment "ended" arrives may be a few ms early."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            frames = await client.sync({consult: 0})
+            if any(isinstance(f, Msg) and f.kind == CALL_KIND for f in frames):
+                return frames
+            await asyncio.sleep(0.02)
+
+
 def states(items: list[Item]) -> list[CallState]:
     return [f for f in items if isinstance(f, CallState)]
 
@@ -198,7 +209,7 @@ async def test_call_ring_answer_voice_hangup_and_history(relay: RelayProcess) ->
 
     # The consult's history keeps the call: who was in, how it ended.
     for client in (carol, bob):
-        frames = await client.sync({consult: 0})
+        frames = await log_with_call(client, consult)
         records = [f for f in frames if isinstance(f, Msg) and f.kind == CALL_KIND]
         assert len(records) == 1, frames
         record = records[0]
@@ -253,7 +264,7 @@ async def test_declined_call_is_recorded(relay: RelayProcess) -> None:
     assert [(f.state, f.outcome) for f in states(skipped)] == [("ended", "declined")]
     ended, _ = await call_state(alice, "ended")
     assert (ended.call, ended.outcome, ended.by) == (call, "declined", "bob")
-    frames = await alice.sync({consult: 0})
+    frames = await log_with_call(alice, consult)
     (record,) = [f for f in frames if isinstance(f, Msg) and f.kind == CALL_KIND]
     body = msgpack.unpackb(record.body)
     assert (body["outcome"], body["members"], body["duration_s"]) == ("declined", ["alice"], 0.0)
