@@ -102,12 +102,13 @@ def name_of(client: Client) -> str:
 
 async def log_with_call(client: Client, consult: str) -> list[wire.Frame]:
     """The consult's log once it holds a call's entry: the relay writes it on its writer
-    thread as the call ends, so a sync the moment "ended" arrives may be a few ms early."""
+    thread as the call ends, so a sync the moment "ended" arrives may be a few ms early. Once
+    a sync has seen it, its live push has been queued too: one more sync answers without it."""
     async with asyncio.timeout(WAIT):
         while True:
             frames = await client.sync({consult: 0})
             if any(isinstance(f, Msg) and f.kind == CALL_KIND for f in frames):
-                return frames
+                return await client.sync({consult: 0})
             await asyncio.sleep(0.02)
 
 
