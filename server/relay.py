@@ -727,7 +727,7 @@ class Relay:
             if c.state != "ended"
         ]
         if rows:
-            self.writer.submit(self.store.save_live_calls, rows, []).add_done_callback(_log_failure)
+            self.writer.submit(self.store.save_live_calls, rows).add_done_callback(_log_failure)
         if arm and self._record_timer is None and any(c.state != "ended" for c in self.calls.calls.values()):
             loop = asyncio.get_running_loop()
             self._record_timer = loop.call_later(self.calls.limits.record_every, self._record_tick)
@@ -742,7 +742,7 @@ class Relay:
 
         def write() -> StoredMessage | None:
             ((msg, _new),) = self.store.store_batch_writer([entry])
-            self.store.save_live_calls([], [call.id])
+            self.store.forget_live_call(call.id, writer=True)
             return msg
 
         done = asyncio.get_running_loop().run_in_executor(self.writer, write)

@@ -138,23 +138,25 @@ class RelayStore:
             self._writer = self._connect("FULL")
         return self._writer
 
-    def save_live_calls(self, live: list[tuple[str, str, str, bytes]], ended: list[str]) -> None:
-        """Record (call, consult, caller, body) of live calls and forget ended ones, on the
-        writer connection (the relay's writer thread): one transaction."""
+    def save_live_calls(self, live: list[tuple[str, str, str, bytes]]) -> None:
+        """Record (call, consult, caller, body) of live calls, on the writer connection (the
+        relay's writer thread): one transaction."""
         db = self._writer_db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO live_calls VALUES (?,?,?,?)", live)
-            db.executemany("DELETE FROM live_calls WHERE call=?", [(c,) for c in ended])
 
     def interrupted_calls(self) -> list[tuple[str, str, str, bytes]]:
         """Calls that were live when the relay last stopped without ending them."""
         rows = self.db.execute("SELECT call, consult, caller, body FROM live_calls ORDER BY call").fetchall()
         return [(c, consult, caller, bytes(body)) for c, consult, caller, body in rows]
 
-    def forget_live_call(self, call: str) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM live_calls WHERE call=?", (call,))
+    def forget_live_call(self, call: str, *, writer: bool = False) -> None:
+        """Drop a call's record once its history entry is written (``writer``: on the writer
+        thread's connection, as the relay does when a call ends)."""
+        db = self._writer_db() if writer else self.db
+        with db:
+            db.execute("DELETE FROM live_calls WHERE call=?", (call,))
 
     # --- users, devices, enrolment ------------------------------------------------------
 
