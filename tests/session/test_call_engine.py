@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -1007,17 +1007,30 @@ async def test_run_call_answers_and_hangs_up_when_its_seconds_are_up() -> None:
     assert board.announced == [(CONSULT, "abcdefgh", "dr.chen")]
 
 
+ANSWERED = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+
+
+def answering(link: FakeLink, **kwargs: Any) -> asyncio.Task[CallOutcome]:
+    """dr.chen's ``run_call`` answering call abcdefgh with a tone; the relay says it is active."""
+    link.answers["answer"] = dict(ANSWERED)
+    return asyncio.create_task(
+        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
+                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", **kwargs)  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def reconnect(link: FakeLink) -> None:
+    """The link is back on a new connection, as the real link reports it."""
+    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
+    link.emit(link.status)
+
+
 async def test_a_lost_link_shows_as_reconnecting_and_hanging_up_does_not_wait_for_it() -> None:
     link = FakeLink("dr.chen")
-    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
     lines: list[str] = []
     stop = asyncio.Event()
     limits = CallLimits(hangup_timeout=5.0, hangup_offline_wait=0.3)
-    task = asyncio.create_task(
-        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
-                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", stop=stop,
-                 on_status=lines.append, limits=limits)
-    )
+    task = answering(link, stop=stop, on_status=lines.append, limits=limits)
     await wait_for(lambda: any(line.startswith("in call") for line in lines), 2.0)
     link.status = LinkStatus(state="offline", rtt=0.04)  # the relay went away mid-call
     await wait_for(lambda: any(line.startswith("reconnecting") for line in lines), 2.0)
@@ -1035,20 +1048,15 @@ async def test_a_call_the_relay_lost_while_we_were_away_ends_as_lost_not_as_a_si
     """After a reconnect the relay no longer has the call (it restarted, or our grace ran
     out): answering again says so. Carrying on would look like a live call carrying nothing."""
     link = FakeLink("dr.chen")
-    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
     lines: list[str] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
-                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", stop=stop, on_status=lines.append)
-    )  # fmt: skip
+    task = answering(link, stop=stop, on_status=lines.append)
     await wait_for(lambda: any(line.startswith("in call") for line in lines), 2.0)
     link.status = LinkStatus(state="offline")
     link.emit(link.status)
     await asyncio.sleep(0.1)
     link.answers["answer"] = NotFound("no call 'abcdefgh' (it may have ended)", code="not_found")
-    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
-    link.emit(link.status)
+    reconnect(link)
     out = await asyncio.wait_for(task, 3.0)
     assert out.outcome == "lost" and stop.is_set()
     assert any(line.startswith("call lost") for line in lines)
@@ -1057,17 +1065,12 @@ async def test_a_call_the_relay_lost_while_we_were_away_ends_as_lost_not_as_a_si
 
 async def test_a_call_the_relay_still_holds_after_a_reconnect_goes_on() -> None:
     link = FakeLink("dr.chen")
-    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
-    task = asyncio.create_task(
-        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
-                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", seconds=2.0)
-    )  # fmt: skip
+    task = answering(link, seconds=2.0)
     await asyncio.sleep(0.5)
     link.status = LinkStatus(state="offline")
     link.emit(link.status)
     await asyncio.sleep(0.1)  # back within the watcher's one-second look: it must still notice
-    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
-    link.emit(link.status)
+    reconnect(link)
     out = await asyncio.wait_for(task, 4.0)
     assert out.outcome == "hung up" and out.seconds > 1.8, "answered again, and carried on to its end"
     assert [op for op, _ in link.requests] == ["answer", "answer", "hangup"]
@@ -1077,17 +1080,12 @@ async def test_answering_again_after_a_reconnect_is_retried_until_the_relay_answ
     """A re-answer that gets no answer (the link dropped again at once) is asked again: a call
     never re-answered would carry our voice nowhere."""
     link = FakeLink("dr.chen")
-    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
-    task = asyncio.create_task(
-        run_call(as_link(link), "dr.chen", CONSULT, ClockedSource(tone(10)), ClockedSink(),
-                 keys=keys_for("dr.chen"), answer=True, call_id="abcdefgh", seconds=3.5)
-    )  # fmt: skip
+    task = answering(link, seconds=3.5)
     await asyncio.sleep(0.3)
     link.answers["answer"] = LinkDown("no answer from the relay within 20 s")
-    link.status = LinkStatus(state="online", rtt=0.04, connects=1)
-    link.emit(link.status)
+    reconnect(link)
     await wait_for(lambda: len(link.requests) >= 2, 2.0)
-    link.answers["answer"] = {"call": "abcdefgh", "state": "active", "slots": {"amina": 1, "dr.chen": 2}}
+    link.answers["answer"] = dict(ANSWERED)
     await wait_for(lambda: len(link.requests) >= 3, 2.5)
     out = await asyncio.wait_for(task, 5.0)
     assert out.outcome == "hung up"
