@@ -207,7 +207,7 @@ class CallEngine:
         self._rtt_ms = rtt_ms
         self._jitter_limits = for_round_trip(JitterLimits(), rtt_ms)
         self._path_rtt: dict[int, int] = {}  # slot -> the sender's round trip to the relay, ms
-        self._paths_sent = 0
+        self._path_hints_sent = 0
         self._path_next = 0.0  # when our next path hint rides along
         self._reports_due: dict[int, float] = {}  # slot -> when its feedback report fell due
         self.muted = False
@@ -284,9 +284,9 @@ class CallEngine:
             return []
         return [voiceframe.PathHint.outgoing(self._rtt_ms).pack()]
 
-    def _path_sent(self, now: float) -> None:
-        self._paths_sent += 1
-        if self._paths_sent >= self.limits.path_first:
+    def _path_hint_went(self, now: float) -> None:
+        self._path_hints_sent += 1
+        if self._path_hints_sent >= self.limits.path_first:
             self._path_next = now + self.limits.path_every
 
     # --- the loops --------------------------------------------------------------------------
@@ -371,7 +371,7 @@ class CallEngine:
                 self.rate.on_backlog(backlog_limit + len(data), now)
                 continue
             if path:
-                self._path_sent(now)
+                self._path_hint_went(now)
             self._reports_due.clear()
             self._count_up(data, *riders)
             cost = self._cost(self.rate.rung.name)
