@@ -138,7 +138,8 @@ class Link:
         transfers wait while a call is on (voice before chat before image chunks)."""
         if op.startswith("blob.") and not self.bulk_allowed.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bulk_allowed.wait(), self.limits.bulk_pause_max)
+                async with asyncio.timeout(self.limits.bulk_pause_max):  # not wait_for: see below
+                    await self.bulk_allowed.wait()
         deadline = time.monotonic() + timeout
         await self.wait_until(lambda: self.status.state == "online", timeout)
         rid = next(self._rids)
@@ -146,8 +147,10 @@ class Link:
         self._requests[rid] = fut
         try:
             await self._send_frames([wire.Request(rid, op, args)])
-            remaining = max(0.0, deadline - time.monotonic())
-            return await asyncio.wait_for(asyncio.shield(fut), remaining)
+            # not wait_for: on Python 3.11 it returns the answer when it is cancelled in the loop
+            # turn the answer lands in, and the caller's cancel is lost (a cancelled upload put on)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await asyncio.shield(fut)
         except TimeoutError:
             raise LinkDown(f"no answer from the relay within {timeout:.0f} s") from None
         finally:
@@ -188,10 +191,9 @@ class Link:
             if remaining <= 0:
                 raise LinkDown(self._down_reason(timeout))
             self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):  # not wait_for: it can lose a cancel (request)
+                    await self._changed.wait()
 
     def _down_reason(self, timeout: float) -> str:
         why = f" (last error: {self.status.error})" if self.status.error else ""
